@@ -1,0 +1,51 @@
+# RecExplainer: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build by default (a CPU wheel of this version lies on this machine); GPU users: make setup TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+ARGS ?=
+ARTIFACTS ?= artifacts
+
+.DEFAULT_GOAL := help
+.PHONY: help setup assets run test test-slow lint format bench-recommender clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+	@echo "  variables: ARGS='key=value ...' (Hydra overrides), TORCH_SPEC, VENV, PYTHON"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed assets ## create .venv, install the package (torch pinned), fetch offline assets
+
+assets: $(VENV)/.installed ## fetch the offline assets (MovieLens-100K, SmolLM2 GGUF) into the cache; idempotent
+	$(PY) -m recexplainer.assets fetch
+
+run: setup ## run the main job on the embedded default (MovieLens-100K); extra overrides via ARGS=...
+	$(VENV)/bin/recexplainer $(ARGS)
+
+test: $(VENV)/.installed ## fast test suite (offline, a few minutes on 2 cores)
+	$(PY) -m pytest -q
+
+test-slow: setup ## slow tests: the real MovieLens-100K runs
+	$(PY) -m pytest -q -m slow
+
+lint: $(VENV)/.installed ## ruff lint and format check
+	$(VENV)/bin/ruff check recexplainer tests experiments
+	$(VENV)/bin/ruff format --check recexplainer tests experiments
+
+format: $(VENV)/.installed ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix recexplainer tests experiments
+	$(VENV)/bin/ruff format recexplainer tests experiments
+
+bench-recommender: setup ## SASRec on ml-100k (common protocol); writes benchmarks/recommender.json
+	$(PY) experiments/bench_recommender.py --out benchmarks/recommender.json $(ARGS)
+
+clean: ## delete artifacts and caches (not the venv, not the asset cache)
+	rm -rf $(ARTIFACTS) outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,224 @@
+"""Typed configuration schemas, registered with Hydra's ConfigStore.
+
+Every YAML file of a config group starts from one of these schemas (``defaults: [schema_..., _self_]``),
+so a misspelled key or a value of the wrong type fails at start-up with an error naming the key.
+Choices that a type cannot express (``dedup: first|last|none``) are checked by :func:`validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+
+@dataclass
+class PathsConfig:
+    artifacts: str = "./artifacts"  # root of every stage's artifact folder
+    assets: str | None = None  # offline asset cache; null: $RECEXPLAINER_CACHE or the user cache dir
+
+
+@dataclass
+class PreprocessConfig:
+    min_rating: float | None = None  # drop interactions rated below this (null: keep all)
+    dedup: str = "first"  # repeated (user, item) pairs: keep the first, the last, or "none" (keep all)
+    top_n_items: int | None = None  # keep only the N most frequent items (paper preprocessing)
+    user_core: int = 0  # iterative k-core: users with fewer interactions are dropped
+    item_core: int = 0  # iterative k-core: items with fewer interactions are dropped
+    sample_users: int | None = None  # keep a random sample of M users (seeded)
+    min_seq_len: int = 3  # leave-one-out needs at least 1 train + 1 valid + 1 test item
+    unique_titles: bool = True  # suffix repeated titles with " [2]", " [3]" so titles identify items
+
+
+@dataclass
+class DatasetBase:
+    name: str = MISSING
+    format: str = MISSING
+    missing_title: str = "error"  # items without a title: "error", "drop" their interactions, or "id"
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+
+@dataclass
+class RecboleAtomicDataset(DatasetBase):
+    format: str = "recbole_atomic"
+    path: str | None = None  # folder holding <file_prefix>.inter and <file_prefix>.item
+    asset: str | None = None  # or: name of an offline asset that provides that folder
+    file_prefix: str | None = None  # null: the dataset name
+    user_field: str = "user_id"
+    item_field: str = "item_id"
+    time_field: str = "timestamp"
+    rating_field: str | None = "rating"
+    title_field: str = "movie_title"
+    # extra .item columns kept as metadata, mapped to normalized names
+    metadata_fields: dict[str, str] = field(default_factory=dict)
+    # metadata fields whose values are space-separated lists (RecBole token_seq), e.g. genres
+    list_fields: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AmazonDataset(DatasetBase):
+    format: str = "amazon"
+    reviews_file: str = MISSING  # Amazon reviews 2018 JSON lines (.json or .json.gz)
+    meta_file: str = MISSING  # Amazon metadata 2018 JSON lines (.json or .json.gz)
+    description_chars: int = 300  # truncate descriptions kept as metadata
+
+
+@dataclass
+class SyntheticDataset(DatasetBase):
+    format: str = "synthetic"
+    n_users: int = 60
+    n_items: int = 40
+    n_genres: int = 4
+    min_len: int = 8
+    max_len: int = 20
+    stickiness: float = 0.8  # chance that the next item keeps the genre of the previous one
+    seed: int = 0
+
+
+@dataclass
+class RecTrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    max_epochs: int = 200
+    patience: int = 10  # early stopping on the monitored validation metric
+    monitor: str = "valid/ndcg@10"
+    grad_clip: float | None = 5.0
+    num_workers: int = 0
+
+
+@dataclass
+class RecommenderBase:
+    name: str = MISSING
+    hidden_size: int = 64
+    loss: str = "ce"  # "ce": full softmax over all items; "bce": sampled negatives
+    n_negatives: int = 1  # negatives per positive for loss=bce
+    train: RecTrainConfig = field(default_factory=RecTrainConfig)
+
+
+@dataclass
+class SASRecConfig(RecommenderBase):
+    name: str = "sasrec"
+    n_layers: int = 2
+    n_heads: int = 2
+    inner_size: int = 256
+    dropout: float = 0.2
+    attn_dropout: float = 0.2
+    max_len: int = 50
+    norm_first: bool = True  # pre-LayerNorm (SASRec.pytorch) or post-LayerNorm (original Transformer)
+    window_stride: int | None = None  # training windows over long histories; null: max_len (no overlap)
+
+
+@dataclass
+class MFConfig(RecommenderBase):
+    name: str = "mf"
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_nodes: int = 1
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "csv"  # "csv" or "wandb"
+    project: str = "recexplainer"
+    mode: str = "offline"  # wandb: offline (default, no network), online or disabled
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    stage: str = "recommender"  # the stage to run; its missing upstream stages run first
+    seed: int = 42
+    force: bool = False  # recompute the requested stage even if a complete artifact exists
+    num_threads: int | None = None  # torch intra-op threads; null: leave torch's default
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    dataset: Any = MISSING
+    recommender: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="dataset", name="schema_recbole_atomic", node=RecboleAtomicDataset)
+    cs.store(group="dataset", name="schema_amazon", node=AmazonDataset)
+    cs.store(group="dataset", name="schema_synthetic", node=SyntheticDataset)
+    cs.store(group="recommender", name="schema_sasrec", node=SASRecConfig)
+    cs.store(group="recommender", name="schema_mf", node=MFConfig)
+    cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
+    cs.store(group="logger", name="schema_logger", node=LoggerConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset.format": ("recbole_atomic", "amazon", "synthetic"),
+    "dataset.missing_title": ("error", "drop", "id"),
+    "dataset.preprocess.dedup": ("first", "last", "none"),
+    "recommender.name": ("sasrec", "mf"),
+    "recommender.loss": ("ce", "bce"),
+    "logger.name": ("csv", "wandb"),
+    "logger.mode": ("offline", "online", "disabled"),
+}
+
+POSITIVE: tuple[str, ...] = (
+    "recommender.hidden_size",
+    "recommender.n_negatives",
+    "recommender.train.batch_size",
+    "recommender.train.eval_batch_size",
+    "recommender.train.max_epochs",
+    "dataset.preprocess.min_seq_len",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and the fix."""
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if node is None or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
+    """Check choices and ranges that types cannot express; raise ConfigError naming the key."""
+    if cfg.stage not in stages:
+        raise ConfigError(f"stage={cfg.stage!r} is not a stage; choose one of {', '.join(stages)}")
+    for key, allowed in CHOICES.items():
+        value = _select(cfg, key)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(allowed)}")
+    for key in POSITIVE:
+        value = _select(cfg, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key}={value} must be positive")
+    if cfg.dataset.preprocess.min_seq_len < 3:
+        raise ConfigError(
+            "dataset.preprocess.min_seq_len must be >= 3: the leave-one-out split needs one train, "
+            "one validation and one test item per user"
+        )
+    rec = cfg.recommender
+    if rec.name == "sasrec" and rec.hidden_size % rec.n_heads:
+        raise ConfigError(
+            f"recommender.hidden_size={rec.hidden_size} must be divisible by recommender.n_heads={rec.n_heads}"
+        )
+    if cfg.dataset.format == "recbole_atomic" and not (cfg.dataset.path or cfg.dataset.asset):
+        raise ConfigError("dataset.path is required for the recbole_atomic format (or dataset.asset)")

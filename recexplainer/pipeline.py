@@ -1,0 +1,93 @@
+"""Stage registry and runner: resolves upstream stages, reuses complete artifact folders, writes markers last.
+
+Adding a stage: a module with ``key_fields(cfg) -> dict`` (what determines its output besides upstream
+artifacts) and ``run(cfg, out_dir, upstream) -> metrics``, registered in :data:`STAGES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from recexplainer import artifacts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str  # module with key_fields(cfg) and run(cfg, out_dir, upstream)
+    requires: tuple[str, ...] = ()
+    version: int = 1  # bump when the stage's code changes its output, to invalidate old caches
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("data", "recexplainer.data.stage"),
+        Stage("recommender", "recexplainer.recommender.stage", requires=("data",)),
+    )
+}
+
+
+def artifacts_root(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.artifacts).expanduser().resolve()
+
+
+def stage_folder(cfg: DictConfig, name: str, _memo: dict[str, Path] | None = None) -> Path:
+    """The artifact folder a stage would use for this config (computed from the config alone)."""
+    memo = {} if _memo is None else _memo
+    if name in memo:
+        return memo[name]
+    stage = STAGES[name]
+    upstream = {dep: stage_folder(cfg, dep, memo).name for dep in stage.requires}
+    module = importlib.import_module(stage.module)
+    key = artifacts.stage_key(
+        {"stage": name, "version": stage.version, "config": module.key_fields(cfg), "upstream": upstream}
+    )
+    memo[name] = artifacts.stage_dir(artifacts_root(cfg), name, key)
+    return memo[name]
+
+
+def run_stage(cfg: DictConfig, name: str, force: bool = False) -> Path:
+    """Run ``name`` (and its missing upstream stages); return its complete artifact folder."""
+    if name not in STAGES:
+        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    stage = STAGES[name]
+    upstream = {dep: run_stage(cfg, dep) for dep in stage.requires}
+    folder = stage_folder(cfg, name)
+    with artifacts.folder_lock(folder):
+        if artifacts.is_complete(folder) and not force:
+            log.info("stage %s: reusing %s", name, folder)
+            return folder
+        if force and folder.exists():
+            log.info("stage %s: force=true, discarding %s", name, folder)
+            shutil.rmtree(folder)
+        artifacts.clear_complete(folder)  # an incomplete folder keeps its checkpoints: the stage resumes
+        folder.mkdir(parents=True, exist_ok=True)
+        module = importlib.import_module(stage.module)
+        artifacts.atomic_write_text(folder / artifacts.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+        artifacts.write_json(
+            folder / artifacts.KEY_FILE,
+            {
+                "stage": name,
+                "version": stage.version,
+                "config": module.key_fields(cfg),
+                "upstream": {d: str(p) for d, p in upstream.items()},
+            },
+        )
+        log.info("stage %s: running into %s", name, folder)
+        start = time.perf_counter()
+        metrics = module.run(cfg, folder, upstream)
+        metrics = {**metrics, f"time/{name}_s": time.perf_counter() - start}
+        artifacts.write_json(folder / artifacts.METRICS_FILE, metrics)
+        artifacts.mark_complete(folder)
+    log.info("stage %s: done in %.1f s -> %s", name, metrics[f"time/{name}_s"], folder)
+    return folder

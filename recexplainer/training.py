@@ -1,0 +1,116 @@
+"""Lightning plumbing shared by every training stage: trainer, loggers, timing."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning_logging() -> None:
+    """Lightning prints through its own console handler: remove it so each line goes out once, through the
+    application's logging (Hydra's console and file handlers), and drop its advertising and noise."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class EpochTimer(Callback):
+    """Records the wall time of each training epoch and the elapsed training time at each epoch's end."""
+
+    def __init__(self) -> None:
+        self.epoch_seconds: list[float] = []
+        self.elapsed_at_epoch: dict[int, float] = {}
+        self._start = 0.0
+        self._elapsed = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        seconds = time.perf_counter() - self._start
+        self.epoch_seconds.append(seconds)
+        self._elapsed += seconds
+        self.elapsed_at_epoch[trainer.current_epoch] = self._elapsed
+
+    def summary(self, best_epoch: int | None) -> dict[str, float]:
+        if not self.epoch_seconds:
+            return {}
+        out = {
+            "train/epochs_run": len(self.epoch_seconds),
+            "train/sec_per_epoch_median": statistics.median(self.epoch_seconds),
+            "train/sec_total": sum(self.epoch_seconds),
+        }
+        if best_epoch is not None and best_epoch in self.elapsed_at_epoch:
+            out["train/sec_to_best_epoch"] = self.elapsed_at_epoch[best_epoch]
+        return out
+
+
+def build_logger(cfg: DictConfig, out_dir: Path, name: str):
+    """CSV logger inside the stage folder, or W&B (offline unless logger.mode=online)."""
+    if cfg.logger.name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(out_dir), name="logs")  # logs/version_N: one per attempt
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.logger.group,
+        tags=list(cfg.logger.tags) + [name],
+        name=f"{name}-{out_dir.name}",
+        save_dir=str(out_dir),
+        mode=cfg.logger.mode,
+    )
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return logger
+
+
+def build_trainer(
+    cfg: DictConfig, out_dir: Path, name: str, max_epochs: int, callbacks: list, grad_clip: float | None
+) -> L.Trainer:
+    quiet_lightning_logging()
+    t = cfg.trainer
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=t.precision,
+        num_nodes=t.num_nodes,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar,
+        log_every_n_steps=t.log_every_n_steps,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=build_logger(cfg, out_dir, name),
+        gradient_clip_val=grad_clip,
+        default_root_dir=str(out_dir),
+        enable_model_summary=False,
+    )

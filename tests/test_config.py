@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from recexplainer.cli import CONF_DIR
+from recexplainer.config import ConfigError, validate
+from recexplainer.pipeline import STAGES
+
+from .conftest import compose_config
+
+REQUIRED = {
+    "recbole_atomic": ["dataset.name=mine", "dataset.path=/tmp/mine"],
+    "amazon": ["dataset.name=games", "dataset.reviews_file=/tmp/r.json", "dataset.meta_file=/tmp/m.json"],
+}
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [
+        (g, o)
+        for g in ("dataset", "recommender", "trainer", "logger", "paths", "experiment")
+        for o in _options(g)
+    ],
+)
+def test_every_config_option_composes_and_validates(group, option):
+    cfg = compose_config([f"{group}={option}"] + REQUIRED.get(option, []))
+    validate(cfg, tuple(STAGES))
+    if group in ("dataset", "recommender"):
+        assert cfg[group].name  # the schema's fields are all there
+
+
+def test_default_config_is_ml100k_sasrec_on_cpu():
+    cfg = compose_config([])
+    assert (cfg.dataset.name, cfg.recommender.name, cfg.trainer.accelerator) == ("ml-100k", "sasrec", "cpu")
+    assert cfg.logger.name == "csv" and cfg.stage == "recommender"
+
+
+def test_misspelled_key_fails_naming_the_key():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(["dataset.preprocess.usr_core=3"])
+    assert "usr_core" in str(err.value.__cause__ or err.value)
+
+
+def test_wrong_type_fails_naming_the_key():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(["recommender.n_layers=two"])
+    assert "n_layers" in str(err.value.__cause__ or err.value)
+
+
+def test_misspelled_key_in_a_user_yaml_fails(tmp_path: Path):
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "mine.yaml").write_text(
+        "defaults:\n  - schema_recbole_atomic\n  - _self_\nname: mine\npath: /tmp\ntitel_field: title\n"
+    )
+    with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError)) as err:
+        compose_config([f"hydra.searchpath=[file://{tmp_path}]", "dataset=mine"])
+    assert "titel_field" in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("dataset.preprocess.dedup=fist", "dataset.preprocess.dedup"),
+        ("recommender.loss=hinge", "recommender.loss"),
+        ("logger.mode=sometimes", "logger.mode"),
+        ("recommender.train.batch_size=0", "recommender.train.batch_size"),
+        ("dataset.preprocess.min_seq_len=2", "dataset.preprocess.min_seq_len"),
+        ("recommender.n_heads=3", "recommender.hidden_size"),
+        ("stage=trian", "stage"),
+    ],
+)
+def test_invalid_values_fail_at_start_up_naming_the_key(override, key):
+    cfg = compose_config([override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg, tuple(STAGES))

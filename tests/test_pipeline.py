@@ -1,0 +1,157 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recexplainer import artifacts
+from recexplainer.cli import run
+from recexplainer.data.dataset import SequentialData
+from recexplainer.pipeline import stage_folder
+from recexplainer.recommender import load_recommender, pad_left
+from recexplainer.recommender.metrics import target_rank
+
+REQUIRED_METRICS = [f"{s}/{m}@{k}" for s in ("valid", "test") for m in ("hr", "ndcg") for k in (5, 10, 20)]
+
+
+def test_end_to_end_data_and_recommender(make_cfg):
+    cfg = make_cfg()
+    folder = run(cfg)
+    data_folder = stage_folder(cfg, "data")
+    assert folder.parent.name == "recommender" and data_folder.parent.name == "data"
+    for f in (folder, data_folder):
+        assert artifacts.is_complete(f) and (f / "config.yaml").is_file() and (f / "key.json").is_file()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    for key in REQUIRED_METRICS + ["protocol/full_ranking", "protocol/exclude_history", "train/best_epoch"]:
+        assert key in metrics
+    assert metrics["test/hr@20"] >= metrics["test/hr@10"] >= metrics["test/hr@5"]
+
+    # the exported model reproduces the reported test metric
+    model = load_recommender(folder)
+    data = SequentialData.load(data_folder)
+    users = list(range(data.n_users))
+    seq = pad_left([data.history(u, "test") for u in users], model.max_len)
+    exclude = pad_left([data.history(u, "test") for u in users])
+    with torch.no_grad():
+        scores = model.score(seq, torch.tensor(users), exclude=exclude)
+    rank = target_rank(scores, torch.tensor([data.target(u, "test") for u in users]))
+    assert (rank < 10).float().mean().item() == pytest.approx(metrics["test/hr@10"], abs=1e-6)
+
+
+def test_second_run_reuses_and_force_recomputes(make_cfg, monkeypatch):
+    cfg = make_cfg()
+    folder = run(cfg)
+    stamp = (folder / "metrics.json").stat().st_mtime_ns
+
+    import recexplainer.recommender.stage as rec_stage
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a complete stage must be reused, not recomputed")
+
+    monkeypatch.setattr(rec_stage, "run", boom)
+    assert run(cfg) == folder and (folder / "metrics.json").stat().st_mtime_ns == stamp
+    monkeypatch.undo()
+    cfg.force = True
+    assert run(cfg) == folder and (folder / "metrics.json").stat().st_mtime_ns != stamp
+
+
+def test_recommender_sweep_shares_the_data_stage(make_cfg):
+    a = make_cfg("recommender.hidden_size=8", "stage=data")
+    b = make_cfg("recommender.hidden_size=12", "recommender.train.lr=0.01", "stage=data")
+    assert stage_folder(a, "data") == stage_folder(b, "data")
+    assert stage_folder(a, "recommender") != stage_folder(b, "recommender")
+    c = make_cfg("dataset.preprocess.user_core=5")
+    assert stage_folder(c, "data") != stage_folder(a, "data")
+    d = make_cfg(
+        "trainer.accelerator=gpu", "logger=wandb", "num_threads=2"
+    )  # hardware does not change results
+    assert stage_folder(d, "recommender") == stage_folder(make_cfg(), "recommender")
+
+
+def test_same_seed_gives_same_metrics(make_cfg):
+    cfg = make_cfg()
+    first = json.loads((run(cfg) / "metrics.json").read_text())
+    cfg.force = True
+    second = json.loads((run(cfg) / "metrics.json").read_text())
+    for key in REQUIRED_METRICS:
+        assert first[key] == second[key], key
+
+
+def test_killed_training_resumes_from_last_checkpoint(make_cfg, monkeypatch):
+    cfg = make_cfg("recommender.train.max_epochs=4")
+    from recexplainer.training import EpochTimer
+
+    original = EpochTimer.on_train_epoch_end
+
+    def die_after_two(self, trainer, module):
+        original(self, trainer, module)
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated kill")
+
+    monkeypatch.setattr(EpochTimer, "on_train_epoch_end", die_after_two)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(cfg)
+    folder = stage_folder(cfg, "recommender")
+    assert not artifacts.is_complete(folder) and (folder / "checkpoints" / "last.ckpt").is_file()
+    saved_epoch = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    assert saved_epoch in (0, 1)
+    monkeypatch.undo()
+    assert run(cfg) == folder and artifacts.is_complete(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["train/epochs_run"] == 4 - (saved_epoch + 1)  # only the epochs after the checkpoint
+
+
+def test_mf_through_the_same_interface(make_cfg):
+    folder = run(make_cfg("recommender=mf"))
+    model = load_recommender(folder)
+    assert model.name == "mf"
+    assert json.loads((folder / "metrics.json").read_text())["test/ndcg@10"] > 0
+
+
+def test_bce_loss_trains(make_cfg):
+    folder = run(make_cfg("recommender.loss=bce", "recommender.n_negatives=4"))
+    assert json.loads((folder / "metrics.json").read_text())["test/hr@20"] > 0
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("recexplainer")
+    return subprocess.run(
+        [
+            str(exe),
+            *[a for a in args if a.startswith("-")],
+            f"paths.artifacts={tmp_path}/artifacts",
+            *[a for a in args if not a.startswith("-")],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_reports_config_typos_with_the_key(tmp_path):
+    proc = _cli(tmp_path, "recommender.hiden_size=3")
+    assert proc.returncode != 0 and "hiden_size" in proc.stderr
+    proc = _cli(tmp_path, "stage=dta", "dataset=synthetic")
+    assert proc.returncode == 2 and "stage='dta'" in proc.stderr + proc.stdout
+
+
+def test_cli_multirun_shares_data(tmp_path):
+    proc = _cli(
+        tmp_path,
+        "-m",
+        "dataset=synthetic",
+        "recommender.hidden_size=8,16",
+        "recommender.n_heads=1",
+        "recommender.n_layers=1",
+        "recommender.max_len=8",
+        "recommender.train.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    root = tmp_path / "artifacts"
+    assert len(list((root / "data").glob("*/_COMPLETE"))) == 1
+    assert len(list((root / "recommender").glob("*/_COMPLETE"))) == 2
+    assert "stage data: reusing" in proc.stderr + proc.stdout
