@@ -21,6 +21,8 @@ MARKER = "_COMPLETE"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 KEY_FILE = "key.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def stage_key(fields: dict[str, Any]) -> str:
@@ -52,6 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -26,7 +26,12 @@ def run(cfg: DictConfig) -> Path:
         import torch
 
         torch.set_num_threads(cfg.num_threads)
-    return run_stage(cfg, cfg.stage, force=cfg.force)
+    folder = run_stage(cfg, cfg.stage, force=cfg.force)
+    if cfg.show and cfg.stage == "alignment_data":  # also for a cached folder
+        from recexplainer.alignment.stage import show
+
+        show(folder, cfg.show)
+    return folder
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

@@ -141,6 +141,35 @@ class LoggerConfig:
 
 
 @dataclass
+class AlignmentConfig:
+    mode: str = MISSING  # behavior | intention | hybrid
+    injection: str = "add"  # aligner: add the projected vector to the placeholder embedding, or "replace" it
+    user_placeholder: str = "<user>"
+    item_placeholder: str = "<item>"
+    user_format: str = MISSING  # how a user fills {user}: fields {placeholder} and {titles}
+    item_format: str = MISSING  # how an item fills {item} / candidates: fields {placeholder} and {title}
+    title_separator: str = "; "
+    max_hist_len: int = 9  # the last N history items form a prefix (the paper: 9 / 13 / 16)
+
+
+@dataclass
+class TaskConfig:
+    kind: str = MISSING  # what the task asks; see recexplainer/alignment/labels.py
+    task_id: int = MISSING  # the paper's task number (1 retrieval ... 6 history reconstruction)
+    modes: list[str] = field(default_factory=lambda: ["behavior", "intention", "hybrid"])
+    templates: list[str] = MISSING  # paraphrased instructions; named fields only, e.g. {user}, {item}
+    train_per_user: int | None = 1  # training prefixes (or items, for item tasks) per user; null: all
+    max_train: int | None = None  # cap on training examples (null: no cap)
+    max_eval: int | None = 200  # cap on validation and on test examples each (null: every user / item)
+    user_format: str | None = None  # overrides the mode's user_format for this task (e.g. embedding only)
+    n_candidates: int = 5  # ranking
+    top_fraction: float = 0.2  # interest: positives come from the recommender's top band
+    bottom_fraction: float = 0.5  # interest: negatives come from its bottom band
+    eval_items_fraction: float = 0.1  # item tasks: items held out from training for evaluation
+    path: str | None = None  # replay: user-supplied JSONL of {"instruction", "response"} (no download)
+
+
+@dataclass
 class Config:
     stage: str = "recommender"  # the stage to run; its missing upstream stages run first
     seed: int = 42
@@ -149,6 +178,9 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     dataset: Any = MISSING
     recommender: Any = MISSING
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    show: int = 0  # alignment_data: print this many rendered examples per task
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
@@ -172,6 +204,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "recommender.name": ("sasrec", "mf"),
     "recommender.loss": ("ce", "bce"),
     "logger.name": ("csv", "wandb"),
+    "alignment.mode": ("behavior", "intention", "hybrid"),
+    "alignment.injection": ("add", "replace"),
     "logger.mode": ("offline", "online", "disabled"),
 }
 
@@ -182,6 +216,7 @@ POSITIVE: tuple[str, ...] = (
     "recommender.train.eval_batch_size",
     "recommender.train.max_epochs",
     "dataset.preprocess.min_seq_len",
+    "alignment.max_hist_len",
 )
 
 
@@ -220,5 +255,25 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
         raise ConfigError(
             f"recommender.hidden_size={rec.hidden_size} must be divisible by recommender.n_heads={rec.n_heads}"
         )
+    _validate_alignment(cfg)
     if cfg.dataset.format == "recbole_atomic" and not (cfg.dataset.path or cfg.dataset.asset):
         raise ConfigError("dataset.path is required for the recbole_atomic format (or dataset.asset)")
+
+
+def _validate_alignment(cfg: DictConfig) -> None:
+    from recexplainer.alignment.templates import TemplateError, validate_format, validate_task
+
+    try:
+        validate_format("alignment.user_format", cfg.alignment.user_format, {"placeholder", "titles"})
+        validate_format("alignment.item_format", cfg.alignment.item_format, {"placeholder", "title"})
+        for name, task in cfg.tasks.items():
+            validate_task(name, task)
+            for key in ("top_fraction", "bottom_fraction", "eval_items_fraction"):
+                if not 0 <= task[key] <= 1:
+                    raise ConfigError(f"tasks.{name}.{key}={task[key]} must be in [0, 1]")
+            if task.kind == "ranking" and task.n_candidates < 2:
+                raise ConfigError(f"tasks.{name}.n_candidates={task.n_candidates} must be at least 2")
+    except TemplateError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.alignment.user_placeholder == cfg.alignment.item_placeholder:
+        raise ConfigError("alignment.user_placeholder and alignment.item_placeholder must differ")

@@ -33,6 +33,7 @@ STAGES: dict[str, Stage] = {
     for s in (
         Stage("data", "recexplainer.data.stage"),
         Stage("recommender", "recexplainer.recommender.stage", requires=("data",)),
+        Stage("alignment_data", "recexplainer.alignment.stage", requires=("data", "recommender")),
     )
 }
 

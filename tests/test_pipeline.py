@@ -155,3 +155,11 @@ def test_cli_multirun_shares_data(tmp_path):
     assert len(list((root / "data").glob("*/_COMPLETE"))) == 1
     assert len(list((root / "recommender").glob("*/_COMPLETE"))) == 2
     assert "stage data: reusing" in proc.stderr + proc.stdout
+
+
+def test_wandb_logger_runs_offline(make_cfg, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    folder = run(make_cfg("logger=wandb", "recommender.train.max_epochs=1"))
+    runs = list((folder / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))

@@ -106,18 +106,24 @@ def load_recbole_atomic(cfg: Any, folder: Path) -> RawData:
     ii = _column(names, cfg.item_field, inter_path, "item_field")
     it = _column(names, cfg.time_field, inter_path, "time_field")
     ir = _column(names, cfg.rating_field, inter_path, "rating_field") if cfg.rating_field else None
+    user_field, item_field, time_field, rating_field = (
+        cfg.user_field,
+        cfg.item_field,
+        cfg.time_field,
+        cfg.rating_field,
+    )
     users, items, times, ratings = [], [], [], []
-    for lineno, parts in rows:
+    for lineno, parts in rows:  # plain locals in this loop: OmegaConf attribute access is slow
         u, i = parts[iu].strip(), parts[ii].strip()
         if not u:
-            raise DataFormatError(f"{inter_path}:{lineno}: empty field {cfg.user_field!r}")
+            raise DataFormatError(f"{inter_path}:{lineno}: empty field {user_field!r}")
         if not i:
-            raise DataFormatError(f"{inter_path}:{lineno}: empty field {cfg.item_field!r}")
+            raise DataFormatError(f"{inter_path}:{lineno}: empty field {item_field!r}")
         users.append(u)
         items.append(i)
-        times.append(_to_float(parts[it], inter_path, lineno, cfg.time_field))
+        times.append(_to_float(parts[it], inter_path, lineno, time_field))
         if ir is not None:
-            ratings.append(_to_float(parts[ir], inter_path, lineno, cfg.rating_field))
+            ratings.append(_to_float(parts[ir], inter_path, lineno, rating_field))
 
     item_info: dict[str, dict[str, Any]] = {}
     item_path = folder / f"{prefix}.item"
@@ -129,14 +135,15 @@ def load_recbole_atomic(cfg: Any, folder: Path) -> RawData:
         meta_cols = {
             out: _column(names, col, item_path, "metadata_fields") for col, out in cfg.metadata_fields.items()
         }
+        list_fields = set(cfg.list_fields)
         for lineno, parts in rows:
             key = parts[ki].strip()
             if not key:
-                raise DataFormatError(f"{item_path}:{lineno}: empty field {cfg.item_field!r}")
+                raise DataFormatError(f"{item_path}:{lineno}: empty field {item_field!r}")
             info: dict[str, Any] = {"title": " ".join(parts[kt].split())}
             for out, col in meta_cols.items():
                 value = parts[col].strip()
-                info[out] = value.split() if out in cfg.list_fields else (value or None)
+                info[out] = value.split() if out in list_fields else (value or None)
             item_info[key] = info
     return RawData(
         users=np.asarray(users, dtype=object),
@@ -182,6 +189,7 @@ def load_amazon(cfg: Any) -> RawData:
     reviews = _require_file(Path(cfg.reviews_file).expanduser(), "Amazon reviews")
     meta = _require_file(Path(cfg.meta_file).expanduser(), "Amazon metadata")
     users, items, times, ratings = [], [], [], []
+    description_chars = cfg.description_chars
     for lineno, obj in _json_lines(reviews):
         users.append(str(_field(obj, "reviewerID", reviews, lineno)))
         items.append(str(_field(obj, "asin", reviews, lineno)))
@@ -202,7 +210,7 @@ def load_amazon(cfg: Any) -> RawData:
         if obj.get("brand"):
             info["brand"] = _clean_text(obj["brand"])
         if obj.get("description"):
-            info["description"] = _clean_text(obj["description"])[: cfg.description_chars]
+            info["description"] = _clean_text(obj["description"])[:description_chars]
         item_info[asin] = info
     return RawData(
         users=np.asarray(users, dtype=object),

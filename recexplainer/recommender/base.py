@@ -49,7 +49,14 @@ class Recommender(nn.Module):
         self, seq: torch.Tensor, users: torch.Tensor, exclude: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Scores over all items (B, n_items + 1); padding and the items in ``exclude`` (B, K) get -inf."""
-        scores = self.user_vector(seq, users) @ self.item_embeddings().T  # (B, N + 1)
+        with torch.autocast(device_type=seq.device.type, enabled=False):  # fp32 scores: no bf16 rank ties
+            return self.score_user_vectors(self.user_vector(seq, users).float(), exclude)
+
+    def score_user_vectors(
+        self, user_vectors: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, D) user vectors -> (B, n_items + 1) scores; padding and ``exclude`` (B, K) items get -inf."""
+        scores = user_vectors.float() @ self.item_embeddings().float().T  # (B, N + 1)
         scores[:, 0] = float("-inf")
         if exclude is not None:
             scores = scores.scatter(1, exclude, float("-inf"))

@@ -1,0 +1,277 @@
+"""Turn the recommender's labels into instruction examples, one task at a time.
+
+Every example records what the aligner needs without the recommender in memory: the rendered prompt and
+target, the history the user vector comes from (``user_row`` into the stage's ``vectors.safetensors``),
+and ``slots``: one entry per placeholder, in prompt order ("user", or an item index).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recexplainer.alignment.labels import Prefixes, band, task_rng
+from recexplainer.alignment.templates import SlotRenderer, field_order, render, template_fields
+
+USER_KINDS = ("retrieval", "ranking", "interest", "interest_hard", "history")
+ITEM_KINDS = ("item_recovery", "item_similar", "item_metadata")
+EXAMPLES_PER_PREFIX = {"interest": 2, "interest_hard": 2}
+
+
+class PlaceholderMismatch(RuntimeError):
+    """The number of placeholders in a prompt differs from the vectors the example refers to."""
+
+
+class TaskBuilder:
+    """Builds the examples of one task; user kinds from scored prefixes, item kinds from the catalog."""
+
+    def __init__(
+        self,
+        name: str,
+        task: Any,
+        mode: str,
+        renderer: SlotRenderer,
+        seed: int,
+        popularity: np.ndarray,
+        titles: list[str],
+    ):
+        self.name, self.task, self.mode = name, task, mode
+        self.renderer, self.popularity, self.titles = renderer, popularity, titles
+        self.label_rng = task_rng(seed, name, "labels")
+        self.template_rng = task_rng(seed, name, "templates")
+        for template in task.templates:
+            template_fields(template)  # validates
+        self.fields = [field_order(t) for t in task.templates]
+
+    def example(
+        self,
+        split: str,
+        key: str,
+        values: dict[str, str],
+        field_slots: dict[str, list],
+        target: str,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Render one example with a randomly chosen template and check its placeholder count."""
+        t = int(self.template_rng.integers(len(self.task.templates)))
+        prompt = render(self.task.templates[t], values)
+        slots = [s for f in self.fields[t] for s in field_slots.get(f, [])]
+        n_user, n_item = self.renderer.count(prompt)
+        if n_user != slots.count("user") or n_item != len(slots) - slots.count("user"):
+            raise PlaceholderMismatch(
+                f"task {self.name}, example {key}: prompt has {n_user} user / {n_item} item placeholders "
+                f"but refers to {slots.count('user')} user / {len(slots) - slots.count('user')} item vectors. "
+                f"Does a title contain {self.renderer.user_placeholder!r} or {self.renderer.item_placeholder!r}?"
+            )
+        return {
+            "id": f"{self.name}/{split}/{key}",
+            "task": self.name,
+            "kind": self.task.kind,
+            "task_id": self.task.task_id,
+            "split": split,
+            "mode": self.mode,
+            "template_id": t,
+            "prompt": prompt,
+            "target": target,
+            "slots": slots,
+            **extra,
+        }
+
+    def _user(self, history: np.ndarray) -> tuple[str, list]:
+        text = self.renderer.user(history, self.task.user_format)
+        return text, ["user"] * self.renderer.count(text)[0]
+
+    def _item(self, item: int) -> tuple[str, list]:
+        text = self.renderer.item(item)
+        return text, [int(item)] * self.renderer.count(text)[1]
+
+    # ---- user tasks -------------------------------------------------------------------------------
+    def from_prefixes(self, p: Prefixes, keep: np.ndarray) -> list[dict[str, Any]]:
+        """Examples for the rows of a scored batch selected by ``keep`` (bool, one per row)."""
+        make: Callable = getattr(self, f"_{self.task.kind}")
+        out = []
+        for row in np.flatnonzero(keep):
+            history = p.histories[row]
+            user_text, user_slots = self._user(history)
+            base = {
+                "user": int(p.users[row]),
+                "prefix_end": int(p.ends[row]),
+                "history": history.tolist(),
+                "user_row": int(p.offset + row),
+            }
+            key = f"u{int(p.users[row])}-e{int(p.ends[row])}"
+            out.extend(make(p, row, key, user_text, user_slots, base))
+        return out
+
+    def _retrieval(self, p, row, key, user_text, user_slots, base):
+        top1 = int(p.order[row, 0])
+        labels = {"item": top1, "score": float(p.scores[row, top1])}
+        return [
+            self.example(
+                p.split,
+                key,
+                {"user": user_text},
+                {"user": user_slots},
+                self.titles[top1],
+                labels=labels,
+                **base,
+            )
+        ]
+
+    def _ranking(self, p, row, key, user_text, user_slots, base):
+        n = int(p.n_valid[row])
+        k = min(self.task.n_candidates, n)
+        positions = np.sort(self.label_rng.choice(n, size=k, replace=False))
+        ranked = p.order[row, positions].tolist()  # the recommender's order
+        shown = [ranked[i] for i in self.label_rng.permutation(k)]
+        cand_text = self.renderer.items(shown)
+        cand_slots = [s for i in shown for s in self._item(i)[1]]
+        labels = {
+            "items": ranked,
+            "ranks": positions.tolist(),
+            "shown": shown,
+            "scores": [float(p.scores[row, i]) for i in ranked],
+        }
+        return [
+            self.example(
+                p.split,
+                key,
+                {"user": user_text, "candidates": cand_text, "n": str(k)},
+                {"user": user_slots, "candidates": cand_slots},
+                self.renderer.title_list(ranked),
+                labels=labels,
+                **base,
+            )
+        ]
+
+    def _interest(self, p, row, key, user_text, user_slots, base, hard: bool = False):
+        top, bottom = band(p, row, self.task.top_fraction, self.task.bottom_fraction)
+        rng = self.label_rng
+        pos = int(top[rng.integers(len(top))])
+        fallback = False
+        if hard:
+            pool = bottom[self.popularity[bottom] >= self.popularity[pos]]
+            fallback = len(pool) == 0
+            neg = (
+                int(bottom[np.argmax(self.popularity[bottom])])
+                if fallback
+                else int(pool[rng.integers(len(pool))])
+            )
+        else:
+            neg = int(bottom[rng.integers(len(bottom))])
+        ranks = p.ranks[row]
+        out = []
+        for item, answer, tag in ((pos, "yes", "pos"), (neg, "no", "neg")):
+            item_text, item_slots = self._item(item)
+            labels = {
+                "item": item,
+                "answer": answer,
+                "rank": int(ranks[item]),
+                "n_ranked": int(p.n_valid[row]),
+                "score": float(p.scores[row, item]),
+                "popularity": int(self.popularity[item]),
+            }
+            if hard:
+                labels["hard_fallback"] = fallback
+            out.append(
+                self.example(
+                    p.split,
+                    f"{key}-{tag}",
+                    {"user": user_text, "item": item_text},
+                    {"user": user_slots, "item": item_slots},
+                    answer,
+                    labels=labels,
+                    **base,
+                )
+            )
+        return out
+
+    def _interest_hard(self, p, row, key, user_text, user_slots, base):
+        return self._interest(p, row, key, user_text, user_slots, base, hard=True)
+
+    def _history(self, p, row, key, user_text, user_slots, base):
+        history = p.histories[row]
+        return [
+            self.example(
+                p.split,
+                key,
+                {"user": user_text, "n": str(len(history))},
+                {"user": user_slots},
+                self.renderer.title_list(history),
+                labels={"items": history.tolist()},
+                **base,
+            )
+        ]
+
+    # ---- item tasks -------------------------------------------------------------------------------
+    def from_items(self, split: str, items: np.ndarray, item_table: list[dict], similar: np.ndarray):
+        out = []
+        for item in items.tolist():
+            if self.task.kind == "item_recovery":
+                target, labels = self.titles[item], {"item": item}
+            elif self.task.kind == "item_similar":
+                target, labels = self.titles[int(similar[item])], {"item": int(similar[item])}
+            else:
+                target = metadata_text(item_table[item])
+                if target is None:
+                    continue
+                labels = {}
+            item_text, item_slots = self._item(item)
+            out.append(
+                self.example(
+                    split,
+                    f"i{item}",
+                    {"item": item_text},
+                    {"item": item_slots},
+                    target,
+                    user=-1,
+                    item=item,
+                    labels=labels,
+                )
+            )
+        return out
+
+
+def metadata_text(row: dict[str, Any]) -> str | None:
+    """Genres / categories, brand and year of an item as one sentence; None when it has none."""
+    parts = []
+    for key, label in (("genres", "Genres"), ("categories", "Categories")):
+        if row.get(key):
+            parts.append(f"{label}: {', '.join(row[key])}.")
+    if row.get("brand"):
+        parts.append(f"Brand: {row['brand']}.")
+    if row.get("year"):
+        parts.append(f"Year: {row['year']}.")
+    return " ".join(parts) or None
+
+
+def read_replay(path: str, limit: int | None) -> list[dict[str, Any]]:
+    """User-supplied instruction data: one {"instruction"|"prompt", "response"|"output"} object per line."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"tasks.replay.path: file not found: {file}")
+    rows = []
+    with open(file, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{file}:{lineno}: not valid JSON ({err.msg})") from None
+            instruction = obj.get("instruction") or obj.get("prompt")
+            response = obj.get("response") or obj.get("output")
+            if not instruction or not response:
+                raise ValueError(
+                    f"{file}:{lineno}: needs 'instruction' (or 'prompt') and 'response' (or 'output')"
+                )
+            if obj.get("input"):
+                instruction = f"{instruction}\n\n{obj['input']}"
+            rows.append({"instruction": instruction, "response": response, "line": lineno})
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
