@@ -170,6 +170,46 @@ class TaskConfig:
 
 
 @dataclass
+class LLMConfig:
+    name: str = MISSING
+    source: str = MISSING  # smollm2_gguf | tiny_random | pretrained
+    path: str | None = None  # pretrained: local folder or hub name (must be available offline)
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    prompt_template: str | None = None  # for models without a chat template; must contain {prompt}
+    system_prompt: str | None = None
+    trust_remote_code: bool = False
+    tiny_layers: int = 2  # tiny_random only
+    tiny_hidden: int = 64  # tiny_random only
+
+
+@dataclass
+class AlignerConfig:
+    projector: str = "mlp2x_gelu"
+    injection: str = "add"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    train_tasks: list[str] | None = None
+    max_train_examples: int | None = None
+    max_valid_examples: int | None = 64
+    max_length: int = 512
+    batch_size: int = 4
+    accumulate_grad_batches: int = 4
+    lr: float = 2e-4
+    projector_lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    projector_only_steps: int = 0
+    max_epochs: int = 1
+    max_steps: int = -1
+    val_check_interval: float = 1.0
+    gradient_checkpointing: bool = False
+    checkpoint_every_n_steps: int = 20  # save a resumable checkpoint (trainable weights only) this often
+    num_workers: int = 0
+
+
+@dataclass
 class Config:
     stage: str = "recommender"  # the stage to run; its missing upstream stages run first
     seed: int = 42
@@ -180,6 +220,8 @@ class Config:
     recommender: Any = MISSING
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    aligner: AlignerConfig = field(default_factory=AlignerConfig)
     show: int = 0  # alignment_data: print this many rendered examples per task
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -206,6 +248,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logger.name": ("csv", "wandb"),
     "alignment.mode": ("behavior", "intention", "hybrid"),
     "alignment.injection": ("add", "replace"),
+    "aligner.injection": ("add", "replace"),
+    "aligner.projector": ("mlp2x_gelu", "linear", "identity"),
+    "llm.source": ("smollm2_gguf", "tiny_random", "pretrained"),
+    "llm.dtype": ("float32", "bfloat16", "float16"),
     "logger.mode": ("offline", "online", "disabled"),
 }
 
@@ -217,6 +263,9 @@ POSITIVE: tuple[str, ...] = (
     "recommender.train.max_epochs",
     "dataset.preprocess.min_seq_len",
     "alignment.max_hist_len",
+    "aligner.batch_size",
+    "aligner.max_length",
+    "aligner.lora_r",
 )
 
 

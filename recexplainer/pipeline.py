@@ -34,6 +34,7 @@ STAGES: dict[str, Stage] = {
         Stage("data", "recexplainer.data.stage"),
         Stage("recommender", "recexplainer.recommender.stage", requires=("data",)),
         Stage("alignment_data", "recexplainer.alignment.stage", requires=("data", "recommender")),
+        Stage("aligner", "recexplainer.aligner.stage", requires=("alignment_data",)),
     )
 }
 

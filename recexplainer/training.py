@@ -94,8 +94,15 @@ def build_logger(cfg: DictConfig, out_dir: Path, name: str):
 
 
 def build_trainer(
-    cfg: DictConfig, out_dir: Path, name: str, max_epochs: int, callbacks: list, grad_clip: float | None
+    cfg: DictConfig,
+    out_dir: Path,
+    name: str,
+    max_epochs: int,
+    callbacks: list,
+    grad_clip: float | None,
+    **kwargs,
 ) -> L.Trainer:
+    """A Trainer for the configured hardware; ``kwargs`` go to ``L.Trainer`` (stage-specific settings)."""
     quiet_lightning_logging()
     t = cfg.trainer
     return L.Trainer(
@@ -113,4 +120,5 @@ def build_trainer(
         gradient_clip_val=grad_clip,
         default_root_dir=str(out_dir),
         enable_model_summary=False,
+        **kwargs,
     )

@@ -1,0 +1,212 @@
+"""Alignment examples -> token ids, labels on the response only, and the vectors for each placeholder.
+
+Prompts go through the tokenizer's chat template (or an explicit template for models without one). Every
+example is tokenized once; batches are grouped by length so CPU time is not spent on padding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import Dataset, Sampler
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+class ChatFormatter:
+    """Wraps an instruction into the model's chat format, ready for the response to follow."""
+
+    def __init__(self, tokenizer: Any, template: str | None = None, system_prompt: str | None = None):
+        if template is None and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                "the tokenizer has no chat template; set llm.prompt_template, e.g. "
+                "'USER: {prompt} ASSISTANT:' (Vicuna v1.1)"
+            )
+        if template is not None and "{prompt}" not in template:
+            raise ValueError(f"llm.prompt_template must contain {{prompt}}, got {template!r}")
+        self.tokenizer, self.template, self.system_prompt = tokenizer, template, system_prompt
+
+    def __call__(self, prompt: str) -> str:
+        if self.template is not None:
+            text = self.template.replace("{prompt}", prompt)
+            return f"{self.system_prompt} {text}" if self.system_prompt else text
+        messages = [{"role": "user", "content": prompt}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    user_rows: list[int]  # one row of the split's user-vector table per <user> token, in order
+    items: list[int]  # one item index per <item> token, in order
+    example_id: str
+
+
+def encode(
+    row: dict[str, Any],
+    formatter: ChatFormatter,
+    tokenizer: Any,
+    user_token_id: int,
+    item_token_id: int,
+    with_target: bool = True,
+) -> Encoded:
+    """Token ids of the formatted prompt (+ target and eos); labels cover the target only."""
+    prompt_ids = tokenizer(formatter(row["prompt"]), add_special_tokens=False)["input_ids"]
+    target_ids = []
+    if with_target:
+        target_ids = tokenizer(row["target"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    ids = list(prompt_ids) + list(target_ids)
+    slots = row["slots"]
+    n_user, n_item = ids.count(user_token_id), ids.count(item_token_id)
+    if n_user != slots.count("user") or n_item != len(slots) - slots.count("user"):
+        raise ValueError(
+            f"example {row['id']}: tokenized prompt has {n_user} <user> / {n_item} <item> tokens but the example "
+            f"has slots {slots}; the placeholders must be single special tokens of the tokenizer"
+        )
+    return Encoded(
+        input_ids=ids,
+        labels=[IGNORE] * len(prompt_ids) + list(target_ids),
+        user_rows=[row["user_row"]] * slots.count("user") if "user" in slots else [],
+        items=[s for s in slots if s != "user"],
+        example_id=row["id"],
+    )
+
+
+def read_examples(folder: Path, split: str, tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """All examples of a split from an alignment_data folder (optionally only some tasks)."""
+    rows = []
+    for path in sorted((folder / "examples").glob(f"*.{split}.jsonl")):
+        task = path.name.split(".")[0]
+        if tasks is not None and task not in tasks:
+            continue
+        with open(path, encoding="utf-8") as handle:
+            rows.extend(json.loads(line) for line in handle)
+    return rows
+
+
+class AlignmentDataset(Dataset):
+    """Tokenized examples of one split, with the vector tables their placeholders refer to."""
+
+    def __init__(
+        self,
+        folder: Path,
+        split: str,
+        tokenizer: Any,
+        formatter: ChatFormatter,
+        user_token_id: int,
+        item_token_id: int,
+        max_length: int,
+        tasks: Sequence[str] | None = None,
+        limit: int | None = None,
+        seed: int = 0,
+    ):
+        rows = read_examples(folder, split, tasks)
+        if limit is not None and len(rows) > limit:
+            rows = random.Random(seed).sample(rows, limit)
+        vectors = load_file(folder / "vectors.safetensors")
+        self.items = vectors["items"]  # (N + 1, d_rec)
+        self.users = vectors.get(f"users_{split}", torch.empty(0, self.items.shape[1]))
+        self.examples: list[Encoded] = []
+        self.dropped = 0
+        for row in rows:
+            enc = encode(row, formatter, tokenizer, user_token_id, item_token_id)
+            if len(enc.input_ids) > max_length:  # never truncate: a cut placeholder would misalign vectors
+                self.dropped += 1
+                continue
+            self.examples.append(enc)
+        if self.dropped:
+            log.warning(
+                "%s: dropped %d of %d examples longer than max_length=%d tokens",
+                split,
+                self.dropped,
+                len(rows),
+                max_length,
+            )
+        self.n_tokens = sum(len(e.input_ids) for e in self.examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        e = self.examples[index]
+        return {
+            "input_ids": e.input_ids,
+            "labels": e.labels,
+            "users": self.users[e.user_rows],
+            "items": self.items[e.items],
+        }
+
+    def lengths(self) -> list[int]:
+        return [len(e.input_ids) for e in self.examples]
+
+
+def collate(batch: list[dict[str, Any]], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad to the longest example; vectors are concatenated in row-major placeholder order."""
+    width = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, b in enumerate(batch):
+        n = len(b["input_ids"])
+        sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
+        ids[i, sl] = torch.tensor(b["input_ids"])
+        labels[i, sl] = torch.tensor(b["labels"])
+        mask[i, sl] = 1
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "user_vectors": torch.cat([b["users"] for b in batch]),
+        "item_vectors": torch.cat([b["items"] for b in batch]),
+    }
+
+
+class LengthGroupedSampler(Sampler[list[int]]):
+    """Batches of similar length: shuffle, cut into mega-batches, sort each by length, cut into batches,
+    shuffle the batches. Deterministic per (seed, epoch). Under DDP each of ``num_replicas`` processes takes
+    every ``num_replicas``-th batch (the tail that cannot be shared evenly is dropped)."""
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        mega: int = 50,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        self.lengths, self.batch_size, self.seed, self.mega = list(lengths), batch_size, seed, mega
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        size = self.batch_size * self.mega
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start : start + size], key=lambda i: -self.lengths[i])
+            batches.extend(chunk[k : k + self.batch_size] for k in range(0, len(chunk), self.batch_size))
+        rng.shuffle(batches)
+        usable = len(batches) - len(batches) % self.num_replicas
+        return iter(batches[self.rank : usable : self.num_replicas])
+
+    def __len__(self) -> int:
+        n = -(-len(self.lengths) // self.batch_size)
+        return n // self.num_replicas

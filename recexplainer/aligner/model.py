@@ -1,0 +1,106 @@
+"""The LLM that reads the recommender's vectors: any causal LM composed with two projectors.
+
+Placeholder tokens (``<user>``, ``<item>``) mark where vectors go. One vectorized step per kind: a boolean
+mask of the placeholder positions and ``masked_scatter`` of the projected vectors, added to the token
+embedding (``add``, the public code) or replacing it (``replace``, LLaRA / XRec); the decoder is then
+called with ``inputs_embeds``. The language model is wrapped, not subclassed, so a PEFT wrapper works too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recexplainer.aligner.projector import build_projector
+
+INJECTIONS = ("add", "replace")
+
+
+class PlaceholderMismatch(ValueError):
+    """The number of placeholder tokens in a batch differs from the number of vectors given."""
+
+
+class RecExplainerLM(nn.Module):
+    """Causal LM + user / item projectors. Vectors are given in placeholder order (row-major over the batch)."""
+
+    def __init__(
+        self,
+        lm: nn.Module,
+        user_token_id: int,
+        item_token_id: int,
+        d_rec: int,
+        projector: str = "mlp2x_gelu",
+        injection: str = "add",
+    ):
+        super().__init__()
+        if injection not in INJECTIONS:
+            raise ValueError(f"injection must be one of {INJECTIONS}, got {injection!r}")
+        self.lm = lm
+        self.user_token_id, self.item_token_id = user_token_id, item_token_id
+        self.injection = injection
+        table = lm.get_input_embeddings()
+        hidden = table.embedding_dim
+        self.user_projector = build_projector(projector, d_rec, hidden)
+        self.item_projector = build_projector(projector, d_rec, hidden)
+        # Trainable embedding rows of the two placeholder tokens, kept apart from the (frozen) table so
+        # that training them costs two rows of optimizer state, not the whole vocabulary.
+        rows = table.weight[[user_token_id, item_token_id]].detach().clone().float()
+        self.placeholder_embeddings = nn.Parameter(rows)  # (2, H)
+
+    def _inject(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        vectors: torch.Tensor | None,
+        projector: nn.Module,
+        name: str,
+    ) -> torch.Tensor:
+        n = int(mask.sum())
+        given = 0 if vectors is None else vectors.shape[0]
+        if n != given:
+            raise PlaceholderMismatch(
+                f"the batch has {n} {name} placeholder token(s) but {given} {name} vector(s) were given; "
+                "was a prompt truncated, or does a title contain the placeholder text?"
+            )
+        if n == 0:
+            return embeds
+        projected = projector(vectors.to(next(projector.parameters(), embeds).dtype)).to(
+            embeds.dtype
+        )  # (n, H)
+        mask3 = mask.unsqueeze(-1)  # (B, T, 1)
+        if self.injection == "add":
+            projected = embeds[mask] + projected
+        return embeds.masked_scatter(mask3, projected)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        user_vectors: torch.Tensor | None = None,
+        item_vectors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids (B, T), user_vectors (U, d_rec), item_vectors (I, d_rec) -> inputs_embeds (B, T, H)."""
+        embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
+        for k, token_id in enumerate((self.user_token_id, self.item_token_id)):
+            mask = input_ids == token_id
+            if mask.any():
+                row = self.placeholder_embeddings[k].to(embeds.dtype)
+                embeds = torch.where(mask.unsqueeze(-1), row, embeds)
+        embeds = self._inject(
+            embeds, input_ids == self.user_token_id, user_vectors, self.user_projector, "user"
+        )
+        return self._inject(
+            embeds, input_ids == self.item_token_id, item_vectors, self.item_projector, "item"
+        )
+
+    def forward(
+        self, input_ids, attention_mask=None, user_vectors=None, item_vectors=None, labels=None, **kwargs
+    ):
+        embeds = self.embed(input_ids, user_vectors, item_vectors)
+        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, user_vectors=None, item_vectors=None, **kwargs):
+        """Generate from left-padded prompts; returns only the new tokens (B, new)."""
+        embeds = self.embed(input_ids, user_vectors, item_vectors)
+        kwargs.setdefault("suppress_tokens", [self.user_token_id, self.item_token_id])
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)

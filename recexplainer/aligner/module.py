@@ -1,0 +1,87 @@
+"""LightningModule that fine-tunes the LLM (LoRA) and the projectors on the alignment examples."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+
+from recexplainer.aligner.model import RecExplainerLM
+
+
+def warmup_decay(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0.1 (a multiplier of the peak learning rate)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class AlignerModule(L.LightningModule):
+    """Loss on response tokens only (labels are -100 elsewhere); separate learning rates for the LoRA
+    weights and the projectors; optional projector-only warm-up phase."""
+
+    def __init__(
+        self,
+        model: RecExplainerLM,
+        lr: float = 2e-4,
+        projector_lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.1,
+        total_steps: int = 1,
+        projector_only_steps: int = 0,
+    ):
+        super().__init__()
+        self.model = model
+        self.lr, self.projector_lr, self.weight_decay = lr, projector_lr, weight_decay
+        self.warmup_ratio, self.total_steps = warmup_ratio, max(1, total_steps)
+        self.projector_only_steps = projector_only_steps
+        self.strict_loading = False  # checkpoints hold the trainable weights only
+        self._tokens = 0
+        self._t0 = time.perf_counter()
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = self.trainable_state_dict()
+
+    def training_step(self, batch, batch_idx):
+        lm_frozen = self.global_step < self.projector_only_steps
+        for group in self.optimizers().param_groups:
+            if group["name"] == "lm":
+                group["lr"] = 0.0 if lm_frozen else group["lr"]
+        out = self.model(**batch)
+        n_tokens = int(batch["attention_mask"].sum())
+        self._tokens += n_tokens
+        elapsed = time.perf_counter() - self._t0
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("train/tokens_per_s", self._tokens / max(elapsed, 1e-9), prog_bar=True)
+        return out.loss
+
+    def on_train_epoch_start(self) -> None:
+        self._tokens, self._t0 = 0, time.perf_counter()
+
+    def validation_step(self, batch, batch_idx):
+        out = self.model(**batch)
+        self.log(
+            "valid/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0]
+        )
+
+    def configure_optimizers(self):
+        projector, lm = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (projector if "projector" in name or "placeholder_embeddings" in name else lm).append(p)
+        groups = [{"params": projector, "lr": self.projector_lr, "name": "projector"}]
+        if lm:
+            groups.append({"params": lm, "lr": self.lr, "name": "lm"})
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        warmup = int(self.warmup_ratio * self.total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_decay(step, self.total_steps, warmup)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

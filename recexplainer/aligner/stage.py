@@ -1,0 +1,171 @@
+"""The ``aligner`` stage: fine-tune the LLM (LoRA) and the projectors on the alignment examples."""
+
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from recexplainer.aligner import setup
+from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate
+from recexplainer.aligner.module import AlignerModule
+from recexplainer.training import EpochTimer, build_trainer, peak_rss_mb
+
+log = logging.getLogger(__name__)
+
+
+def key_fields(cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "llm": OmegaConf.to_container(cfg.llm, resolve=True),
+        "aligner": OmegaConf.to_container(cfg.aligner, resolve=True),
+        "seed": cfg.seed,
+        "precision": cfg.trainer.precision,
+    }
+
+
+def _loader(
+    dataset: AlignmentDataset,
+    batch_size: int,
+    pad_id: int,
+    seed: int,
+    shuffle: bool,
+    num_workers: int,
+    world_size: int,
+    rank: int,
+) -> DataLoader:
+    sampler = LengthGroupedSampler(
+        dataset.lengths(),
+        batch_size,
+        seed=seed,
+        num_replicas=world_size,
+        rank=rank,
+        mega=50 if shuffle else 1,
+    )
+    return DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=partial(collate, pad_id=pad_id), num_workers=num_workers
+    )
+
+
+def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, float]:
+    ac = cfg.aligner
+    folder = upstream["alignment_data"]
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "vectors.safetensors"), "pt") as handle:
+        d_rec = handle.get_slice("items").get_shape()[1]
+    model, tokenizer, formatter = setup.build(cfg, d_rec)
+    tasks = list(ac.train_tasks) if ac.train_tasks else None
+    common = dict(
+        tokenizer=tokenizer,
+        formatter=formatter,
+        user_token_id=model.user_token_id,
+        item_token_id=model.item_token_id,
+        max_length=ac.max_length,
+        tasks=tasks,
+        seed=cfg.seed,
+    )
+    train = AlignmentDataset(folder, "train", limit=ac.max_train_examples, **common)
+    valid = AlignmentDataset(folder, "valid", limit=ac.max_valid_examples, **common)
+    if len(train) == 0:
+        raise ValueError(
+            f"no training examples in {folder} for tasks {tasks or 'all'} (max_length {ac.max_length})"
+        )
+
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="step{step}",
+        save_last=True,
+        every_n_train_steps=max(1, ac.checkpoint_every_n_steps),
+        save_top_k=1,
+        monitor=None,
+        enable_version_counter=False,
+    )
+    timer = EpochTimer()
+    trainer = build_trainer(
+        cfg,
+        out_dir,
+        "aligner",
+        ac.max_epochs,
+        [checkpoint, timer],
+        grad_clip=1.0,
+        accumulate_grad_batches=ac.accumulate_grad_batches,
+        max_steps=ac.max_steps,
+        val_check_interval=ac.val_check_interval,
+        use_distributed_sampler=False,
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_loader = _loader(
+        train, ac.batch_size, pad_id, cfg.seed, True, ac.num_workers, trainer.world_size, trainer.global_rank
+    )
+    valid_loader = (
+        _loader(
+            valid,
+            ac.batch_size,
+            pad_id,
+            cfg.seed,
+            False,
+            ac.num_workers,
+            trainer.world_size,
+            trainer.global_rank,
+        )
+        if len(valid)
+        else None
+    )
+    steps_per_epoch = math.ceil(len(train_loader) / ac.accumulate_grad_batches)
+    total = (
+        steps_per_epoch * ac.max_epochs
+        if ac.max_steps < 0
+        else min(ac.max_steps, steps_per_epoch * ac.max_epochs)
+    )
+    module = AlignerModule(
+        model, ac.lr, ac.projector_lr, ac.weight_decay, ac.warmup_ratio, total, ac.projector_only_steps
+    )
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    log.info(
+        "aligner: %s, %d training examples (%d tokens), %d validation; %d optimizer steps; "
+        "%.2f M trainable of %.1f M parameters",
+        cfg.llm.name,
+        len(train),
+        train.n_tokens,
+        len(valid),
+        total,
+        n_trainable / 1e6,
+        n_total / 1e6,
+    )
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("resuming aligner training from %s", last)
+    trainer.fit(
+        module, train_loader, valid_loader, ckpt_path=str(last) if last.is_file() else None, weights_only=True
+    )
+    if trainer.global_rank == 0:
+        setup.save(model, tokenizer, cfg, d_rec, out_dir)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "valid/"))}
+    metrics.update(timer.summary(None))
+    metrics.update(
+        {
+            "aligner/train_examples": len(train),
+            "aligner/train_tokens": train.n_tokens,
+            "aligner/dropped_too_long": train.dropped,
+            "aligner/valid_examples": len(valid),
+            "aligner/optimizer_steps": trainer.global_step,
+            "aligner/trainable_parameters": n_trainable,
+            "aligner/total_parameters": n_total,
+            "train/peak_rss_mb": peak_rss_mb(),
+        }
+    )
+    return metrics
+
+
+def load(folder: Path, assets_cache: str | None = None):
+    """(model, tokenizer, formatter) of a trained aligner folder."""
+    return setup.load(folder, assets_cache)

@@ -1,0 +1,164 @@
+"""The embedding-projected LLM: projectors, vectorized injection (add / replace), PEFT composition."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from recexplainer.aligner.data import LengthGroupedSampler, collate
+from recexplainer.aligner.model import PlaceholderMismatch, RecExplainerLM
+from recexplainer.aligner.projector import build_projector
+
+USER, ITEM, VOCAB, H, D_REC = 97, 98, 100, 32, 8
+
+
+def tiny_lm(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=H,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("kind,shape", [("mlp2x_gelu", (3, H)), ("linear", (3, H))])
+def test_projector_shapes(kind, shape):
+    proj = build_projector(kind, D_REC, H)
+    assert proj(torch.randn(3, D_REC)).shape == shape
+    if kind == "mlp2x_gelu":
+        assert [m.__class__.__name__ for m in proj] == ["Linear", "GELU", "Linear"]
+        assert proj[0].out_features == H // 2
+
+
+def test_identity_projector_needs_equal_dims():
+    assert isinstance(build_projector("identity", H, H), torch.nn.Identity)
+    with pytest.raises(ValueError, match="identity"):
+        build_projector("identity", D_REC, H)
+    with pytest.raises(ValueError, match="unknown projector"):
+        build_projector("conv", D_REC, H)
+
+
+CASES = [(inj, proj) for inj in ("add", "replace") for proj in ("mlp2x_gelu", "linear")]
+
+
+@pytest.mark.parametrize("injection,projector", CASES)
+def test_injection_touches_only_placeholder_positions(injection, projector):
+    model = RecExplainerLM(tiny_lm(), USER, ITEM, D_REC, projector=projector, injection=injection)
+    ids = torch.tensor([[5, USER, 6, ITEM, 7], [ITEM, 8, 9, USER, ITEM]])
+    users, items = torch.randn(2, D_REC), torch.randn(3, D_REC)
+    base = model.lm.get_input_embeddings()(ids)
+    out = model.embed(ids, users, items)
+    placeholder = (ids == USER) | (ids == ITEM)
+    assert torch.equal(out[~placeholder], base[~placeholder])
+    # vectors are consumed in row-major placeholder order
+    expected_user = model.user_projector(users)
+    expected_item = model.item_projector(items)
+    if injection == "add":
+        expected_user = expected_user + base[ids == USER]
+        expected_item = expected_item + base[ids == ITEM]
+    assert torch.allclose(out[ids == USER], expected_user, atol=1e-6)
+    assert torch.allclose(out[ids == ITEM], expected_item, atol=1e-6)
+
+
+def test_different_vectors_change_the_output_and_gradients_reach_the_projectors():
+    model = RecExplainerLM(tiny_lm(), USER, ITEM, D_REC)
+    ids = torch.tensor([[5, USER, 6, 7]])
+    a = model(ids, user_vectors=torch.randn(1, D_REC)).logits
+    b = model(ids, user_vectors=torch.randn(1, D_REC)).logits
+    assert not torch.allclose(a[:, -1], b[:, -1])
+    assert torch.allclose(a[:, 0], b[:, 0])  # causal: the position before the placeholder is unaffected
+    loss = model(ids, user_vectors=torch.randn(1, D_REC), labels=ids).loss
+    loss.backward()
+    assert model.user_projector[0].weight.grad.abs().sum() > 0
+    assert model.item_projector[0].weight.grad is None
+
+
+def test_placeholder_count_mismatch_is_a_clear_error():
+    model = RecExplainerLM(tiny_lm(), USER, ITEM, D_REC)
+    ids = torch.tensor([[5, USER, ITEM, USER]])
+    with pytest.raises(PlaceholderMismatch, match="2 user placeholder.*1 user vector"):
+        model.embed(ids, torch.randn(1, D_REC), torch.randn(1, D_REC))
+    with pytest.raises(PlaceholderMismatch, match="1 item placeholder.*0 item vector"):
+        model.embed(ids, torch.randn(2, D_REC), None)
+
+
+def test_works_through_a_peft_lora_wrapper():
+    from peft import LoraConfig, get_peft_model
+
+    lm = get_peft_model(tiny_lm(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    model = RecExplainerLM(lm, USER, ITEM, D_REC)
+    ids = torch.tensor([[5, USER, 6, ITEM]])
+    out = model(ids, user_vectors=torch.randn(1, D_REC), item_vectors=torch.randn(1, D_REC), labels=ids)
+    out.loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and any("user_projector" in n for n in trainable)
+    assert not any("embed_tokens" in n for n in trainable)
+
+
+def test_generate_returns_new_tokens_and_never_placeholders():
+    model = RecExplainerLM(tiny_lm(), USER, ITEM, D_REC)
+    ids = torch.tensor([[0, 5, USER, 6], [5, USER, 6, 7]])
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    out = model.generate(
+        ids,
+        attention_mask=mask,
+        user_vectors=torch.randn(2, D_REC),
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=0,
+    )
+    assert out.shape[0] == 2 and 1 <= out.shape[1] <= 6
+    assert not ((out == USER) | (out == ITEM)).any()
+
+
+def test_collate_pads_and_keeps_vector_order():
+    batch = [
+        {
+            "input_ids": [1, USER, 2],
+            "labels": [-100, -100, 2],
+            "users": torch.ones(1, D_REC),
+            "items": torch.zeros(0, D_REC),
+        },
+        {
+            "input_ids": [ITEM, USER],
+            "labels": [-100, 5],
+            "users": 2 * torch.ones(1, D_REC),
+            "items": torch.ones(1, D_REC),
+        },
+    ]
+    out = collate(batch, pad_id=0)
+    assert out["input_ids"].tolist() == [[1, USER, 2], [ITEM, USER, 0]]
+    assert out["labels"].tolist() == [[-100, -100, 2], [-100, 5, -100]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert out["user_vectors"][:, 0].tolist() == [1.0, 2.0] and out["item_vectors"].shape == (1, D_REC)
+    left = collate(batch, pad_id=0, padding_side="left")
+    assert left["input_ids"].tolist()[1] == [0, ITEM, USER]
+
+
+def test_length_grouped_sampler_covers_everything_once_and_groups_lengths():
+    lengths = [((i * 37) % 101) + 1 for i in range(230)]
+    sampler = LengthGroupedSampler(lengths, batch_size=8, seed=3, mega=4)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(230))
+
+    def spread(bs):
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in bs) / len(bs)
+
+    order = torch.randperm(230, generator=torch.Generator().manual_seed(0)).tolist()
+    random_batches = [order[k : k + 8] for k in range(0, 230, 8)]
+    assert spread(batches) < 0.4 * spread(random_batches)
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    shards = [list(LengthGroupedSampler(lengths, 8, seed=3, mega=4, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) and not {i for b in shards[0] for i in b} & {
+        i for b in shards[1] for i in b
+    }

@@ -1,0 +1,174 @@
+"""The aligner stage end to end on synthetic data with a tiny random Llama, and what it learns."""
+
+import json
+
+import pytest
+import torch
+
+from recexplainer import artifacts
+from recexplainer.aligner import setup
+from recexplainer.aligner.data import AlignmentDataset, collate, read_examples
+from recexplainer.aligner.model import RecExplainerLM
+from recexplainer.aligner.module import AlignerModule, warmup_decay
+from recexplainer.cli import run
+from recexplainer.pipeline import stage_folder
+
+from .test_aligner_model import D_REC, ITEM, USER, tiny_lm
+
+ALIGN = [
+    "stage=aligner",
+    "llm=tiny_random",
+    "alignment=hybrid",
+    *[f"tasks.{t}.max_eval=8" for t in ("retrieval", "ranking", "interest", "interest_hard", "history")],
+    *[f"tasks.{t}.max_eval=4" for t in ("item_recovery", "item_similar", "item_metadata")],
+    "aligner.max_train_examples=24",
+    "aligner.max_valid_examples=8",
+    "aligner.batch_size=4",
+    "aligner.accumulate_grad_batches=2",
+    "aligner.max_steps=3",
+    "aligner.lora_r=4",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from .conftest import TINY, TINY_SASREC, compose_config
+
+    root = tmp_path_factory.mktemp("aligner")
+    cfg = compose_config([f"paths.artifacts={root}", *TINY, *TINY_SASREC, *ALIGN])
+    return cfg, run(cfg)
+
+
+def test_aligner_stage_writes_adapter_projectors_and_metrics(trained):
+    cfg, folder = trained
+    assert artifacts.is_complete(folder)
+    for name in (
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "projectors.safetensors",
+        "aligner.json",
+        "tokenizer/tokenizer_config.json",
+    ):
+        assert (folder / name).is_file(), name
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["aligner/optimizer_steps"] == 3 and metrics["aligner/train_examples"] == 24
+    assert metrics["train/loss"] > 0 and metrics["train/tokens_per_s"] > 0
+    assert not list(folder.glob("**/*.bin")) and not list(folder.glob("**/*.pt"))  # safetensors only
+
+
+def test_reloaded_aligner_is_deterministic_and_trained(trained):
+    cfg, folder = trained
+    model, tokenizer, formatter = setup.load(folder)
+    data_folder = stage_folder(cfg, "alignment_data")
+    ds = AlignmentDataset(
+        data_folder,
+        "valid",
+        tokenizer,
+        formatter,
+        model.user_token_id,
+        model.item_token_id,
+        512,
+        tasks=["interest"],
+        limit=4,
+    )
+    batch = collate([ds[i] for i in range(len(ds))], pad_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        a = model(**batch).logits
+        b = setup.load(folder)[0](**batch).logits
+    assert torch.equal(a, b)
+    fresh, _, _ = setup.build(cfg, model.user_projector[0].in_features)
+    trained_w = model.user_projector[0].weight
+    assert not torch.allclose(fresh.user_projector[0].weight, trained_w)  # training moved the projector
+
+
+def test_encoded_prompts_use_the_chat_template_and_mask_the_prompt(trained):
+    cfg, folder = trained
+    model, tokenizer, formatter = setup.load(folder)
+    data_folder = stage_folder(cfg, "alignment_data")
+    rows = read_examples(data_folder, "train", ["ranking"])[:3]
+    ds = AlignmentDataset(
+        data_folder,
+        "train",
+        tokenizer,
+        formatter,
+        model.user_token_id,
+        model.item_token_id,
+        2048,
+        tasks=["ranking"],
+    )
+    enc = ds.examples[0]
+    text = tokenizer.decode(enc.input_ids)
+    assert text.startswith("<|im_start|>") and "<|im_start|>assistant" in text
+    target = [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != -100]
+    row = (
+        next(r for r in rows if r["id"] == enc.example_id)
+        if enc.example_id in {r["id"] for r in rows}
+        else None
+    )
+    decoded = tokenizer.decode(target)
+    assert decoded.endswith(tokenizer.eos_token)
+    if row is not None:
+        assert decoded.startswith(row["target"])
+    assert enc.input_ids.count(model.item_token_id) == 5 and enc.input_ids.count(model.user_token_id) == 1
+
+
+def test_killed_aligner_resumes(tmp_path, monkeypatch):
+    from .conftest import TINY, TINY_SASREC, compose_config
+
+    cfg = compose_config(
+        [f"paths.artifacts={tmp_path}", *TINY, *TINY_SASREC, *ALIGN, "aligner.checkpoint_every_n_steps=1"]
+    )
+    original = AlignerModule.training_step
+
+    def die(self, batch, batch_idx):
+        if self.global_step == 1:
+            raise RuntimeError("simulated kill")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(AlignerModule, "training_step", die)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(cfg)
+    folder = stage_folder(cfg, "aligner")
+    saved = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 1 and not artifacts.is_complete(folder)
+    assert all("lora_" in k or "projector" in k or "placeholder" in k for k in saved["state_dict"])
+    monkeypatch.undo()
+    run(cfg)
+    assert artifacts.is_complete(folder)
+    assert json.loads((folder / "metrics.json").read_text())["aligner/optimizer_steps"] == 3  # 1 restored + 2
+
+
+def test_the_projector_learns_to_read_the_user_vector():
+    """yes/no decided by the sign of the user vector's first coordinate: only readable through the projector."""
+    torch.manual_seed(0)
+    model = RecExplainerLM(tiny_lm(), USER, ITEM, D_REC, projector="mlp2x_gelu")
+    for p in model.lm.parameters():
+        p.requires_grad_(False)
+    YES, NO = 10, 11
+    vectors = torch.randn(64, D_REC)
+    answers = torch.where(vectors[:, 0] > 0, YES, NO)
+    ids = torch.tensor([[3, USER, 4, 5]] * 64)
+    ids = torch.cat([ids, answers[:, None]], 1)
+    labels = torch.full_like(ids, -100)
+    labels[:, -1] = answers
+    module = AlignerModule(model, projector_lr=3e-3, warmup_ratio=0.0, total_steps=300)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(500):
+        loss = model(ids, user_vectors=vectors, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    test = torch.randn(200, D_REC)
+    test_ids = torch.tensor([[3, USER, 4, 5]] * 200)
+    with torch.no_grad():
+        logits = model(test_ids, user_vectors=test).logits[:, -1]
+    predicted = torch.where(logits[:, YES] > logits[:, NO], 1, 0)
+    accuracy = (predicted == (test[:, 0] > 0).long()).float().mean().item()
+    assert accuracy > 0.8, accuracy  # chance: 0.5
+    assert module.projector_lr == 3e-3
+
+
+def test_warmup_then_decay():
+    values = [warmup_decay(s, 100, 10) for s in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0) and values[-1] >= 0.1 and values[50] < values[20]
