@@ -9,7 +9,7 @@ ARGS ?=
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets run test test-slow lint format bench-recommender clean
+.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ format: $(VENV)/.installed ## apply ruff fixes and formatting
 
 bench-recommender: setup ## SASRec on ml-100k (common protocol); writes benchmarks/recommender.json
 	$(PY) experiments/bench_recommender.py --out benchmarks/recommender.json $(ARGS)
+
+bench-alignment-data: setup ## alignment data build time on ml-100k (default and paper task sets); benchmarks/alignment_data.json
+	$(PY) experiments/bench_alignment_data.py --out benchmarks/alignment_data.json
 
 clean: ## delete artifacts and caches (not the venv, not the asset cache)
 	rm -rf $(ARTIFACTS) outputs multirun .pytest_cache .ruff_cache

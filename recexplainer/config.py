@@ -105,7 +105,7 @@ class SASRecConfig(RecommenderBase):
     n_layers: int = 2
     n_heads: int = 2
     inner_size: int = 256
-    dropout: float = 0.2
+    dropout: float = 0.35
     attn_dropout: float = 0.2
     max_len: int = 50
     norm_first: bool = True  # pre-LayerNorm (SASRec.pytorch) or post-LayerNorm (original Transformer)
@@ -191,7 +191,7 @@ class AlignerConfig:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     train_tasks: list[str] | None = None
-    max_train_examples: int | None = None
+    max_train_examples: int | None = 2000
     max_valid_examples: int | None = 64
     max_length: int = 512
     batch_size: int = 4

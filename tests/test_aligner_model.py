@@ -162,3 +162,16 @@ def test_length_grouped_sampler_covers_everything_once_and_groups_lengths():
     assert len(shards[0]) == len(shards[1]) and not {i for b in shards[0] for i in b} & {
         i for b in shards[1] for i in b
     }
+
+
+def test_response_only_loss_equals_the_full_lm_loss():
+    model = RecExplainerLM(tiny_lm(), USER, ITEM, D_REC)
+    ids = torch.tensor([[5, USER, 6, ITEM, 7, 8], [9, 10, USER, 11, 12, 13]])
+    labels = torch.full_like(ids, -100)
+    labels[0, 4:] = ids[0, 4:]
+    labels[1, 5:] = ids[1, 5:]
+    users, items = torch.randn(2, D_REC), torch.randn(1, D_REC)
+    fast = model(ids, user_vectors=users, item_vectors=items, labels=labels)
+    full = model.lm(inputs_embeds=model.embed(ids, users, items), labels=labels)
+    assert fast.logits.shape == (3, VOCAB)  # only the 3 labelled positions went through the head
+    assert torch.allclose(fast.loss, full.loss, atol=1e-5)

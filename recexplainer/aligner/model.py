@@ -9,11 +9,14 @@ called with ``inputs_embeds``. The language model is wrapped, not subclassed, so
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_outputs import CausalLMOutput
 
 from recexplainer.aligner.projector import build_projector
 
 INJECTIONS = ("add", "replace")
+IGNORE_INDEX = -100
 
 
 class PlaceholderMismatch(ValueError):
@@ -95,8 +98,19 @@ class RecExplainerLM(nn.Module):
     def forward(
         self, input_ids, attention_mask=None, user_vectors=None, item_vectors=None, labels=None, **kwargs
     ):
+        """Without labels: the LM's output (logits for every position). With labels: the mean next-token loss
+        over the labelled positions, computing the LM head only there (responses are a few tokens of a
+        long prompt, and the head over a large vocabulary dominates small models' cost)."""
         embeds = self.embed(input_ids, user_vectors, item_vectors)
-        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        if labels is None:
+            return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        keep = targets != IGNORE_INDEX
+        logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)
+        loss = F.cross_entropy(logits, targets[keep]) if keep.any() else hidden.sum() * 0.0
+        return CausalLMOutput(loss=loss, logits=logits)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, user_vectors=None, item_vectors=None, **kwargs):

@@ -7,7 +7,6 @@ and ``slots``: one entry per placeholder, in prompt order ("user", or an item in
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 
 from recexplainer.alignment.labels import Prefixes, band, task_rng
 from recexplainer.alignment.templates import SlotRenderer, field_order, render, template_fields
+from recexplainer.data.loaders import DataFormatError, json_lines
 
 USER_KINDS = ("retrieval", "ranking", "interest", "interest_hard", "history")
 ITEM_KINDS = ("item_recovery", "item_similar", "item_metadata")
@@ -255,23 +255,16 @@ def read_replay(path: str, limit: int | None) -> list[dict[str, Any]]:
     if not file.is_file():
         raise FileNotFoundError(f"tasks.replay.path: file not found: {file}")
     rows = []
-    with open(file, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{file}:{lineno}: not valid JSON ({err.msg})") from None
-            instruction = obj.get("instruction") or obj.get("prompt")
-            response = obj.get("response") or obj.get("output")
-            if not instruction or not response:
-                raise ValueError(
-                    f"{file}:{lineno}: needs 'instruction' (or 'prompt') and 'response' (or 'output')"
-                )
-            if obj.get("input"):
-                instruction = f"{instruction}\n\n{obj['input']}"
-            rows.append({"instruction": instruction, "response": response, "line": lineno})
-            if limit is not None and len(rows) >= limit:
-                break
+    for lineno, obj in json_lines(file):
+        instruction = obj.get("instruction") or obj.get("prompt")
+        response = obj.get("response") or obj.get("output")
+        if not instruction or not response:
+            raise DataFormatError(
+                f"{file}:{lineno}: needs 'instruction' (or 'prompt') and 'response' (or 'output')"
+            )
+        if obj.get("input"):
+            instruction = f"{instruction}\n\n{obj['input']}"
+        rows.append({"instruction": instruction, "response": response, "line": lineno})
+        if limit is not None and len(rows) >= limit:
+            break
     return rows

@@ -155,7 +155,13 @@ def load_recbole_atomic(cfg: Any, folder: Path) -> RawData:
     )
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+AMAZON_JSON_HINT = (
+    "Amazon 2018 files are one JSON object per line (the 2014 files use Python literals: convert them first)"
+)
+
+
+def json_lines(path: Path, hint: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-empty line of a JSON-lines file (plain or .gz)."""
     with _open_text(path) as handle:
         for lineno, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -164,8 +170,7 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 obj = json.loads(raw)
             except json.JSONDecodeError as err:
                 raise DataFormatError(
-                    f"{path}:{lineno}: not valid JSON ({err.msg}); Amazon 2018 files are one JSON object "
-                    "per line (the 2014 files use Python literals: convert them first)"
+                    f"{path}:{lineno}: not valid JSON ({err.msg}){'; ' + hint if hint else ''}"
                 ) from None
             if not isinstance(obj, dict):
                 raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
@@ -190,7 +195,7 @@ def load_amazon(cfg: Any) -> RawData:
     meta = _require_file(Path(cfg.meta_file).expanduser(), "Amazon metadata")
     users, items, times, ratings = [], [], [], []
     description_chars = cfg.description_chars
-    for lineno, obj in _json_lines(reviews):
+    for lineno, obj in json_lines(reviews, AMAZON_JSON_HINT):
         users.append(str(_field(obj, "reviewerID", reviews, lineno)))
         items.append(str(_field(obj, "asin", reviews, lineno)))
         times.append(
@@ -199,7 +204,7 @@ def load_amazon(cfg: Any) -> RawData:
         overall = obj.get("overall")
         ratings.append(math.nan if overall is None else _to_float(overall, reviews, lineno, "overall"))
     item_info: dict[str, dict[str, Any]] = {}
-    for lineno, obj in _json_lines(meta):
+    for lineno, obj in json_lines(meta, AMAZON_JSON_HINT):
         asin = str(_field(obj, "asin", meta, lineno))
         title = _clean_text(obj.get("title", ""))
         info: dict[str, Any] = {"title": title}
