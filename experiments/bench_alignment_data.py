@@ -25,7 +25,9 @@ def run(root: Path, *overrides: str) -> dict:
     exe = Path(sys.executable).with_name("recexplainer")
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    proc = subprocess.run([str(exe), f"paths.artifacts={root}", *COMMON, *overrides], capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(exe), f"paths.artifacts={root}", *COMMON, *overrides], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         sys.exit(f"failed: {overrides}\n{proc.stderr[-3000:]}")
     wall = time.perf_counter() - start
@@ -41,7 +43,11 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-align-"))
     run(root, "stage=recommender")
-    result = {"command": "python experiments/bench_alignment_data.py", "date": time.strftime("%Y-%m-%d"), "runs": {}}
+    result = {
+        "command": "python experiments/bench_alignment_data.py",
+        "date": time.strftime("%Y-%m-%d"),
+        "runs": {},
+    }
     for preset in ("default", "paper"):
         r = run(root, "stage=alignment_data", f"tasks={preset}", "alignment=hybrid")
         m = r["metrics"]
@@ -49,7 +55,9 @@ def main() -> None:
             "stage_s": m["time/alignment_data_s"],
             "process_wall_s": r["wall_s"],
             "examples": int(sum(v for k, v in m.items() if k.startswith("count/"))),
-            "train_examples": int(sum(v for k, v in m.items() if k.startswith("count/") and k.endswith("/train"))),
+            "train_examples": int(
+                sum(v for k, v in m.items() if k.startswith("count/") and k.endswith("/train"))
+            ),
             "peak_rss_mb": r["peak_rss_mb_max_so_far"],
         }
         print(preset, json.dumps(result["runs"][preset]))

@@ -172,3 +172,80 @@ def test_warmup_then_decay():
     values = [warmup_decay(s, 100, 10) for s in range(100)]
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
     assert values[10] == pytest.approx(1.0) and values[-1] >= 0.1 and values[50] < values[20]
+
+
+def test_merge_writes_a_standalone_model_with_the_same_outputs(trained, tmp_path):
+    from recexplainer.aligner.merge import main
+
+    cfg, folder = trained
+    assert main([str(folder), str(tmp_path / "merged")]) == 0
+    merged_dir = tmp_path / "merged"
+    assert (merged_dir / "llm" / "model.safetensors").is_file() and (
+        merged_dir / "projectors.safetensors"
+    ).is_file()
+    assert not (merged_dir / "adapter").exists()
+    model, tokenizer, formatter = setup.load(folder)
+    merged, _, _ = setup.load(merged_dir)
+    data_folder = stage_folder(cfg, "alignment_data")
+    ds = AlignmentDataset(
+        data_folder,
+        "valid",
+        tokenizer,
+        formatter,
+        model.user_token_id,
+        model.item_token_id,
+        512,
+        tasks=["ranking"],
+        limit=3,
+    )
+    batch = collate([ds[i] for i in range(len(ds))], pad_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, merged(**batch).logits, atol=1e-4)
+    assert main([str(tmp_path), str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("mode", ["behavior", "intention", "hybrid"])
+def test_every_mode_trains_through_the_same_path_and_overfits_a_tiny_set(tmp_path, mode):
+    from .conftest import TINY, TINY_SASREC, compose_config
+
+    cfg = compose_config(
+        [
+            f"paths.artifacts={tmp_path}",
+            *TINY,
+            *TINY_SASREC,
+            *ALIGN,
+            f"alignment={mode}",
+            "stage=alignment_data",
+            "aligner.lora_r=8",
+        ]
+    )
+    data_folder = run(cfg)
+    torch.manual_seed(0)
+    model, tokenizer, formatter = setup.build(cfg, 16)
+    ds = AlignmentDataset(
+        data_folder,
+        "train",
+        tokenizer,
+        formatter,
+        model.user_token_id,
+        model.item_token_id,
+        512,
+        tasks=["retrieval", "interest"],
+        limit=6,
+        seed=1,
+    )
+    batch = collate([ds[i] for i in range(len(ds))], pad_id=tokenizer.pad_token_id)
+    assert (batch["user_vectors"].shape[0] > 0) == (mode != "behavior")
+    with torch.no_grad():  # std 0.02 tied embeddings bound a 64-wide model's logits near 0: widen them
+        model.lm.get_base_model().get_input_embeddings().weight.mul_(25)
+    module = AlignerModule(model, lr=5e-3, projector_lr=5e-3, warmup_ratio=0.0, total_steps=60)
+    opt = module.configure_optimizers()["optimizer"]
+    model.train()
+    losses = []
+    for _ in range(60):
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])

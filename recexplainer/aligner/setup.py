@@ -126,7 +126,8 @@ def load(folder: Path, assets_cache: str | None = None) -> tuple[RecExplainerLM,
             f"placeholder token ids changed ({user_id}, {item_id}) vs saved "
             f"({spec['user_token_id']}, {spec['item_token_id']}): the base tokenizer differs"
         )
-    lm = PeftModel.from_pretrained(lm, str(folder / "adapter"))
+    if (folder / "adapter").is_dir():
+        lm = PeftModel.from_pretrained(lm, str(folder / "adapter"))
     model = RecExplainerLM(lm, user_id, item_id, spec["d_rec"], aligner.projector, aligner.injection)
     missing, unexpected = model.load_state_dict(load_file(folder / "projectors.safetensors"), strict=False)
     if unexpected or any(k.startswith(("user_projector", "item_projector", "placeholder")) for k in missing):
