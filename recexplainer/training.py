@@ -33,6 +33,10 @@ def quiet_lightning_logging() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    # the aligner's sampler resumes mid-epoch itself (it skips the batches a checkpoint already covered)
+    warnings.filterwarnings(
+        "ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*"
+    )
 
 
 def peak_rss_mb() -> float:

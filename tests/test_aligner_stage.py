@@ -112,30 +112,51 @@ def test_encoded_prompts_use_the_chat_template_and_mask_the_prompt(trained):
     assert enc.input_ids.count(model.item_token_id) == 5 and enc.input_ids.count(model.user_token_id) == 1
 
 
-def test_killed_aligner_resumes(tmp_path, monkeypatch):
+def test_killed_aligner_resumes_mid_epoch_with_the_remaining_batches(tmp_path, monkeypatch):
     from .conftest import TINY, TINY_SASREC, compose_config
 
-    cfg = compose_config(
-        [f"paths.artifacts={tmp_path}", *TINY, *TINY_SASREC, *ALIGN, "aligner.checkpoint_every_n_steps=1"]
-    )
-    original = AlignerModule.training_step
+    def config(root):
+        return compose_config(
+            [
+                f"paths.artifacts={root}",
+                *TINY,
+                *TINY_SASREC,
+                *ALIGN,
+                "aligner.checkpoint_every_n_steps=1",
+                "aligner.accumulate_grad_batches=1",
+                "aligner.max_steps=-1",
+            ]
+        )
 
-    def die(self, batch, batch_idx):
-        if self.global_step == 1:
-            raise RuntimeError("simulated kill")
+    original = AlignerModule.training_step
+    seen: list[int] = []
+
+    def record(self, batch, batch_idx):
+        seen.append(int(batch["input_ids"].sum()))
         return original(self, batch, batch_idx)
 
+    monkeypatch.setattr(AlignerModule, "training_step", record)
+    run(config(tmp_path / "reference"))
+    reference, seen[:] = list(seen), []
+
+    def die(self, batch, batch_idx):
+        if self.global_step == 2:
+            raise RuntimeError("simulated kill")
+        return record(self, batch, batch_idx)
+
     monkeypatch.setattr(AlignerModule, "training_step", die)
+    cfg = config(tmp_path / "killed")
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(cfg)
     folder = stage_folder(cfg, "aligner")
     saved = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
-    assert saved["global_step"] == 1 and not artifacts.is_complete(folder)
+    assert saved["global_step"] == 2 and not artifacts.is_complete(folder)
     assert all("lora_" in k or "projector" in k or "placeholder" in k for k in saved["state_dict"])
-    monkeypatch.undo()
+    monkeypatch.setattr(AlignerModule, "training_step", record)
     run(cfg)
     assert artifacts.is_complete(folder)
-    assert json.loads((folder / "metrics.json").read_text())["aligner/optimizer_steps"] == 3  # 1 restored + 2
+    assert seen == reference  # the same batches in the same order, none twice
+    assert json.loads((folder / "metrics.json").read_text())["aligner/optimizer_steps"] == len(reference)
 
 
 def test_the_projector_learns_to_read_the_user_vector():

@@ -190,6 +190,7 @@ class LengthGroupedSampler(Sampler[list[int]]):
         self.lengths, self.batch_size, self.seed, self.mega = list(lengths), batch_size, seed, mega
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
+        self.skip = 0  # batches of the current epoch already trained on before a resume
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -205,7 +206,9 @@ class LengthGroupedSampler(Sampler[list[int]]):
             batches.extend(chunk[k : k + self.batch_size] for k in range(0, len(chunk), self.batch_size))
         rng.shuffle(batches)
         usable = len(batches) - len(batches) % self.num_replicas
-        return iter(batches[self.rank : usable : self.num_replicas])
+        mine = batches[self.rank : usable : self.num_replicas]
+        skip, self.skip = self.skip, 0
+        return iter(mine[skip:])
 
     def __len__(self) -> int:
         n = -(-len(self.lengths) // self.batch_size)

@@ -39,6 +39,7 @@ class AlignerModule(L.LightningModule):
         self.warmup_ratio, self.total_steps = warmup_ratio, max(1, total_steps)
         self.projector_only_steps = projector_only_steps
         self.strict_loading = False  # checkpoints hold the trainable weights only
+        self.train_sampler = None  # set by the stage: a LengthGroupedSampler that can skip on resume
         self._tokens = 0
         self._t0 = time.perf_counter()
 
@@ -48,6 +49,14 @@ class AlignerModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = self.trainable_state_dict()
+        # batches of the current epoch already trained on, so that a resume continues mid-epoch exactly
+        checkpoint["batches_done_in_epoch"] = (
+            self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.train_sampler is not None:
+            self.train_sampler.skip = int(checkpoint.get("batches_done_in_epoch", 0))
 
     def training_step(self, batch, batch_idx):
         lm_frozen = self.global_step < self.projector_only_steps

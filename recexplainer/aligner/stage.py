@@ -128,6 +128,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     module = AlignerModule(
         model, ac.lr, ac.projector_lr, ac.weight_decay, ac.warmup_ratio, total, ac.projector_only_steps
     )
+    module.train_sampler = train_loader.batch_sampler
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     log.info(
