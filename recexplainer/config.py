@@ -158,7 +158,7 @@ class TaskConfig:
     task_id: int = MISSING  # the paper's task number (1 retrieval ... 6 history reconstruction)
     modes: list[str] = field(default_factory=lambda: ["behavior", "intention", "hybrid"])
     templates: list[str] = MISSING  # paraphrased instructions; named fields only, e.g. {user}, {item}
-    train_per_user: int | None = 1  # training prefixes (or items, for item tasks) per user; null: all
+    train_per_user: int | None = 1  # training prefixes per user (item tasks: examples per item); null: all
     max_train: int | None = None  # cap on training examples (null: no cap)
     max_eval: int | None = 200  # cap on validation and on test examples each (null: every user / item)
     user_format: str | None = None  # overrides the mode's user_format for this task (e.g. embedding only)

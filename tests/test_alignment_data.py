@@ -292,3 +292,14 @@ def test_paper_preset_takes_every_training_prefix():
     assert cfg.tasks.retrieval.train_per_user is None and cfg.tasks.retrieval.max_eval is None
     assert cfg.tasks.history.train_per_user == 4
     assert np.isclose(cfg.tasks.interest.top_fraction, 0.2)
+
+
+def test_item_tasks_repeat_items_with_varied_templates(root):
+    folder = build(root, "intention", "tasks.item_recovery.train_per_user=3")
+    rows = examples(folder, "item_recovery", "train")
+    per_item = {}
+    for row in rows:
+        per_item.setdefault(row["item"], []).append(row)
+    assert all(len(v) == 3 for v in per_item.values())
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert len({r["template_id"] for r in rows}) > 1

@@ -208,7 +208,10 @@ class TaskBuilder:
         ]
 
     # ---- item tasks -------------------------------------------------------------------------------
-    def from_items(self, split: str, items: np.ndarray, item_table: list[dict], similar: np.ndarray):
+    def from_items(
+        self, split: str, items: np.ndarray, item_table: list[dict], similar: np.ndarray, repeats: int = 1
+    ) -> list[dict[str, Any]]:
+        """Examples about single items; ``repeats`` > 1 renders each item that many times (other templates)."""
         out = []
         for item in items.tolist():
             if self.task.kind == "item_recovery":
@@ -221,18 +224,20 @@ class TaskBuilder:
                     continue
                 labels = {}
             item_text, item_slots = self._item(item)
-            out.append(
-                self.example(
-                    split,
-                    f"i{item}",
-                    {"item": item_text},
-                    {"item": item_slots},
-                    target,
-                    user=-1,
-                    item=item,
-                    labels=labels,
+            for r in range(repeats):
+                key = f"i{item}" if repeats == 1 else f"i{item}-r{r}"
+                out.append(
+                    self.example(
+                        split,
+                        key,
+                        {"item": item_text},
+                        {"item": item_slots},
+                        target,
+                        user=-1,
+                        item=item,
+                        labels=labels,
+                    )
                 )
-            )
         return out
 
 

@@ -116,7 +116,14 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
                         items = items[:0]
                     if cap is not None and len(items) > cap:
                         items = np.sort(rng.choice(items, size=cap, replace=False))
-                    emit(name, split, builders[name].from_items(split, items, data.item_table, similar))
+                    repeats = (
+                        (task.train_per_user or 1) if split == "train" else 1
+                    )  # templates vary per repeat
+                    emit(
+                        name,
+                        split,
+                        builders[name].from_items(split, items, data.item_table, similar, repeats),
+                    )
         for name, task in tasks.items():
             if task.kind == "replay":
                 rows = read_replay(task.path, task.max_train)
