@@ -9,7 +9,7 @@ ARGS ?=
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data clean
+.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ bench-recommender: setup ## SASRec on ml-100k (common protocol); writes benchmar
 
 bench-alignment-data: setup ## alignment data build time on ml-100k (default and paper task sets); benchmarks/alignment_data.json
 	$(PY) experiments/bench_alignment_data.py --out benchmarks/alignment_data.json
+
+bench-aligner: setup ## aligner training tokens/s vs a Hugging Face Trainer + peft baseline; benchmarks/aligner.json
+	$(PY) experiments/bench_aligner.py --out benchmarks/aligner.json $(ARGS)
 
 clean: ## delete artifacts and caches (not the venv, not the asset cache)
 	rm -rf $(ARTIFACTS) outputs multirun .pytest_cache .ruff_cache
