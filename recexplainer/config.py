@@ -86,6 +86,8 @@ class RecTrainConfig:
     max_epochs: int = 200
     patience: int = 10  # early stopping on the monitored validation metric
     monitor: str = "valid/ndcg@10"
+    plateau_factor: float | None = None  # multiply lr by this when `monitor` stalls (null: constant lr)
+    plateau_patience: int = 3  # epochs without improvement before the lr is reduced
     grad_clip: float | None = 5.0
     num_workers: int = 0
 

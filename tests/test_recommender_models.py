@@ -132,3 +132,14 @@ def test_sasrec_learns_the_synthetic_structure(data):
         opt.step()
     assert loss.item() < 0.8 * math.log(data.n_items)
     assert np.isfinite(loss.item())
+
+
+def test_plateau_schedule_is_optional():
+    from recexplainer.recommender.module import RecommenderModule
+
+    model = SASRec(n_items=10, hidden_size=8, n_layers=1, n_heads=1, inner_size=16, max_len=4)
+    assert isinstance(RecommenderModule(model).configure_optimizers(), torch.optim.Adam)
+    out = RecommenderModule(model, plateau_factor=0.5, plateau_patience=2).configure_optimizers()
+    scheduler = out["lr_scheduler"]["scheduler"]
+    assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert out["lr_scheduler"]["monitor"] == "valid/ndcg@10" and scheduler.factor == 0.5

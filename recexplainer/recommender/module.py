@@ -21,6 +21,9 @@ class RecommenderModule(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         ks: tuple[int, ...] = (5, 10, 20),
+        plateau_factor: float | None = None,
+        plateau_patience: int = 3,
+        monitor: str = "valid/ndcg@10",
     ):
         super().__init__()
         if loss not in ("ce", "bce"):
@@ -28,6 +31,7 @@ class RecommenderModule(L.LightningModule):
         self.model = model
         self.loss_name, self.n_negatives = loss, n_negatives
         self.lr, self.weight_decay = lr, weight_decay
+        self.plateau_factor, self.plateau_patience, self.monitor = plateau_factor, plateau_patience, monitor
         self.metrics = torch.nn.ModuleDict({"valid": FullRankingMetrics(ks), "test": FullRankingMetrics(ks)})
 
     def loss(self, users: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -80,4 +84,10 @@ class RecommenderModule(L.LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if not self.plateau_factor:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=self.plateau_factor, patience=self.plateau_patience
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}

@@ -37,7 +37,16 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     kwargs = model_kwargs(rc, data.n_items, data.n_users)
     model = build_model(rc.name, kwargs)
-    module = RecommenderModule(model, rc.loss, rc.n_negatives, rc.train.lr, rc.train.weight_decay)
+    module = RecommenderModule(
+        model,
+        rc.loss,
+        rc.n_negatives,
+        rc.train.lr,
+        rc.train.weight_decay,
+        plateau_factor=rc.train.plateau_factor,
+        plateau_patience=rc.train.plateau_patience,
+        monitor=rc.train.monitor,
+    )
     max_len = getattr(rc, "max_len", 50)
     datamodule = SequenceDataModule(
         data,
