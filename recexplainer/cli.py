@@ -36,10 +36,16 @@ def run(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    from recexplainer.assets import AssetError
+    from recexplainer.data.loaders import DataFormatError
+
     try:
         folder = run(cfg)
     except ConfigError as err:
         log.error("config error: %s", err)
+        raise SystemExit(2) from None
+    except (DataFormatError, AssetError, FileNotFoundError) as err:  # the user can fix these: no traceback
+        log.error("%s: %s", type(err).__name__, err)
         raise SystemExit(2) from None
     metrics = folder / "metrics.json"
     print(f"{cfg.stage}: {folder}" + (f"\nmetrics: {metrics}" if metrics.is_file() else ""))

@@ -163,3 +163,18 @@ def test_wandb_logger_runs_offline(make_cfg, monkeypatch):
     folder = run(make_cfg("logger=wandb", "recommender.train.max_epochs=1"))
     runs = list((folder / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_cli_reports_bad_data_without_a_traceback(tmp_path):
+    (tmp_path / "mine.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t2\tsoon\n")
+    proc = _cli(
+        tmp_path,
+        "stage=data",
+        "dataset=recbole_atomic",
+        "dataset.name=mine",
+        f"dataset.path={tmp_path}",
+        "dataset.rating_field=null",
+    )
+    out = proc.stderr + proc.stdout
+    assert proc.returncode == 2 and "mine.inter:2: field 'timestamp' must be a number" in out
+    assert "Traceback" not in out
