@@ -33,7 +33,7 @@ run: setup ## run the main job on the embedded default (MovieLens-100K); extra o
 test: $(VENV)/.installed ## fast test suite (offline, a few minutes on 2 cores)
 	$(PY) -m pytest -q
 
-test-slow: setup ## slow tests: the real MovieLens-100K runs
+test-slow: setup ## slow tests (real assets: the SmolLM2 GGUF conversion)
 	$(PY) -m pytest -q -m slow
 
 lint: $(VENV)/.installed ## ruff lint and format check

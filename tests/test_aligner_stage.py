@@ -56,22 +56,26 @@ def test_aligner_stage_writes_adapter_projectors_and_metrics(trained):
     assert not list(folder.glob("**/*.bin")) and not list(folder.glob("**/*.pt"))  # safetensors only
 
 
-def test_reloaded_aligner_is_deterministic_and_trained(trained):
-    cfg, folder = trained
-    model, tokenizer, formatter = setup.load(folder)
-    data_folder = stage_folder(cfg, "alignment_data")
+def valid_batch(cfg, model, tokenizer, formatter, task: str, limit: int) -> dict:
+    """A collated batch of validation examples of one task, encoded for ``model``."""
     ds = AlignmentDataset(
-        data_folder,
+        stage_folder(cfg, "alignment_data"),
         "valid",
         tokenizer,
         formatter,
         model.user_token_id,
         model.item_token_id,
         512,
-        tasks=["interest"],
-        limit=4,
+        tasks=[task],
+        limit=limit,
     )
-    batch = collate([ds[i] for i in range(len(ds))], pad_id=tokenizer.pad_token_id)
+    return collate([ds[i] for i in range(len(ds))], pad_id=tokenizer.pad_token_id)
+
+
+def test_reloaded_aligner_is_deterministic_and_trained(trained):
+    cfg, folder = trained
+    model, tokenizer, formatter = setup.load(folder)
+    batch = valid_batch(cfg, model, tokenizer, formatter, "interest", 4)
     with torch.no_grad():
         a = model(**batch).logits
         b = setup.load(folder)[0](**batch).logits
@@ -207,19 +211,7 @@ def test_merge_writes_a_standalone_model_with_the_same_outputs(trained, tmp_path
     assert not (merged_dir / "adapter").exists()
     model, tokenizer, formatter = setup.load(folder)
     merged, _, _ = setup.load(merged_dir)
-    data_folder = stage_folder(cfg, "alignment_data")
-    ds = AlignmentDataset(
-        data_folder,
-        "valid",
-        tokenizer,
-        formatter,
-        model.user_token_id,
-        model.item_token_id,
-        512,
-        tasks=["ranking"],
-        limit=3,
-    )
-    batch = collate([ds[i] for i in range(len(ds))], pad_id=tokenizer.pad_token_id)
+    batch = valid_batch(cfg, model, tokenizer, formatter, "ranking", 3)
     with torch.no_grad():
         assert torch.allclose(model(**batch).logits, merged(**batch).logits, atol=1e-4)
     assert main([str(tmp_path), str(tmp_path / "x")]) == 2
