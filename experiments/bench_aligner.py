@@ -40,6 +40,7 @@ def child(mode: str, examples: int, steps: int, batch: int, threads: int) -> dic
 
     from recexplainer.aligner import setup
     from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate
+    from recexplainer.artifacts import is_complete
     from recexplainer.cli import CONF_DIR
     from recexplainer.config import register_configs
     from recexplainer.pipeline import stage_folder
@@ -48,17 +49,16 @@ def child(mode: str, examples: int, steps: int, batch: int, threads: int) -> dic
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=OVERRIDES)
     folder = stage_folder(cfg, "alignment_data")
-    if not (folder / "_COMPLETE").is_file():
+    if not is_complete(folder):
         sys.exit(f"no alignment data at {folder}: run `recexplainer stage=alignment_data` first")
     torch.manual_seed(0)
     model, tokenizer, formatter = setup.build(cfg, 64)
-    ds = AlignmentDataset(
+    ds = AlignmentDataset.for_model(
         folder,
         "train",
+        model,
         tokenizer,
         formatter,
-        model.user_token_id,
-        model.item_token_id,
         512,
         limit=examples,
         seed=0,

@@ -7,7 +7,7 @@ import torch
 
 from recexplainer import artifacts
 from recexplainer.aligner import setup
-from recexplainer.aligner.data import AlignmentDataset, collate, read_examples
+from recexplainer.aligner.data import AlignmentDataset, read_examples
 from recexplainer.aligner.model import RecExplainerLM
 from recexplainer.aligner.module import AlignerModule, warmup_decay
 from recexplainer.cli import run
@@ -58,18 +58,10 @@ def test_aligner_stage_writes_adapter_projectors_and_metrics(trained):
 
 def valid_batch(cfg, model, tokenizer, formatter, task: str, limit: int) -> dict:
     """A collated batch of validation examples of one task, encoded for ``model``."""
-    ds = AlignmentDataset(
-        stage_folder(cfg, "alignment_data"),
-        "valid",
-        tokenizer,
-        formatter,
-        model.user_token_id,
-        model.item_token_id,
-        512,
-        tasks=[task],
-        limit=limit,
+    ds = AlignmentDataset.for_model(
+        stage_folder(cfg, "alignment_data"), "valid", model, tokenizer, formatter, tasks=[task], limit=limit
     )
-    return collate([ds[i] for i in range(len(ds))], pad_id=tokenizer.pad_token_id)
+    return ds.batch(tokenizer.pad_token_id)
 
 
 def test_reloaded_aligner_is_deterministic_and_trained(trained):
@@ -90,13 +82,12 @@ def test_encoded_prompts_use_the_chat_template_and_mask_the_prompt(trained):
     model, tokenizer, formatter = setup.load(folder)
     data_folder = stage_folder(cfg, "alignment_data")
     rows = read_examples(data_folder, "train", ["ranking"])[:3]
-    ds = AlignmentDataset(
+    ds = AlignmentDataset.for_model(
         data_folder,
         "train",
+        model,
         tokenizer,
         formatter,
-        model.user_token_id,
-        model.item_token_id,
         2048,
         tasks=["ranking"],
     )
@@ -176,7 +167,6 @@ def test_the_projector_learns_to_read_the_user_vector():
     ids = torch.cat([ids, answers[:, None]], 1)
     labels = torch.full_like(ids, -100)
     labels[:, -1] = answers
-    module = AlignerModule(model, projector_lr=3e-3, warmup_ratio=0.0, total_steps=300)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(500):
         loss = model(ids, user_vectors=vectors, labels=labels).loss
@@ -190,7 +180,6 @@ def test_the_projector_learns_to_read_the_user_vector():
     predicted = torch.where(logits[:, YES] > logits[:, NO], 1, 0)
     accuracy = (predicted == (test[:, 0] > 0).long()).float().mean().item()
     assert accuracy > 0.8, accuracy  # chance: 0.5
-    assert module.projector_lr == 3e-3
 
 
 def test_warmup_then_decay():
@@ -235,19 +224,18 @@ def test_every_mode_trains_through_the_same_path_and_overfits_a_tiny_set(tmp_pat
     data_folder = run(cfg)
     torch.manual_seed(0)
     model, tokenizer, formatter = setup.build(cfg, 16)
-    ds = AlignmentDataset(
+    ds = AlignmentDataset.for_model(
         data_folder,
         "train",
+        model,
         tokenizer,
         formatter,
-        model.user_token_id,
-        model.item_token_id,
         512,
         tasks=["retrieval", "interest"],
         limit=6,
         seed=1,
     )
-    batch = collate([ds[i] for i in range(len(ds))], pad_id=tokenizer.pad_token_id)
+    batch = ds.batch(tokenizer.pad_token_id)
     assert (batch["user_vectors"].shape[0] > 0) == (mode != "behavior")
     with torch.no_grad():  # std 0.02 tied embeddings bound a 64-wide model's logits near 0: widen them
         model.lm.get_base_model().get_input_embeddings().weight.mul_(25)

@@ -136,6 +136,33 @@ class AlignmentDataset(Dataset):
             )
         self.n_tokens = sum(len(e.input_ids) for e in self.examples)
 
+    @classmethod
+    def for_model(
+        cls,
+        folder: Path,
+        split: str,
+        model: Any,
+        tokenizer: Any,
+        formatter: ChatFormatter,
+        max_length: int = 512,
+        **kwargs: Any,
+    ) -> AlignmentDataset:
+        """The split encoded for ``model``'s placeholder tokens (kwargs: tasks, limit, seed)."""
+        return cls(
+            folder,
+            split,
+            tokenizer,
+            formatter,
+            model.user_token_id,
+            model.item_token_id,
+            max_length,
+            **kwargs,
+        )
+
+    def batch(self, pad_id: int) -> dict[str, torch.Tensor]:
+        """All examples as one padded batch (small splits: checks, tests, benchmarks)."""
+        return collate([self[i] for i in range(len(self))], pad_id=pad_id)
+
     def __len__(self) -> int:
         return len(self.examples)
 

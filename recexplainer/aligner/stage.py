@@ -63,17 +63,13 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         d_rec = handle.get_slice("items").get_shape()[1]
     model, tokenizer, formatter = setup.build(cfg, d_rec)
     tasks = list(ac.train_tasks) if ac.train_tasks else None
-    common = dict(
-        tokenizer=tokenizer,
-        formatter=formatter,
-        user_token_id=model.user_token_id,
-        item_token_id=model.item_token_id,
-        max_length=ac.max_length,
-        tasks=tasks,
-        seed=cfg.seed,
+    common = dict(max_length=ac.max_length, tasks=tasks, seed=cfg.seed)
+    train = AlignmentDataset.for_model(
+        folder, "train", model, tokenizer, formatter, limit=ac.max_train_examples, **common
     )
-    train = AlignmentDataset(folder, "train", limit=ac.max_train_examples, **common)
-    valid = AlignmentDataset(folder, "valid", limit=ac.max_valid_examples, **common)
+    valid = AlignmentDataset.for_model(
+        folder, "valid", model, tokenizer, formatter, limit=ac.max_valid_examples, **common
+    )
     if len(train) == 0:
         raise ValueError(
             f"no training examples in {folder} for tasks {tasks or 'all'} (max_length {ac.max_length})"
@@ -165,8 +161,3 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         }
     )
     return metrics
-
-
-def load(folder: Path, assets_cache: str | None = None):
-    """(model, tokenizer, formatter) of a trained aligner folder."""
-    return setup.load(folder, assets_cache)

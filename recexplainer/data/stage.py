@@ -10,7 +10,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from recexplainer.artifacts import write_json
 from recexplainer.assets import asset_dir
-from recexplainer.data.dataset import SequentialData
 from recexplainer.data.loaders import RawData, load_amazon, load_recbole_atomic, make_synthetic
 from recexplainer.data.preprocess import preprocess
 
@@ -72,7 +71,3 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     }
     write_json(out_dir / "protocol.json", protocol)
     return {**stats, **steps, "protocol/leave_one_out": 1}
-
-
-def load(folder: Path) -> SequentialData:
-    return SequentialData.load(folder)

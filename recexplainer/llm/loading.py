@@ -23,12 +23,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from recexplainer import assets
+from recexplainer import artifacts, assets
+from recexplainer.artifacts import is_complete
 
 SMOLLM2_ASSET = "smollm2-135m-gguf"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FOLDER = "SmolLM2-135M-Instruct-f32"  # under <cache>/models/
-COMPLETE_MARKER = "_COMPLETE"
+COMPLETE_MARKER = artifacts.MARKER  # the project-wide "written last" marker
 CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
 # The checked-in test tokenizer lives in the repository, next to the tests that use it.
 TEST_TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "tests" / "assets" / "tokenizer"
@@ -40,11 +41,6 @@ class LLMNotAvailableError(FileNotFoundError):
 
 
 # ---------------------------------------------------------------------------------------------- GGUF -> HF
-
-
-def is_complete(folder: Path) -> bool:
-    """True when ``folder`` is a finished conversion (its marker file is written last)."""
-    return (Path(folder) / COMPLETE_MARKER).is_file()
 
 
 def _clear_gguf_quantizer(model: PreTrainedModel) -> None:
