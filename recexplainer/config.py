@@ -212,6 +212,26 @@ class AlignerConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    model: str = (
+        "aligned"  # aligned (the aligner stage's model) | unaligned (base LLM, placeholders removed) | none
+    )
+    split: str = "test"  # valid | test: which alignment-data split is evaluated
+    tasks: list[str] | None = None  # null: every evaluable task present in the alignment data
+    max_examples: int | None = 100  # per-task cap (seeded sample); null: all
+    max_examples_per_task: dict[str, int] = field(default_factory=dict)  # overrides the cap per task
+    batch_size: int = 16
+    num_beams: int = 5  # task 1 beam width (= candidates returned), as the public code
+    constrained: bool = False  # decode only catalog titles (prefix trie); report as its own setting
+    max_new_tokens_margin: int = 8  # generation bound = titles asked x longest title + separators + margin
+    fuzzy_cutoff: float = 0.85  # difflib ratio for the separately reported fuzzy match
+    few_shot: int = 0  # unaligned model: training examples shown as earlier turns
+    baselines: list[str] = field(
+        default_factory=lambda: ["random", "popularity", "top1_frequency", "item_knn"]
+    )
+
+
+@dataclass
 class Config:
     stage: str = "recommender"  # the stage to run; its missing upstream stages run first
     seed: int = 42
@@ -224,6 +244,7 @@ class Config:
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     llm: LLMConfig = field(default_factory=LLMConfig)
     aligner: AlignerConfig = field(default_factory=AlignerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     show: int = 0  # alignment_data: print this many rendered examples per task
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -255,6 +276,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "llm.source": ("smollm2_gguf", "tiny_random", "pretrained"),
     "llm.dtype": ("float32", "bfloat16", "float16"),
     "logger.mode": ("offline", "online", "disabled"),
+    "evaluation.model": ("aligned", "unaligned", "none"),
+    "evaluation.split": ("valid", "test"),
 }
 
 POSITIVE: tuple[str, ...] = (
@@ -268,6 +291,8 @@ POSITIVE: tuple[str, ...] = (
     "aligner.batch_size",
     "aligner.max_length",
     "aligner.lora_r",
+    "evaluation.batch_size",
+    "evaluation.num_beams",
 )
 
 
@@ -307,8 +332,28 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
             f"recommender.hidden_size={rec.hidden_size} must be divisible by recommender.n_heads={rec.n_heads}"
         )
     _validate_alignment(cfg)
+    _validate_evaluation(cfg)
     if cfg.dataset.format == "recbole_atomic" and not (cfg.dataset.path or cfg.dataset.asset):
         raise ConfigError("dataset.path is required for the recbole_atomic format (or dataset.asset)")
+
+
+def _validate_evaluation(cfg: DictConfig) -> None:
+    from recexplainer.evaluation.predictors import BaselinePredictor
+
+    ev = cfg.evaluation
+    for name in ev.baselines:
+        if name not in BaselinePredictor.NAMES:
+            raise ConfigError(
+                f"evaluation.baselines: unknown baseline {name!r}; choose from {', '.join(BaselinePredictor.NAMES)}"
+            )
+    if ev.few_shot < 0 or (ev.few_shot and ev.model != "unaligned"):
+        raise ConfigError("evaluation.few_shot must be >= 0 and is only for evaluation.model=unaligned")
+    if ev.max_examples is not None and ev.max_examples <= 0:
+        raise ConfigError(f"evaluation.max_examples={ev.max_examples} must be positive (or null for all)")
+    if not 0 < ev.fuzzy_cutoff <= 1:
+        raise ConfigError(f"evaluation.fuzzy_cutoff={ev.fuzzy_cutoff} must be in (0, 1]")
+    if ev.model == "none" and not ev.baselines:
+        raise ConfigError("evaluation.model=none needs at least one entry in evaluation.baselines")
 
 
 def _validate_alignment(cfg: DictConfig) -> None:

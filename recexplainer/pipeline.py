@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class Stage:
     name: str
     module: str  # module with key_fields(cfg) and run(cfg, out_dir, upstream)
-    requires: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()  # a stage module may narrow this per config with requires(cfg)
     version: int = 1  # bump when the stage's code changes its output, to invalidate old caches
 
 
@@ -35,8 +35,16 @@ STAGES: dict[str, Stage] = {
         Stage("recommender", "recexplainer.recommender.stage", requires=("data",)),
         Stage("alignment_data", "recexplainer.alignment.stage", requires=("data", "recommender")),
         Stage("aligner", "recexplainer.aligner.stage", requires=("alignment_data",)),
+        Stage("evaluate", "recexplainer.evaluation.stage", requires=("data", "alignment_data", "aligner")),
     )
 }
+
+
+def requirements(cfg: DictConfig, name: str) -> tuple[str, ...]:
+    """The upstream stages of ``name`` for this config."""
+    stage = STAGES[name]
+    module = importlib.import_module(stage.module)
+    return tuple(module.requires(cfg)) if hasattr(module, "requires") else stage.requires
 
 
 def artifacts_root(cfg: DictConfig) -> Path:
@@ -49,7 +57,7 @@ def stage_folder(cfg: DictConfig, name: str, _memo: dict[str, Path] | None = Non
     if name in memo:
         return memo[name]
     stage = STAGES[name]
-    upstream = {dep: stage_folder(cfg, dep, memo).name for dep in stage.requires}
+    upstream = {dep: stage_folder(cfg, dep, memo).name for dep in requirements(cfg, name)}
     module = importlib.import_module(stage.module)
     key = artifacts.stage_key(
         {"stage": name, "version": stage.version, "config": module.key_fields(cfg), "upstream": upstream}
@@ -63,7 +71,7 @@ def run_stage(cfg: DictConfig, name: str, force: bool = False) -> Path:
     if name not in STAGES:
         raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     stage = STAGES[name]
-    upstream = {dep: run_stage(cfg, dep) for dep in stage.requires}
+    upstream = {dep: run_stage(cfg, dep) for dep in requirements(cfg, name)}
     folder = stage_folder(cfg, name)
     with artifacts.folder_lock(folder):
         if artifacts.is_complete(folder) and not force:

@@ -35,11 +35,16 @@ class ChatFormatter:
             raise ValueError(f"llm.prompt_template must contain {{prompt}}, got {template!r}")
         self.tokenizer, self.template, self.system_prompt = tokenizer, template, system_prompt
 
-    def __call__(self, prompt: str) -> str:
+    def __call__(self, prompt: str, shots: Sequence[tuple[str, str]] = ()) -> str:
+        """The prompt ready for the answer; ``shots`` are (prompt, answer) pairs shown as earlier turns."""
         if self.template is not None:
-            text = self.template.replace("{prompt}", prompt)
+            turns = [self.template.replace("{prompt}", p) + " " + a for p, a in shots]
+            text = " ".join([*turns, self.template.replace("{prompt}", prompt)])
             return f"{self.system_prompt} {text}" if self.system_prompt else text
-        messages = [{"role": "user", "content": prompt}]
+        messages = []
+        for p, a in shots:
+            messages += [{"role": "user", "content": p}, {"role": "assistant", "content": a}]
+        messages.append({"role": "user", "content": prompt})
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

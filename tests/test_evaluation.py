@@ -1,0 +1,286 @@
+"""The evaluate stage: per-example scoring, decoding, baselines, resume and metric merging."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recexplainer import artifacts
+from recexplainer.cli import run
+from recexplainer.evaluation import stage as eval_stage
+from recexplainer.evaluation.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
+from recexplainer.evaluation.evaluator import ExampleMeans, PredictionStore
+from recexplainer.evaluation.predictors import BaselinePredictor, LLMPredictor
+from recexplainer.evaluation.tasks import answer_diversity, score
+from recexplainer.llm import loading
+from recexplainer.pipeline import stage_folder
+
+from .test_aligner_stage import ALIGN
+
+EVAL = [*ALIGN, "stage=evaluate", "evaluation.batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return loading.test_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    from .conftest import TINY, TINY_SASREC, compose_config
+
+    root = tmp_path_factory.mktemp("evaluate")
+    cfg = compose_config([f"paths.artifacts={root}", *TINY, *TINY_SASREC, *EVAL])
+    return cfg, run(cfg)
+
+
+# -- scoring ----------------------------------------------------------------------------------------
+def test_retrieval_score_counts_the_top1_among_five_distinct_candidates():
+    row = {"labels": {"item": 7}}
+    hit = score("retrieval", row, {"items": [3, None, 3, 7, 9]})  # duplicate 3 collapses: 7 is 3rd
+    assert hit["hr@5"] == 1.0 and hit["ndcg@5"] == pytest.approx(1 / np.log2(4))
+    assert hit["valid_ratio"] == pytest.approx(4 / 5)
+    assert score("retrieval", row, {"items": []})["hr@5"] == 0.0  # nothing parsed: a miss, valid 0
+    assert score("retrieval", row, {"items": []})["valid_ratio"] == 0.0
+    fuzzy = score("retrieval", row, {"items": [None], "items_fuzzy": [7]})
+    assert (fuzzy["hr@5"], fuzzy["hr@5_fuzzy"]) == (0.0, 1.0)
+
+
+def test_ranking_history_and_recovery_scores():
+    ranking = {"labels": {"items": [5, 4, 3, 2, 1], "shown": [1, 2, 3, 4, 5]}}
+    assert score("ranking", ranking, {"items": [5, 4, 3, 2, 1]})["ndcg@5"] == pytest.approx(1.0)
+    swapped = score("ranking", ranking, {"items": [4, 5, 3, 2, 1]})["ndcg@5"]
+    ideal = 1000 + 100 / np.log2(3) + 10 / 2 + 1 / np.log2(5)
+    assert swapped == pytest.approx((100 + 1000 / np.log2(3) + 10 / 2 + 1 / np.log2(5)) / ideal)
+    history = {"labels": {"items": [1, 2, 3, 4]}}
+    assert score("history", history, {"items": [2, 2, None, 4, 9]})["hcr"] == 0.5
+    recovery = {"labels": {"item": 3}}
+    assert score("item_recovery", recovery, {"items": [3, 1]})["acc"] == 1.0
+    assert score("item_recovery", recovery, {"items": [None, 3]})["acc"] == 0.0  # first title counts
+
+
+def test_yes_no_score_and_answer_diversity():
+    row = {"labels": {"answer": "no"}}
+    assert score("interest", row, {"p_yes": 0.3}) == {"acc": 1.0, "yes_rate": 0.0}
+    assert score("interest", row, {"p_yes": 0.7}) == {"acc": 0.0, "yes_rate": 1.0}
+    records = [{"items": [4, 1]}, {"items": [4]}, {"items": [None], "titles": ["Foo"]}, {"items": [2]}]
+    assert answer_diversity(records) == {"distinct_answers": 3.0, "top_answer_share": 0.5}
+
+
+def test_yes_probability_sums_spellings(tokenizer):
+    yes, no = answer_token_ids(tokenizer, "yes"), answer_token_ids(tokenizer, "no")
+    assert len(yes) >= 2 and not set(yes) & set(no)
+    logits = torch.zeros(2, len(tokenizer))
+    logits[0, yes[0]] = 5.0  # one spelling of yes dominates
+    logits[1, no[-1]] = 5.0
+    p = yes_probability(logits, yes, no)
+    assert p[0] > 0.9 and p[1] < 0.1
+
+
+# -- torchmetrics state ----------------------------------------------------------------------------
+def test_example_means_merge_two_shards_exactly():
+    rows = [{"acc": float(i % 3 == 0), "yes_rate": float(i % 2)} for i in range(11)]
+    whole, a, b = (ExampleMeans(["acc", "yes_rate"]) for _ in range(3))
+    whole.update(rows)
+    a.update(rows[:4])
+    b.update(rows[4:])
+    a.merge_state(b)  # what the DDP sum-reduction does across processes
+    assert a.compute() == whole.compute()
+    assert whole.compute()["acc"] == pytest.approx(4 / 11) and whole.compute()["n"] == 11
+
+
+# -- decoding ---------------------------------------------------------------------------------------
+TITLES = ["Star Wars", "Star Trek", "Heat", "Fargo", "The Star Chamber"]
+
+
+def _walk(trie, tokenizer, rng, max_steps=60):
+    ids = []
+    for _ in range(max_steps):
+        token = int(rng.choice(trie.allowed(ids)))
+        if token == trie.eos:
+            break
+        ids.append(token)
+    return tokenizer.decode(ids)
+
+
+def test_trie_allows_only_catalog_titles(tokenizer):
+    trie = TitleTrie(TITLES, tokenizer, tokenizer.eos_token_id)
+    rng = np.random.default_rng(0)
+    walks = {_walk(trie, tokenizer, rng) for _ in range(200)}
+    assert walks == set(TITLES)
+    assert trie.allowed(tokenizer("Fargo", add_special_tokens=False)["input_ids"]) == [trie.eos]
+    assert trie.allowed([12345678]) == [trie.eos]  # off the trie: stop
+
+
+def test_list_trie_chains_titles_with_separators(tokenizer):
+    trie = TitleTrie(TITLES, tokenizer, tokenizer.eos_token_id, separator=";", max_titles=3)
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        parts = [p.strip() for p in _walk(trie, tokenizer, rng).split(";")]
+        assert 1 <= len(parts) <= 3 and all(p in TITLES for p in parts)
+    # the separated form is how the alignment targets tokenize
+    ids = tokenizer("Heat; Star Wars", add_special_tokens=False)["input_ids"]
+    for k in range(len(ids)):
+        assert ids[k] in trie.allowed(ids[:k])
+
+
+def test_batched_left_padded_scoring_equals_one_at_a_time(tokenizer):
+    torch.manual_seed(0)
+    lm = loading.tiny_random_llama(tokenizer, n_layers=2, hidden_size=64).eval()
+    decoder = Decoder(lm, tokenizer)
+    texts = ["a short one", "a considerably longer prompt than the others, with words", "mid length prompt"]
+    empty = torch.empty(0, 4)
+    enc = [{"input_ids": tokenizer(t)["input_ids"], "users": empty, "items": empty} for t in texts]
+    batched = decoder.next_token_logits(enc)
+    single = torch.cat([decoder.next_token_logits([e]) for e in enc])
+    torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-4)
+    assert decoder.generate(enc, 6) == [decoder.generate([e], 6)[0] for e in enc]
+
+
+# -- baselines --------------------------------------------------------------------------------------
+def _rows(kind, n, **labels):
+    return [
+        {"id": f"{kind}/{i}", "task": kind, "kind": kind, "history": [1], "labels": dict(labels)}
+        for i in range(n)
+    ]
+
+
+def test_popularity_rule_and_top1_frequency_baselines():
+    titles = ["", "A", "B", "C", "D", "E", "F", "G"]
+    popularity = np.array([0, 50, 40, 30, 20, 10, 5, 1])
+    train = {
+        "retrieval": [{"labels": {"item": 6}, "history": []}] * 3 + [{"labels": {"item": 5}, "history": []}],
+        "interest": [
+            {"labels": {"item": i, "answer": "yes" if popularity[i] >= 30 else "no"}, "history": [1]}
+            for i in range(1, 8)
+        ],
+    }
+    pop = BaselinePredictor("popularity", titles, popularity, [np.array([1, 2])], train, 0)
+    assert pop.threshold["interest"] == 30
+    rows = [{"id": "x", "history": [1], "labels": {"item": 3, "answer": "yes"}}]
+    assert pop.predict("interest", rows)[0]["p_yes"] == 1.0
+    assert pop.predict("retrieval", [{"id": "r", "history": [1, 3], "labels": {"item": 2}}])[0]["items"] == [
+        2,
+        4,
+        5,
+        6,
+        7,
+    ]
+    top1 = BaselinePredictor("top1_frequency", titles, popularity, [np.array([1, 2])], train, 0)
+    got = top1.predict("retrieval", [{"id": "r", "history": [5], "labels": {"item": 2}}])[0]["items"]
+    assert got == [6, 1, 2, 3, 4]  # most chosen first, the history item skipped, popularity fills in
+
+
+def test_item_knn_ranks_co_consumed_items_first():
+    titles = ["", "A", "B", "C", "D"]
+    sequences = [np.array([1, 2]), np.array([1, 2]), np.array([3, 4]), np.array([1, 3])]
+    knn = BaselinePredictor("item_knn", titles, np.array([0, 3, 2, 2, 1]), sequences, {}, 0)
+    ranking = knn.predict("ranking", [{"id": "k", "history": [1], "labels": {"shown": [4, 3, 2]}}])
+    assert ranking[0]["items"] == [2, 3, 4]
+    assert knn.predict("item_similar", [{"id": "s", "item": 4, "labels": {"item": 3}}])[0]["items"] == [3]
+
+
+# -- the stage ---------------------------------------------------------------------------------------
+def test_evaluate_stage_writes_metrics_protocol_and_predictions(evaluated):
+    cfg, folder = evaluated
+    assert artifacts.is_complete(folder) and folder.parent.name == "evaluate"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for key in ("task1/hr@5", "task1/ndcg@5", "task2/ndcg@5", "task3/acc", "task3_hard/acc", "task6/hcr"):
+        assert 0.0 <= metrics[key] <= 1.0
+        assert f"baseline/random/{key}" in metrics and f"baseline/popularity/{key}" in metrics
+    assert "baseline/top1_frequency/task1/hr@5" in metrics and "task1/distinct_answers" in metrics
+    assert metrics["task1/valid_ratio"] >= 0 and metrics["speed/task1/examples_per_s"] > 0
+    protocol = json.loads((folder / "protocol.json").read_text())
+    assert protocol["examples_per_task"]["retrieval"] == metrics["count/retrieval"]
+    records = [json.loads(line) for line in (folder / "predictions" / "aligned.jsonl").open()]
+    assert {r["task"] for r in records} >= {"retrieval", "ranking", "interest", "history"}
+    first = next(r for r in records if r["task"] == "retrieval")
+    assert len(first["outputs"]) == cfg.evaluation.num_beams and len(first["items"]) == len(first["titles"])
+    # the mean of the per-example values is the reported metric
+    hr = [r["metrics"]["hr@5"] for r in records if r["task"] == "retrieval"]
+    assert metrics["task1/hr@5"] == pytest.approx(sum(hr) / len(hr))
+
+
+def test_constrained_decoding_only_outputs_catalog_titles(evaluated, tmp_path):
+    cfg, _ = evaluated
+    from .conftest import TINY, TINY_SASREC, compose_config
+
+    root = cfg.paths.artifacts
+    cfg2 = compose_config(
+        [
+            f"paths.artifacts={root}",
+            *TINY,
+            *TINY_SASREC,
+            *EVAL,
+            "evaluation.constrained=true",
+            "evaluation.baselines=[]",
+        ]
+    )
+    metrics = json.loads((run(cfg2) / "metrics.json").read_text())
+    for prefix in ("task1", "task2", "task6", "item_recovery"):
+        assert metrics[f"{prefix}/valid_ratio"] == 1.0
+
+
+def test_killed_evaluation_resumes_without_recomputing(evaluated, monkeypatch):
+    cfg, folder = evaluated
+    from .conftest import TINY, TINY_SASREC, compose_config
+
+    overrides = [
+        f"paths.artifacts={cfg.paths.artifacts}",
+        *TINY,
+        *TINY_SASREC,
+        *EVAL,
+        "evaluation.baselines=[]",
+    ]
+    cfg2 = compose_config(overrides)
+    calls = {"n": 0}
+    original = LLMPredictor.predict
+
+    def dying(self, kind, rows):
+        calls["n"] += len(rows)
+        if calls["n"] > 12:
+            raise RuntimeError("killed")
+        return original(self, kind, rows)
+
+    monkeypatch.setattr(LLMPredictor, "predict", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(cfg2)
+    partial = stage_folder(cfg2, "evaluate")
+    assert not artifacts.is_complete(partial)
+    written = (partial / "predictions" / "aligned.jsonl").read_text().splitlines()
+    assert 0 < len(written) <= 12
+    with open(partial / "predictions" / "aligned.jsonl", "a") as handle:
+        handle.write('{"id": "torn')  # a kill mid-write leaves a partial line
+    calls["n"] = -10_000
+    monkeypatch.setattr(LLMPredictor, "predict", dying)
+    metrics = json.loads((run(cfg2) / "metrics.json").read_text())
+    total = sum(int(v) for k, v in metrics.items() if k.startswith("count/"))
+    assert calls["n"] + 10_000 == total - len(written)  # only the missing examples ran
+    full = json.loads((folder / "metrics.json").read_text())
+    for key in ("task1/hr@5", "task2/ndcg@5", "task3/acc", "task6/hcr"):
+        assert metrics[key] == pytest.approx(full[key], abs=1e-6)  # same as an uninterrupted run
+
+
+def test_unaligned_and_baseline_only_runs_need_no_aligner(make_cfg):
+    cfg = make_cfg(*EVAL, "evaluation.model=none")
+    assert eval_stage.requires(cfg) == ("data", "alignment_data")
+    metrics = json.loads((run(cfg) / "metrics.json").read_text())
+    assert "task1/hr@5" not in metrics and "baseline/popularity/task3/acc" in metrics
+    assert not (stage_folder(cfg, "alignment_data").parent.parent / "aligner").exists()
+    cfg = make_cfg(*EVAL, "evaluation.model=unaligned", "evaluation.few_shot=1", "evaluation.baselines=[]")
+    folder = run(cfg)
+    records = [json.loads(line) for line in (folder / "predictions" / "unaligned_1shot.jsonl").open()]
+    assert records and "task3/acc" in json.loads((folder / "metrics.json").read_text())
+
+
+def test_prediction_store_drops_a_torn_line(tmp_path):
+    store = PredictionStore(tmp_path, "m")
+    store.write([{"id": "a", "task": "t"}])
+    store.close()
+    with open(store.path, "a") as handle:
+        handle.write('{"id": "b", "ta')
+    assert [r["id"] for r in store.load()] == ["a"]
+    store.write([{"id": "c", "task": "t"}])
+    store.close()
+    assert [r["id"] for r in store.load()] == ["a", "c"]
