@@ -9,7 +9,7 @@ ARGS ?=
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner clean
+.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-evaluation evaluate clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ assets: $(VENV)/.installed ## fetch the offline assets (MovieLens-100K, SmolLM2 
 
 run: setup ## run the main job on the embedded default (MovieLens-100K); extra overrides via ARGS=...
 	$(VENV)/bin/recexplainer $(ARGS)
+
+evaluate: setup ## whole pipeline up to the evaluate stage (alignment=hybrid by default; ARGS='alignment=intention')
+	$(VENV)/bin/recexplainer stage=evaluate $(ARGS)
 
 test: $(VENV)/.installed ## fast test suite (offline, a few minutes on 2 cores)
 	$(PY) -m pytest -q
@@ -52,6 +55,9 @@ bench-alignment-data: setup ## alignment data build time on ml-100k (default and
 
 bench-aligner: setup ## aligner training tokens/s vs a Hugging Face Trainer + peft baseline; benchmarks/aligner.json
 	$(PY) experiments/bench_aligner.py --out benchmarks/aligner.json $(ARGS)
+
+bench-evaluation: setup ## evaluation examples/s per task, batched vs one at a time; benchmarks/evaluation.json
+	$(PY) experiments/bench_evaluation.py --out benchmarks/evaluation.json $(ARGS)
 
 clean: ## delete artifacts and caches (not the venv, not the asset cache)
 	rm -rf $(ARTIFACTS) outputs multirun .pytest_cache .ruff_cache

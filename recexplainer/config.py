@@ -212,6 +212,14 @@ class AlignerConfig:
 
 
 @dataclass
+class StudentConfig:
+    hidden_size: int = 32  # the distilled SASRec student (1 layer, 1 head)
+    epochs: int = 10
+    lr: float = 2e-3
+    max_prefixes: int | None = 50000  # training prefixes labelled with the target's top-1 (seeded sample)
+
+
+@dataclass
 class EvaluationConfig:
     model: str = (
         "aligned"  # aligned (the aligner stage's model) | unaligned (base LLM, placeholders removed) | none
@@ -227,8 +235,9 @@ class EvaluationConfig:
     fuzzy_cutoff: float = 0.85  # difflib ratio for the separately reported fuzzy match
     few_shot: int = 0  # unaligned model: training examples shown as earlier turns
     baselines: list[str] = field(
-        default_factory=lambda: ["random", "popularity", "top1_frequency", "item_knn"]
+        default_factory=lambda: ["random", "popularity", "top1_frequency", "item_knn", "student"]
     )
+    student: StudentConfig = field(default_factory=StudentConfig)
 
 
 @dataclass

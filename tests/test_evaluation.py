@@ -263,10 +263,11 @@ def test_killed_evaluation_resumes_without_recomputing(evaluated, monkeypatch):
 
 
 def test_unaligned_and_baseline_only_runs_need_no_aligner(make_cfg):
-    cfg = make_cfg(*EVAL, "evaluation.model=none")
-    assert eval_stage.requires(cfg) == ("data", "alignment_data")
+    cfg = make_cfg(*EVAL, "evaluation.model=none", "evaluation.student.epochs=2")
+    assert eval_stage.requires(cfg) == ("data", "recommender", "alignment_data")
     metrics = json.loads((run(cfg) / "metrics.json").read_text())
     assert "task1/hr@5" not in metrics and "baseline/popularity/task3/acc" in metrics
+    assert "baseline/student/task1/hr@5" in metrics and metrics["baseline/student/train_prefixes"] > 0
     assert not (stage_folder(cfg, "alignment_data").parent.parent / "aligner").exists()
     cfg = make_cfg(*EVAL, "evaluation.model=unaligned", "evaluation.few_shot=1", "evaluation.baselines=[]")
     folder = run(cfg)
@@ -284,3 +285,19 @@ def test_prediction_store_drops_a_torn_line(tmp_path):
     store.write([{"id": "c", "task": "t"}])
     store.close()
     assert [r["id"] for r in store.load()] == ["a", "c"]
+
+
+def test_distilled_student_learns_the_teachers_top1(make_cfg):
+    from recexplainer.data.dataset import SequentialData
+    from recexplainer.evaluation.student import distill, scorer
+    from recexplainer.recommender import load_recommender
+
+    cfg = make_cfg("stage=recommender")
+    folder = run(cfg)
+    data = SequentialData.load(stage_folder(cfg, "data"))
+    teacher = load_recommender(folder)
+    student, stats = distill(teacher, data, max_hist_len=5, seed=0, hidden_size=16, epochs=15, lr=5e-3)
+    chance = 1 / data.n_items
+    assert stats["student/train_top1_agreement"] > 10 * chance
+    scores = scorer(student, 5)([1, 2, 3])
+    assert scores.shape == (data.n_items + 1,) and torch.isinf(scores[0])

@@ -77,7 +77,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
 
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
-        filename="step{step}",
+        filename="{step}",
         save_last=True,
         every_n_train_steps=max(1, ac.checkpoint_every_n_steps),
         save_top_k=1,

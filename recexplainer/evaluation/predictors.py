@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -154,14 +154,19 @@ class BaselinePredictor:
       labels (its choices are concentrated, so this is the stronger retrieval baseline).
     - ``item_knn``: an interpretable surrogate: item-based nearest neighbours (cosine over training
       co-occurrences) scores candidates by their summed similarity to the history.
+    - ``student``: a small SASRec distilled from the target's top-1 choices (``scorer`` gives its scores;
+      see :mod:`recexplainer.evaluation.student`).
+    For the interest tasks, ``item_knn`` and ``student`` say yes when the item's score reaches a
+    threshold fit on the training examples, like the popularity rule.
     """
 
-    NAMES = ("random", "popularity", "top1_frequency", "item_knn")
+    NAMES = ("random", "popularity", "top1_frequency", "item_knn", "student")
     SUPPORTS = {
         "random": set(KINDS),
         "popularity": set(KINDS),
         "top1_frequency": {"retrieval"},
         "item_knn": {"retrieval", "ranking", "interest", "interest_hard", "item_similar"},
+        "student": {"retrieval", "ranking", "interest", "interest_hard"},
     }
 
     def __init__(
@@ -172,9 +177,13 @@ class BaselinePredictor:
         train_sequences: Sequence[np.ndarray],
         train_rows: dict[str, list[dict[str, Any]]],
         seed: int,
+        scorer: Callable[[Sequence[int]], torch.Tensor] | None = None,
     ):
         if name not in self.NAMES:
             raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(self.NAMES)}")
+        if name == "student" and scorer is None:
+            raise ValueError("the student baseline needs a scorer (the distilled model)")
+        self.scorer = scorer
         self.name, self.titles, self.seed = name, list(titles), seed
         self.kinds = self.SUPPORTS[name]
         self.n_items = len(titles) - 1
@@ -193,7 +202,7 @@ class BaselinePredictor:
             self.by_top1 = np.lexsort((-self.popularity, -freq))
         if name == "item_knn":
             self._fit_knn(train_sequences)
-        if name in ("popularity", "item_knn"):
+        if name in ("popularity", "item_knn", "student"):
             interest = train_rows.get("interest", []) + train_rows.get("interest_hard", [])
             if interest:
                 self.threshold["interest"] = self._fit_threshold(interest)
@@ -215,14 +224,17 @@ class BaselinePredictor:
         sim[:, 0] = 0.0
         return sim
 
-    def _knn_scores(self, history: Sequence[int]) -> torch.Tensor:
+    def _scores(self, history: Sequence[int]) -> torch.Tensor:
+        """(I,) the surrogate's score of every item for a history (item_knn: summed similarity)."""
+        if self.scorer is not None:
+            return self.scorer(history)
         return self._similarity(history).sum(0) if len(history) else torch.zeros(self.n_items + 1)
 
     def _item_value(self, row: dict[str, Any]) -> float:
         item = row["labels"]["item"]
         if self.name == "popularity":
             return float(self.popularity[item])
-        return float(self._knn_scores(row["history"])[item])
+        return float(self._scores(row["history"])[item])
 
     def _fit_threshold(self, rows: list[dict[str, Any]]) -> float:
         """The threshold on the item's value that maximises training accuracy of 'yes iff value >= t'."""
@@ -275,12 +287,12 @@ class BaselinePredictor:
             if kind == "item_similar":
                 return self._top(self.by_popularity, {row["item"]}, 1)
             return self._top(self.by_popularity, set(), 1)
-        # item_knn
+        # item_knn, student
         if kind == "item_similar":
             sim = self._similarity([row["item"]])[0]
             sim[row["item"]] = -1.0
             return [int(sim.argmax())]
-        scores = self._knn_scores(history)
+        scores = self._scores(history)
         if kind == "ranking":
             return sorted(labels["shown"], key=lambda i: -float(scores[i]))
         order = torch.argsort(scores + torch.as_tensor(self.popularity) * 1e-9, descending=True).tolist()

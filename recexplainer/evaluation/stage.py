@@ -33,12 +33,13 @@ log = logging.getLogger(__name__)
 
 
 def requires(cfg: DictConfig) -> tuple[str, ...]:
-    """Upstream stages: the aligned model needs the aligner; baselines and the unaligned LLM do not."""
-    return (
-        ("data", "alignment_data", "aligner")
-        if cfg.evaluation.model == "aligned"
-        else ("data", "alignment_data")
-    )
+    """Upstream stages: the aligned model needs the aligner, the student baseline the recommender."""
+    stages = ["data", "alignment_data"]
+    if "student" in cfg.evaluation.baselines:
+        stages.insert(1, "recommender")
+    if cfg.evaluation.model == "aligned":
+        stages.append("aligner")
+    return tuple(stages)
 
 
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
@@ -95,9 +96,34 @@ def _predictors(cfg: DictConfig, upstream: dict[str, Path], data: SequentialData
         out.append(("", _llm_predictor(cfg, upstream, titles, train)))
     sequences = [data.history(u, "valid") for u in range(data.n_users)]  # training part of each user
     for name in ev.baselines:
-        predictor = BaselinePredictor(name, titles, data.train_item_counts(), sequences, train, cfg.seed)
+        scorer = _student(cfg, upstream, data) if name == "student" else None
+        predictor = BaselinePredictor(
+            name, titles, data.train_item_counts(), sequences, train, cfg.seed, scorer=scorer
+        )
         out.append((f"baseline/{name}/", predictor))
     return out
+
+
+_STUDENT_STATS: dict[str, float] = {}
+
+
+def _student(cfg: DictConfig, upstream: dict[str, Path], data: SequentialData) -> Any:
+    from recexplainer.evaluation import student
+    from recexplainer.recommender import load_recommender
+
+    sc = cfg.evaluation.student
+    model, stats = student.distill(
+        load_recommender(upstream["recommender"]),
+        data,
+        cfg.alignment.max_hist_len,
+        cfg.seed,
+        hidden_size=sc.hidden_size,
+        epochs=sc.epochs,
+        lr=sc.lr,
+        max_prefixes=sc.max_prefixes,
+    )
+    _STUDENT_STATS.update(stats)
+    return student.scorer(model, cfg.alignment.max_hist_len)
 
 
 def _llm_predictor(
@@ -212,6 +238,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     for prefix, predictor in predictors:
         metrics |= evaluate(cfg, predictor, prefix, examples, out_dir)
     counts = {f"count/{t}": len(rows) for t, rows in examples.items()}
+    metrics |= {f"baseline/{k}": v for k, v in _STUDENT_STATS.items()}
+    _STUDENT_STATS.clear()
     protocol = {
         "split": ev.split,
         "model": ev.model,
