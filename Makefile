@@ -9,7 +9,7 @@ ARGS ?=
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-evaluation evaluate clean
+.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-evaluation evaluate report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ run: setup ## run the main job on the embedded default (MovieLens-100K); extra o
 
 evaluate: setup ## whole pipeline up to the evaluate stage (alignment=hybrid by default; ARGS='alignment=intention')
 	$(VENV)/bin/recexplainer stage=evaluate $(ARGS)
+
+report: $(VENV)/.installed ## aggregate every evaluate folder into $(ARTIFACTS)/report/alignment.{md,csv}; prints the paths
+	$(PY) -m recexplainer.report --root $(ARTIFACTS)
 
 test: $(VENV)/.installed ## fast test suite (offline, a few minutes on 2 cores)
 	$(PY) -m pytest -q

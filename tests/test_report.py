@@ -1,0 +1,40 @@
+"""The report aggregates evaluate folders into one table, baselines once per dataset."""
+
+import json
+
+import yaml
+
+from recexplainer.artifacts import MARKER
+from recexplainer.report import write_report
+
+
+def _folder(root, key, mode, model, metrics, baselines=("popularity",)):
+    folder = root / "evaluate" / key
+    folder.mkdir(parents=True)
+    cfg = {
+        "dataset": {"name": "ml-100k"},
+        "llm": {"name": "smollm2_135m"},
+        "alignment": {"mode": mode},
+        "evaluation": {"model": model, "split": "test", "baselines": list(baselines), "few_shot": 0},
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / MARKER).write_text("")
+    return folder
+
+
+def test_report_lists_models_and_each_baseline_once(tmp_path):
+    _folder(tmp_path, "a", "hybrid", "aligned", {"task1/hr@5": 0.5, "baseline/popularity/task1/hr@5": 0.04})
+    _folder(
+        tmp_path, "b", "intention", "aligned", {"task1/hr@5": 0.25, "baseline/popularity/task1/hr@5": 0.04}
+    )
+    _folder(tmp_path, "c", "behavior", "unaligned", {"task3/acc": 0.5}, baselines=())
+    incomplete = _folder(tmp_path, "d", "behavior", "aligned", {"task1/hr@5": 0.9})
+    (incomplete / MARKER).unlink()
+    md, csv_path = write_report(tmp_path, tmp_path / "report")
+    text = md.read_text()
+    assert "| RecExplainer-H (smollm2_135m) | 0.5000 |" in text
+    assert "| RecExplainer-I (smollm2_135m) | 0.2500 |" in text
+    assert "no alignment, zero-shot" in text and "0.9000" not in text  # incomplete folders are skipped
+    assert text.count("baseline: popularity") == 1
+    assert len(csv_path.read_text().splitlines()) == 1 + 4
