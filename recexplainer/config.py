@@ -241,6 +241,34 @@ class EvaluationConfig:
 
 
 @dataclass
+class ExplainConfig:
+    model: str = "aligned"  # aligned | unaligned: whose explanations
+    split: str = "test"  # valid | test: pairs from this split's interest examples
+    n_pairs: int = 100  # (user, item) pairs, half from the recommender's top band, half from its bottom band
+    template: str = (
+        "The user has interacted with {user}. Would the recommender suggest {item} to them? Answer yes or no, "
+        "then explain in two or three sentences which items in their history make it a good or bad match."
+    )
+    max_new_tokens: int = 96
+    batch_size: int = 8
+    n_random: int = 5  # random removals per explanation (counterfactual reference)
+    examples_in_report: int = 10
+
+
+@dataclass
+class JudgeConfig:
+    name: str = "none"  # none | openai (any OpenAI-compatible endpoint) | local (the base LLM in-process)
+    base_url: str | None = None  # openai: e.g. https://api.openai.com/v1 or http://localhost:8000/v1
+    model: str | None = None  # openai: the judge model name
+    api_key_env: str | None = "OPENAI_API_KEY"  # name of the environment variable with the key (never logged)
+    concurrency: int = 4
+    max_retries: int = 4
+    backoff_s: float = 1.0
+    timeout_s: float = 60.0
+    cache_dir: str | None = None  # judgment cache; null: <paths.artifacts>/judge_cache
+
+
+@dataclass
 class Config:
     stage: str = "recommender"  # the stage to run; its missing upstream stages run first
     seed: int = 42
@@ -254,6 +282,8 @@ class Config:
     llm: LLMConfig = field(default_factory=LLMConfig)
     aligner: AlignerConfig = field(default_factory=AlignerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     show: int = 0  # alignment_data: print this many rendered examples per task
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -287,6 +317,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logger.mode": ("offline", "online", "disabled"),
     "evaluation.model": ("aligned", "unaligned", "none"),
     "evaluation.split": ("valid", "test"),
+    "explain.model": ("aligned", "unaligned"),
+    "explain.split": ("valid", "test"),
+    "judge.name": ("none", "openai", "local"),
 }
 
 POSITIVE: tuple[str, ...] = (
@@ -302,6 +335,10 @@ POSITIVE: tuple[str, ...] = (
     "aligner.lora_r",
     "evaluation.batch_size",
     "evaluation.num_beams",
+    "explain.n_pairs",
+    "explain.max_new_tokens",
+    "explain.batch_size",
+    "judge.concurrency",
 )
 
 
@@ -363,6 +400,13 @@ def _validate_evaluation(cfg: DictConfig) -> None:
         raise ConfigError(f"evaluation.fuzzy_cutoff={ev.fuzzy_cutoff} must be in (0, 1]")
     if ev.model == "none" and not ev.baselines:
         raise ConfigError("evaluation.model=none needs at least one entry in evaluation.baselines")
+    for name in ("{user}", "{item}"):
+        if cfg.explain.template.count(name) != 1:
+            raise ConfigError(f"explain.template must contain {name} exactly once")
+    if cfg.judge.name == "openai" and not (cfg.judge.base_url and cfg.judge.model):
+        raise ConfigError(
+            "judge=openai needs judge.base_url and judge.model (e.g. judge.base_url=http://localhost:8000/v1)"
+        )
 
 
 def _validate_alignment(cfg: DictConfig) -> None:

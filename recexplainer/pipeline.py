@@ -36,6 +36,11 @@ STAGES: dict[str, Stage] = {
         Stage("alignment_data", "recexplainer.alignment.stage", requires=("data", "recommender")),
         Stage("aligner", "recexplainer.aligner.stage", requires=("alignment_data",)),
         Stage("evaluate", "recexplainer.evaluation.stage", requires=("data", "alignment_data", "aligner")),
+        Stage(
+            "explain",
+            "recexplainer.explain.stage",
+            requires=("data", "recommender", "alignment_data", "aligner"),
+        ),
     )
 }
 

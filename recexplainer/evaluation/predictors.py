@@ -143,6 +143,13 @@ class LLMPredictor:
             )
         return predictions
 
+    def explain(self, rows: Sequence[dict[str, Any]], max_new_tokens: int) -> list[tuple[float, str]]:
+        """(P(yes) of the first answer token, generated text) per row: the decision and its explanation."""
+        encoded = [self._encode(r) for r in rows]
+        p_yes = yes_probability(self.decoder.next_token_logits(encoded), self.yes_ids, self.no_ids)
+        texts = self.decoder.generate(encoded, max_new_tokens)
+        return [(float(p), t[0].strip()) for p, t in zip(p_yes, texts, strict=True)]
+
 
 class BaselinePredictor:
     """Non-LLM baselines answering with item ids.

@@ -93,7 +93,7 @@ def _predictors(cfg: DictConfig, upstream: dict[str, Path], data: SequentialData
         for row in read_examples(folder, "train"):
             train[row["kind"]].append(row)
     if ev.model != "none":
-        out.append(("", _llm_predictor(cfg, upstream, titles, train)))
+        out.append(("", llm_predictor(cfg, upstream, titles, train, ev.model, ev.split)))
     sequences = [data.history(u, "valid") for u in range(data.n_users)]  # training part of each user
     for name in ev.baselines:
         scorer = _student(cfg, upstream, data) if name == "student" else None
@@ -126,22 +126,25 @@ def _student(cfg: DictConfig, upstream: dict[str, Path], data: SequentialData) -
     return student.scorer(model, cfg.alignment.max_hist_len)
 
 
-def _llm_predictor(
-    cfg: DictConfig, upstream: dict[str, Path], titles: list[str], train: dict
+def llm_predictor(
+    cfg: DictConfig, upstream: dict[str, Path], titles: list[str], train: dict, model: str, split: str
 ) -> LLMPredictor:
+    """The LLM to evaluate: ``model`` aligned (the aligner stage's) or unaligned (the base LLM); the
+    vectors of ``split``'s users. Decoding settings come from ``cfg.evaluation``."""
     from recexplainer.aligner import setup
 
     ev = cfg.evaluation
+    aligned = model == "aligned"
     vectors = load_file(upstream["alignment_data"] / "vectors.safetensors")
-    vectors = {"items": vectors["items"], "users": vectors[f"users_{ev.split}"]}
-    if ev.model == "aligned":
-        model, tokenizer, formatter = setup.load(upstream["aligner"], cfg.paths.assets)
+    vectors = {"items": vectors["items"], "users": vectors[f"users_{split}"]}
+    if aligned:
+        net, tokenizer, formatter = setup.load(upstream["aligner"], cfg.paths.assets)
         name = "aligned"
     else:
         lm, tokenizer = setup.load_base_llm(cfg.llm, cfg.paths.assets)
         from recexplainer.aligner.data import ChatFormatter
 
-        model, formatter = lm.eval(), ChatFormatter(tokenizer, cfg.llm.prompt_template, cfg.llm.system_prompt)
+        net, formatter = lm.eval(), ChatFormatter(tokenizer, cfg.llm.prompt_template, cfg.llm.system_prompt)
         name = "unaligned" if not ev.few_shot else f"unaligned_{ev.few_shot}shot"
     shots = {}
     if ev.few_shot:
@@ -153,12 +156,12 @@ def _llm_predictor(
         shots = {task: rng.sample(rows, min(ev.few_shot, len(rows))) for task, rows in by_task.items()}
     return LLMPredictor(
         name,
-        model,
+        net,
         tokenizer,
         formatter,
         TitleIndex(titles),
         vectors,
-        aligned=ev.model == "aligned",
+        aligned=aligned,
         placeholders=(cfg.alignment.user_placeholder, cfg.alignment.item_placeholder),
         num_beams=ev.num_beams,
         constrained=ev.constrained,

@@ -1,0 +1,1 @@
+"""Explanations of the recommender's decisions: generation, LLM judges, counterfactual faithfulness."""

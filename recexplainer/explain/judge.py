@@ -1,0 +1,255 @@
+"""LLM judges of explanation quality: the paper's 0-3 rubric, scored by any OpenAI-compatible
+chat-completions endpoint or by a local Hugging Face model.
+
+- The API key is read from an environment variable (its *name* is configured) and goes only into the
+  request header: never into configs, logs, caches or W&B.
+- Strict parsing: the reply must be a score 0..3 (optionally "Score: N"); an unparsable reply gets one
+  retry with a reminder, then counts as a failure.
+- Transport errors, timeouts, 429 and 5xx are retried with exponential backoff (Retry-After honoured);
+  requests run concurrently up to a limit.
+- Judgments are cached on disk keyed by judge model and prompt: a rerun costs nothing and a killed run
+  resumes. Failures are counted, never raised, and never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RUBRIC = """You grade an explanation of a recommender system's decision.
+The recommender's decision: {decision}.
+The user's history: {history}.
+The item: {item}.
+The explanation to grade: "{explanation}"
+
+Score it from 0 to 3:
+0 - the explanation's yes/no conclusion contradicts the recommender's decision;
+1 - the conclusion matches, but the reasoning is missing, off-topic, or invents facts about the user or item;
+2 - the conclusion matches and the reasoning is sensible, with small flaws;
+3 - the conclusion matches and the reasoning summarises the user's tastes from the history and shows
+    how the item fits or clashes with them.
+The length of the explanation must not affect the score.
+Reply with the score only: one digit from 0 to 3."""
+
+REMINDER = "Reply with a single digit: 0, 1, 2 or 3."
+_SCORE = re.compile(r"^\s*(?:score\s*[:=]?\s*)?\**([0-3])\**\s*(?:/\s*3)?\s*\.?\s*$", re.IGNORECASE)
+
+
+def rubric_prompt(decision: bool, history: Sequence[str], item: str, explanation: str) -> str:
+    verdict = "yes, the user will like the item" if decision else "no, the user will not like the item"
+    return RUBRIC.format(
+        decision=verdict, history="; ".join(history), item=item, explanation=explanation.replace('"', "'")
+    )
+
+
+def parse_score(reply: str | None) -> int | None:
+    """The score of a strict reply ('2', 'Score: 2', '**2**', '2/3'), else None."""
+    if reply is None:
+        return None
+    match = _SCORE.match(reply.strip())
+    return int(match.group(1)) if match else None
+
+
+@dataclass
+class Judgment:
+    score: int | None
+    reply: str | None
+    error: str | None = None
+    cached: bool = False
+
+
+class JudgeCache:
+    """Append-only JSON lines of successful judgments, keyed by sha256(judge model, prompt)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self._entries[entry["key"]] = entry
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a torn line from a kill mid-write
+
+    @staticmethod
+    def key(model: str, prompt: str) -> str:
+        return hashlib.sha256(f"{model}\x00{prompt}".encode()).hexdigest()
+
+    def get(self, model: str, prompt: str) -> dict[str, Any] | None:
+        return self._entries.get(self.key(model, prompt))
+
+    def put(self, model: str, prompt: str, score: int, reply: str) -> None:
+        entry = {"key": self.key(model, prompt), "model": model, "score": score, "reply": reply}
+        with self._lock:
+            self._entries[entry["key"]] = entry
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+
+
+class TransientError(RuntimeError):
+    """A failure worth retrying (network, timeout, 429, 5xx)."""
+
+
+class Judge:
+    """Scores prompts with ``complete(messages) -> reply``; subclasses provide ``complete``."""
+
+    name = "judge"
+
+    def __init__(
+        self, cache: JudgeCache | None, concurrency: int = 1, max_retries: int = 4, backoff_s: float = 0.5
+    ):
+        self.cache, self.concurrency = cache, max(1, concurrency)
+        self.max_retries, self.backoff_s = max_retries, backoff_s
+        self.stats = {"requests": 0, "retries": 0, "failures": 0, "unparsable": 0, "cached": 0}
+        self._lock = threading.Lock()
+
+    def complete(self, messages: list[dict[str, str]]) -> str:
+        raise NotImplementedError
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.stats[key] += 1
+
+    def _complete_with_retries(self, messages: list[dict[str, str]]) -> str:
+        for attempt in range(self.max_retries + 1):
+            try:
+                self._count("requests")
+                return self.complete(messages)
+            except TransientError as err:
+                if attempt == self.max_retries:
+                    raise
+                self._count("retries")
+                wait = getattr(err, "retry_after", None) or self.backoff_s * 2**attempt
+                time.sleep(min(wait, 30.0) * (0.5 + random.random() / 2))
+        raise AssertionError("unreachable")
+
+    def judge_one(self, prompt: str) -> Judgment:
+        if self.cache is not None and (hit := self.cache.get(self.name, prompt)) is not None:
+            self._count("cached")
+            return Judgment(hit["score"], hit["reply"], cached=True)
+        messages = [{"role": "user", "content": prompt}]
+        try:
+            reply = self._complete_with_retries(messages)
+            score = parse_score(reply)
+            if score is None:  # one retry with a reminder
+                messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": REMINDER}]
+                reply = self._complete_with_retries(messages)
+                score = parse_score(reply)
+        except Exception as err:  # noqa: BLE001 - any failure is counted, never fatal
+            self._count("failures")
+            return Judgment(None, None, error=f"{type(err).__name__}: {err}")
+        if score is None:
+            self._count("unparsable")
+            return Judgment(None, reply, error="unparsable reply")
+        if self.cache is not None:
+            self.cache.put(self.name, prompt, score, reply)
+        return Judgment(score, reply)
+
+    def judge_all(
+        self, prompts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> list[Judgment]:
+        """Judge every prompt (concurrently up to ``concurrency``); order preserved."""
+        results: list[Judgment | None] = [None] * len(prompts)
+
+        def work(i: int) -> None:
+            results[i] = self.judge_one(prompts[i])
+            if progress:
+                progress(1)
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            list(pool.map(work, range(len(prompts))))
+        return [r for r in results if r is not None]
+
+
+class OpenAIJudge(Judge):
+    """Any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp server, ...)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout_s: float = 60.0,
+        max_tokens: int = 8,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.timeout_s, self.max_tokens = model, timeout_s, max_tokens
+        self.name = f"openai:{model}"
+        self._key_env = api_key_env
+
+    def complete(self, messages: list[dict[str, str]]) -> str:
+        body = json.dumps(
+            {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
+        ).encode()
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self._key_env) if self._key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                payload = json.loads(response.read().decode("utf-8"))
+        except urllib.error.HTTPError as err:
+            if err.code == 429 or err.code >= 500:
+                error = TransientError(f"HTTP {err.code} from the judge endpoint")
+                retry_after = err.headers.get("Retry-After") if err.headers else None
+                error.retry_after = float(retry_after) if retry_after and retry_after.isdigit() else None
+                raise error from None
+            raise RuntimeError(f"HTTP {err.code} from the judge endpoint {self.url}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+            raise TransientError(f"judge endpoint {self.url} unreachable: {err}") from None
+        except json.JSONDecodeError:
+            raise TransientError("the judge endpoint returned a body that is not JSON") from None
+        try:
+            return str(payload["choices"][0]["message"]["content"])
+        except (KeyError, IndexError, TypeError):
+            raise TransientError(
+                "the judge endpoint returned JSON without choices[0].message.content"
+            ) from None
+
+
+class LocalJudge(Judge):
+    """A Hugging Face causal LM in this process, greedy decoding (reported as ``local:<name>``)."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str, max_new_tokens: int = 4, **kwargs: Any):
+        kwargs["concurrency"] = 1  # one model, one thread
+        super().__init__(**kwargs)
+        self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
+        self.name = f"local:{name}"
+
+    def complete(self, messages: list[dict[str, str]]) -> str:
+        import torch
+
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n".join(m["content"] for m in messages) + "\nScore:"
+        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = self.model.generate(
+                **ids,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            )
+        return self.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)

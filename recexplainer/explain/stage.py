@@ -1,0 +1,306 @@
+"""The ``explain`` stage: the LLM decides and explains (user, item) pairs; explanations are judged and
+checked for counterfactual faithfulness against the recommender.
+
+Pairs come from the split's task-3 examples (the recommender's top band = yes, bottom band = no), so
+the decision has a ground truth. Writes ``explanations.jsonl`` (per pair: decision probability, text,
+cited / hallucinated titles, counterfactual score changes, judge score), ``metrics.json``
+(``explain/...``), ``protocol.json``, ``report.md`` (examples), ``ratings_blind.csv`` (for human raters:
+no model name, no decision) and, while running, ``generated.jsonl``: a killed run resumes from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from recexplainer.aligner.data import read_examples
+from recexplainer.alignment.templates import SlotRenderer
+from recexplainer.artifacts import atomic_write_text, write_json
+from recexplainer.data.dataset import SequentialData
+from recexplainer.evaluation.evaluator import PredictionStore
+from recexplainer.evaluation.matching import TitleIndex, parse_yes_no
+from recexplainer.explain import faithfulness
+from recexplainer.explain.judge import Judge, JudgeCache, LocalJudge, OpenAIJudge, rubric_prompt
+
+log = logging.getLogger(__name__)
+
+
+def requires(cfg: DictConfig) -> tuple[str, ...]:
+    base = ("data", "recommender", "alignment_data")
+    return (*base, "aligner") if cfg.explain.model == "aligned" else base
+
+
+def key_fields(cfg: DictConfig) -> dict[str, Any]:
+    judge = OmegaConf.to_container(cfg.judge, resolve=True)
+    for transient in ("concurrency", "max_retries", "backoff_s", "timeout_s", "cache_dir", "api_key_env"):
+        judge.pop(transient, None)  # how the judge is reached does not change its scores
+    fields = {
+        "explain": OmegaConf.to_container(cfg.explain, resolve=True),
+        "judge": judge,
+        "seed": cfg.seed,
+        "precision": cfg.trainer.precision,
+    }
+    if cfg.explain.model == "unaligned" or cfg.judge.name == "local":
+        fields["llm"] = OmegaConf.to_container(cfg.llm, resolve=True)
+    return fields
+
+
+def select_pairs(folder: Path, split: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """Up to ``n`` task-3 examples, half yes and half no, seeded."""
+    rows = [r for r in read_examples(folder, split) if r["kind"] == "interest"]
+    if not rows:
+        raise ValueError(
+            f"no interest (task 3) examples in the {split} split of {folder}: the explain stage needs them"
+        )
+    rng = random.Random(f"{seed}/explain")
+    by_answer = {a: [r for r in rows if r["labels"]["answer"] == a] for a in ("yes", "no")}
+    half = n // 2
+    picked = rng.sample(by_answer["yes"], min(half, len(by_answer["yes"])))
+    picked += rng.sample(by_answer["no"], min(n - len(picked), len(by_answer["no"])))
+    return sorted(picked, key=lambda r: r["id"])
+
+
+def explain_rows(pairs: list[dict[str, Any]], cfg: DictConfig, titles: list[str]) -> list[dict[str, Any]]:
+    """Render the explanation prompt of each pair in the alignment mode (placeholders and/or titles)."""
+    renderer = SlotRenderer(cfg.alignment, titles)
+    template = cfg.explain.template
+    user_first = template.index("{user}") < template.index("{item}")
+    out = []
+    for pair in pairs:
+        item = int(pair["labels"]["item"])
+        user_text, item_text = renderer.user(pair["history"]), renderer.item(item)
+        user_slots = ["user"] * renderer.count(user_text)[0]
+        item_slots = [item] * renderer.count(item_text)[1]
+        prompt = template.replace("{user}", user_text).replace("{item}", item_text)
+        out.append(
+            {
+                "id": pair["id"].replace("interest/", "explain/", 1),
+                "task": "explain",
+                "prompt": prompt,
+                "slots": user_slots + item_slots if user_first else item_slots + user_slots,
+                "user_row": pair["user_row"],
+                "history": pair["history"],
+                "item": item,
+                "answer": pair["labels"]["answer"],
+                "rank": pair["labels"].get("rank"),
+            }
+        )
+    return out
+
+
+def build_judge(cfg: DictConfig, predictor: Any) -> Judge | None:
+    jc = cfg.judge
+    if jc.name == "none":
+        return None
+    cache_dir = Path(jc.cache_dir or Path(cfg.paths.artifacts) / "judge_cache").expanduser()
+    common = dict(concurrency=jc.concurrency, max_retries=jc.max_retries, backoff_s=jc.backoff_s)
+    if jc.name == "openai":
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in jc.model)
+        return OpenAIJudge(
+            jc.base_url,
+            jc.model,
+            api_key_env=jc.api_key_env,
+            timeout_s=jc.timeout_s,
+            cache=JudgeCache(cache_dir / f"openai_{slug}.jsonl"),
+            **common,
+        )
+    from recexplainer.aligner import setup
+
+    lm, tokenizer = setup.load_base_llm(cfg.llm, cfg.paths.assets)
+    return LocalJudge(
+        lm.eval(),
+        tokenizer,
+        cfg.llm.name,
+        cache=JudgeCache(cache_dir / f"local_{cfg.llm.name}.jsonl"),
+        **common,
+    )
+
+
+def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, float]:
+    from recexplainer.evaluation.stage import llm_predictor
+    from recexplainer.recommender import load_recommender
+
+    ex = cfg.explain
+    data = SequentialData.load(upstream["data"])
+    titles = data.titles
+    index = TitleIndex(titles)
+    recommender = load_recommender(upstream["recommender"])
+    rows = explain_rows(select_pairs(upstream["alignment_data"], ex.split, ex.n_pairs, cfg.seed), cfg, titles)
+    predictor = llm_predictor(cfg, upstream, titles, {}, ex.model, ex.split)
+
+    store = PredictionStore(out_dir, "generated")
+    done = {r["id"]: r for r in store.load()}
+    todo = [r for r in rows if r["id"] not in done]
+    if done:
+        log.info("explain: resuming, %d of %d pairs already generated", len(done), len(rows))
+    todo.sort(key=predictor.prompt_length)
+    with tqdm(
+        total=len(todo), desc="explain", unit="pair", disable=not cfg.trainer.enable_progress_bar
+    ) as bar:
+        for start in range(0, len(todo), ex.batch_size):
+            batch = todo[start : start + ex.batch_size]
+            outputs = predictor.explain(batch, ex.max_new_tokens)
+            records = [
+                {"id": r["id"], "p_yes": p, "text": text} for r, (p, text) in zip(batch, outputs, strict=True)
+            ]
+            store.write(records)
+            done.update({r["id"]: r for r in records})
+            bar.update(len(batch))
+    store.close()
+
+    records = []
+    for row in rows:
+        generated = done[row["id"]]
+        cites = faithfulness.citations(generated["text"], index, row["history"], row["item"])
+        record = {
+            **{k: row[k] for k in ("id", "history", "item", "answer", "rank")},
+            "p_yes": generated["p_yes"],
+            "decision": "yes" if generated["p_yes"] > 0.5 else "no",
+            "text": generated["text"],
+            "text_decision": parse_yes_no(generated["text"]),
+            "mentioned": cites.mentioned,
+            "cited": cites.cited,
+            "hallucinated": cites.hallucinated,
+        }
+        if cites.cited:
+            record["counterfactual"] = faithfulness.counterfactual(
+                recommender, row["history"], row["item"], cites.cited, ex.n_random, cfg.seed, row["id"]
+            )
+        records.append(record)
+
+    judge = build_judge(cfg, predictor)
+    if judge is not None:
+        prompts = [
+            rubric_prompt(
+                r["answer"] == "yes", [titles[i] for i in r["history"]], titles[r["item"]], r["text"]
+            )
+            for r in records
+        ]
+        with tqdm(
+            total=len(prompts), desc=f"judge {judge.name}", disable=not cfg.trainer.enable_progress_bar
+        ) as bar:
+            judgments = judge.judge_all(prompts, progress=bar.update)
+        for record, judgment in zip(records, judgments, strict=True):
+            record["judge_score"], record["judge_error"] = judgment.score, judgment.error
+
+    metrics = explanation_metrics(records)
+    if judge is not None:
+        metrics |= {f"explain/judge_{k}": float(v) for k, v in judge.stats.items()}
+    atomic_write_text(out_dir / "explanations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_json(
+        out_dir / "protocol.json",
+        {
+            "model": ex.model,
+            "split": ex.split,
+            "pairs": len(records),
+            "template": ex.template,
+            "decision": "next-token P(yes) vs P(no) after the prompt; the text is generated greedily",
+            "judge": judge.name if judge else None,
+            "judge_rubric": "0 wrong decision; 1 right, reasoning missing/irrelevant/hallucinated; 2 right, "
+            "small flaws; 3 right, summarises the user's tastes and relates the item to them; length ignored",
+            "faithfulness": f"remove cited history items vs {ex.n_random} random draws of as many; "
+            "score change of the item under the target recommender",
+            "citation_matching": "catalog titles found in the text (word-bounded, case-insensitive)",
+        },
+    )
+    atomic_write_text(
+        out_dir / "report.md", report_markdown(records, titles, metrics, ex.examples_in_report, cfg)
+    )
+    blind, key = blind_csv(records, titles, cfg.seed)
+    atomic_write_text(out_dir / "ratings_blind.csv", blind)
+    write_json(
+        out_dir / "ratings_key.json", key
+    )  # rating_id -> explanation id, kept apart from the raters' file
+    return metrics
+
+
+def explanation_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    n = len(records)
+    m: dict[str, float] = {"explain/n": float(n)}
+    if not n:
+        return m
+    m["explain/decision_acc"] = float(np.mean([r["decision"] == r["answer"] for r in records]))
+    m["explain/yes_rate"] = float(np.mean([r["decision"] == "yes" for r in records]))
+    parsed = [r for r in records if r["text_decision"] is not None]
+    m["explain/text_decision_valid"] = len(parsed) / n
+    if parsed:
+        m["explain/text_decision_acc"] = float(np.mean([r["text_decision"] == r["answer"] for r in parsed]))
+        m["explain/text_decision_consistency"] = float(
+            np.mean([r["text_decision"] == r["decision"] for r in parsed])
+        )
+    m["explain/mean_words"] = float(np.mean([len(r["text"].split()) for r in records]))
+    m["explain/citation_rate"] = float(np.mean([bool(r["cited"]) for r in records]))
+    m["explain/hallucination_rate"] = float(np.mean([bool(r["hallucinated"]) for r in records]))
+    with_mentions = [r for r in records if r["mentioned"]]
+    if with_mentions:
+        m["explain/citation_precision"] = float(
+            np.mean([len(r["cited"]) / len(r["mentioned"]) for r in with_mentions])
+        )
+    cf = [r["counterfactual"] for r in records if "counterfactual" in r]
+    m["explain/faithfulness_n"] = float(len(cf))
+    if cf:
+        for key in ("cited_delta", "random_delta", "cited_abs", "random_abs"):
+            m[f"explain/faithfulness_{key}"] = float(np.mean([c[key] for c in cf]))
+        m["explain/faithfulness_win_rate"] = float(np.mean([c["cited_wins"] for c in cf]))
+    scores = [r["judge_score"] for r in records if r.get("judge_score") is not None]
+    if "judge_score" in records[0]:
+        m["explain/judge_n"] = float(len(scores))
+        if scores:
+            m["explain/judge_mean"] = float(np.mean(scores))
+            counts = Counter(scores)
+            for s in range(4):
+                m[f"explain/judge_dist_{s}"] = counts.get(s, 0) / len(scores)
+    return m
+
+
+def report_markdown(
+    records: list[dict[str, Any]], titles: list[str], metrics: dict[str, float], k: int, cfg: DictConfig
+) -> str:
+    lines = [
+        f"# Explanations: {cfg.explain.model} {cfg.llm.name}, {cfg.alignment.mode} prompts, {cfg.dataset.name}",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *[f"| {key} | {value:.4f} |" for key, value in sorted(metrics.items())],
+        "",
+    ]
+    for r in records[:k]:
+        history = "; ".join(titles[i] for i in r["history"])
+        judge = f", judge {r['judge_score']}" if r.get("judge_score") is not None else ""
+        lines += [
+            f"## {r['id']}",
+            "",
+            f"- history: {history}",
+            f"- item: {titles[r['item']]} (recommender: **{r['answer']}**, rank {r['rank']})",
+            f"- LLM decision: **{r['decision']}** (P(yes) {r['p_yes']:.3f}{judge})",
+            f"- cited: {', '.join(titles[i] for i in r['cited']) or '-'}; "
+            f"hallucinated: {', '.join(titles[i] for i in r['hallucinated']) or '-'}",
+            "",
+            "> " + r["text"].replace("\n", " "),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def blind_csv(records: list[dict[str, Any]], titles: list[str], seed: int) -> tuple[str, dict[str, str]]:
+    """Shuffled, anonymised rows for human raters (history, item, explanation only), and the key that
+    maps each rating id back to its explanation."""
+    order = list(range(len(records)))
+    random.Random(f"{seed}/blind").shuffle(order)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["rating_id", "history", "item", "explanation", "score_0_to_3"])
+    for i, j in enumerate(order):
+        r = records[j]
+        writer.writerow([i, "; ".join(titles[h] for h in r["history"]), titles[r["item"]], r["text"], ""])
+    return buffer.getvalue(), {str(i): records[j]["id"] for i, j in enumerate(order)}

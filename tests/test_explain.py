@@ -1,0 +1,107 @@
+"""The explain stage on synthetic data with the tiny model: outputs, faithfulness, judge, resume."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from recexplainer import artifacts
+from recexplainer.cli import run
+from recexplainer.evaluation.matching import TitleIndex
+from recexplainer.explain import faithfulness
+from recexplainer.pipeline import stage_folder
+
+from .test_aligner_stage import ALIGN
+from .test_judge import FakeServer
+
+EXPLAIN = [*ALIGN, "stage=explain", "explain.n_pairs=6", "explain.max_new_tokens=12", "explain.batch_size=4"]
+
+
+class LinearRecommender(torch.nn.Module):
+    """Score of an item = number of history items equal to (item - 1): history item i drives item i + 1."""
+
+    max_len = 4
+
+    def score(self, seq, users):
+        scores = torch.zeros(seq.shape[0], 10)
+        for b in range(seq.shape[0]):
+            for h in seq[b].tolist():
+                if h and h + 1 < 10:
+                    scores[b, h + 1] += 1.0
+        return scores
+
+
+def test_citations_split_history_items_from_hallucinations():
+    index = TitleIndex(["", "Heat", "Fargo", "Casino", "Alien"])
+    cites = faithfulness.citations("Because they loved Fargo and Alien, Casino fits.", index, [2, 1], 3)
+    assert (cites.mentioned, cites.cited, cites.hallucinated) == ([2, 4], [2], [4])
+    assert cites.precision == 0.5
+
+
+def test_counterfactual_removal_of_the_driving_item_beats_random():
+    model = LinearRecommender()
+    out = faithfulness.counterfactual(model, [1, 5, 7], 2, cited=[1], n_random=20, seed=0, key="k")
+    assert out["score"] == 1.0 and out["cited_delta"] == 1.0
+    assert out["random_abs"] == pytest.approx(out["random_delta"]) and 0 < out["random_abs"] < 1
+    assert out["cited_wins"] == 1.0 and out["n_cited"] == 1
+    irrelevant = faithfulness.counterfactual(model, [1, 5, 7], 2, cited=[5], n_random=20, seed=0, key="k")
+    assert irrelevant["cited_delta"] == 0.0 and irrelevant["cited_wins"] == 0.0
+
+
+def test_explain_stage_writes_explanations_metrics_and_reports(make_cfg):
+    cfg = make_cfg(*EXPLAIN)
+    folder = run(cfg)
+    assert artifacts.is_complete(folder)
+    records = [json.loads(line) for line in (folder / "explanations.jsonl").open()]
+    assert len(records) == 6 and {r["answer"] for r in records} == {"yes", "no"}
+    assert all(0.0 <= r["p_yes"] <= 1.0 and isinstance(r["text"], str) for r in records)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["explain/n"] == 6 and 0 <= metrics["explain/decision_acc"] <= 1
+    assert "explain/citation_rate" in metrics and "explain/judge_mean" not in metrics  # judge=none
+    rows = list(csv.reader((folder / "ratings_blind.csv").open()))
+    assert rows[0][-1] == "score_0_to_3" and len(rows) == 7
+    assert "decision" not in rows[0] and "aligned" not in (folder / "ratings_blind.csv").read_text()
+    key = json.loads((folder / "ratings_key.json").read_text())
+    assert sorted(key.values()) == sorted(r["id"] for r in records)
+    assert "## explain/" in (folder / "report.md").read_text()
+
+
+def test_explain_with_an_openai_compatible_judge_and_resume(make_cfg, monkeypatch):
+    server = FakeServer([500, "garbage", "bad", "bad"], default="2")
+    try:
+        cfg = make_cfg(
+            *EXPLAIN,
+            "judge=openai",
+            f"judge.base_url={server.url}",
+            "judge.model=fake",
+            "judge.backoff_s=0.01",
+            "judge.concurrency=1",
+        )
+        from recexplainer.evaluation.predictors import LLMPredictor
+
+        original, calls = LLMPredictor.explain, {"n": 0}
+
+        def dying(self, rows, max_new_tokens):
+            calls["n"] += len(rows)
+            if calls["n"] > 4:
+                raise RuntimeError("killed")
+            return original(self, rows, max_new_tokens)
+
+        monkeypatch.setattr(LLMPredictor, "explain", dying)
+        with pytest.raises(RuntimeError, match="killed"):
+            run(cfg)
+        generated = (stage_folder(cfg, "explain") / "generated.jsonl").read_text().splitlines()
+        assert len(generated) == 4
+        calls["n"] = -100
+        folder = run(cfg)
+        assert calls["n"] == -100 + 2  # only the two missing pairs were generated
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["explain/judge_n"] == 5 and metrics["explain/judge_mean"] == 2.0  # one unparsable
+        assert metrics["explain/judge_unparsable"] == 1 and metrics["explain/judge_dist_2"] == 1.0
+        cached = len(server.requests)
+        artifacts.clear_complete(folder)
+        run(cfg)  # judgments come from the cache
+        assert len(server.requests) == cached + 1  # only the unparsable one is asked again
+    finally:
+        server.close()

@@ -1,0 +1,131 @@
+"""The judge client against a fake OpenAI-compatible server on localhost: errors, retries, cache."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from recexplainer.explain.judge import JudgeCache, OpenAIJudge, parse_score, rubric_prompt
+
+
+class FakeServer:
+    """Answers each request with the next scripted behaviour: an int = HTTP error code, 'sleep' = too
+    slow, 'garbage' = not JSON, 'nochoices' = JSON without choices, any other string = the reply."""
+
+    def __init__(self, script, default="2"):
+        self.script, self.default = list(script), default
+        self.requests = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
+                step = server.script.pop(0) if server.script else server.default
+                if step == "sleep":
+                    time.sleep(0.5)
+                    step = server.default
+                if isinstance(step, int):
+                    self.send_response(step)
+                    self.send_header("Retry-After", "0")
+                    self.end_headers()
+                    return
+                if step == "garbage":
+                    payload = b"<html>oops"
+                elif step == "nochoices":
+                    payload = b'{"error": "x"}'
+                else:
+                    payload = json.dumps({"choices": [{"message": {"content": step}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def server_factory():
+    servers = []
+
+    def make(script, default="2"):
+        servers.append(FakeServer(script, default))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def _judge(url, tmp_path, **kwargs):
+    defaults = dict(
+        concurrency=2, max_retries=3, backoff_s=0.01, timeout_s=0.2, cache=JudgeCache(tmp_path / "c.jsonl")
+    )
+    return OpenAIJudge(url, "fake-model", **(defaults | kwargs))
+
+
+@pytest.mark.parametrize(
+    "reply, score",
+    [
+        ("2", 2),
+        (" 3\n", 3),
+        ("Score: 1", 1),
+        ("**0**", 0),
+        ("2/3", 2),
+        ("I'd say 2", None),
+        ("4", None),
+        ("", None),
+    ],
+)
+def test_parse_score_is_strict(reply, score):
+    assert parse_score(reply) == score
+
+
+def test_retries_transient_errors_and_reminds_once_on_garbage(server_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_JUDGE_KEY", "sk-secret-123")
+    server = server_factory([429, 500, "garbage", "I think it is good", "3"])
+    judge = _judge(server.url, tmp_path, concurrency=1, api_key_env="FAKE_JUDGE_KEY")
+    result = judge.judge_one(rubric_prompt(True, ["A", "B"], "C", "because A"))
+    assert (result.score, result.error) == (3, None)
+    assert judge.stats["retries"] == 3 and judge.stats["failures"] == 0
+    assert server.requests[-1]["body"]["messages"][-1]["content"].startswith("Reply with a single digit")
+    assert server.requests[0]["auth"] == "Bearer sk-secret-123"
+    assert "sk-secret" not in (tmp_path / "c.jsonl").read_text()  # the key is never written
+
+
+def test_cache_makes_reruns_free_and_failures_are_counted_not_raised(server_factory, tmp_path):
+    server = server_factory([], default="1")
+    prompts = [rubric_prompt(i % 2 == 0, ["A"], f"Item {i}", "text") for i in range(6)]
+    first = _judge(server.url, tmp_path).judge_all(prompts)
+    assert [j.score for j in first] == [1] * 6
+    n = len(server.requests)
+    again = _judge(server.url, tmp_path)  # a new process: cache from disk
+    assert [j.score for j in again.judge_all(prompts)] == [1] * 6
+    assert len(server.requests) == n and again.stats["cached"] == 6
+
+    down = _judge("http://127.0.0.1:9/v1", tmp_path, cache=None, max_retries=1)  # unreachable
+    results = down.judge_all(prompts[:2])
+    assert all(r.score is None and "unreachable" in r.error for r in results)
+    assert down.stats["failures"] == 2
+
+
+def test_timeouts_and_unparsable_replies_are_counted(server_factory, tmp_path):
+    server = server_factory(["sleep", "sleep", "nochoices", "nochoices"], default="maybe")
+    judge = _judge(server.url, tmp_path, concurrency=1, max_retries=1, cache=None)
+    timed_out = judge.judge_one("p1")
+    assert timed_out.score is None and judge.stats["failures"] == 1
+    bad = judge.judge_one("p2")  # no choices twice: failure
+    assert bad.score is None
+    unparsable = judge.judge_one("p3")  # 'maybe', reminder, 'maybe'
+    assert unparsable.score is None and unparsable.error == "unparsable reply"
+    assert judge.stats["unparsable"] == 1
