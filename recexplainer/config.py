@@ -252,6 +252,8 @@ class ExplainConfig:
     max_new_tokens: int = 96
     batch_size: int = 8
     n_random: int = 5  # random removals per explanation (counterfactual reference)
+    score_predictor: str = "minilm"  # minilm: ridge on all-MiniLM-L6-v2 embeddings predicts the score | none
+    score_predictor_alpha: float = 1.0  # ridge penalty
     examples_in_report: int = 10
 
 
@@ -320,6 +322,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "explain.model": ("aligned", "unaligned"),
     "explain.split": ("valid", "test"),
     "judge.name": ("none", "openai", "local"),
+    "explain.score_predictor": ("minilm", "none"),
 }
 
 POSITIVE: tuple[str, ...] = (

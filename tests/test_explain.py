@@ -2,20 +2,29 @@
 
 import csv
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from recexplainer import artifacts
 from recexplainer.cli import run
 from recexplainer.evaluation.matching import TitleIndex
-from recexplainer.explain import faithfulness
+from recexplainer.explain import faithfulness, regressor
 from recexplainer.pipeline import stage_folder
 
 from .test_aligner_stage import ALIGN
 from .test_judge import FakeServer
 
-EXPLAIN = [*ALIGN, "stage=explain", "explain.n_pairs=6", "explain.max_new_tokens=12", "explain.batch_size=4"]
+EXPLAIN = [
+    *ALIGN,
+    "stage=explain",
+    "explain.n_pairs=6",
+    "explain.max_new_tokens=12",
+    "explain.batch_size=4",
+    "explain.score_predictor=none",
+]
 
 
 class LinearRecommender(torch.nn.Module):
@@ -49,8 +58,31 @@ def test_counterfactual_removal_of_the_driving_item_beats_random():
     assert irrelevant["cited_delta"] == 0.0 and irrelevant["cited_wins"] == 0.0
 
 
-def test_explain_stage_writes_explanations_metrics_and_reports(make_cfg):
-    cfg = make_cfg(*EXPLAIN)
+def _hashing_encoder(folder):
+    def encode(texts):
+        out = np.zeros((len(texts), 32))
+        for i, t in enumerate(texts):
+            for w in t.split():
+                out[i, hash(w) % 32] += 1
+        return out
+
+    return encode
+
+
+def test_score_predictor_finds_signal_that_is_there():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8))
+    y = x @ rng.normal(size=8) + 0.01 * rng.normal(size=60)
+    result = regressor.cross_validated_mse(x, y, alpha=0.01)
+    assert result["score_mse"] < 0.05 * result["score_mse_mean_baseline"]
+    noise = regressor.cross_validated_mse(rng.normal(size=(60, 8)), y, alpha=1.0)
+    assert noise["score_mse"] > 0.8 * noise["score_mse_mean_baseline"]
+
+
+def test_explain_stage_writes_explanations_metrics_and_reports(make_cfg, monkeypatch):
+    monkeypatch.setattr(regressor, "minilm_encoder", _hashing_encoder)
+    monkeypatch.setattr("recexplainer.assets.asset_dir", lambda name, cache=None: Path("/nonexistent"))
+    cfg = make_cfg(*EXPLAIN, "explain.score_predictor=minilm")
     folder = run(cfg)
     assert artifacts.is_complete(folder)
     records = [json.loads(line) for line in (folder / "explanations.jsonl").open()]
@@ -59,6 +91,8 @@ def test_explain_stage_writes_explanations_metrics_and_reports(make_cfg):
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["explain/n"] == 6 and 0 <= metrics["explain/decision_acc"] <= 1
     assert "explain/citation_rate" in metrics and "explain/judge_mean" not in metrics  # judge=none
+    assert metrics["explain/score_mse"] >= 0 and "explain/score_mse_mean_baseline" in metrics
+    assert all(isinstance(r["score"], float) for r in records)
     rows = list(csv.reader((folder / "ratings_blind.csv").open()))
     assert rows[0][-1] == "score_0_to_3" and len(rows) == 7
     assert "decision" not in rows[0] and "aligned" not in (folder / "ratings_blind.csv").read_text()

@@ -178,6 +178,13 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             )
         records.append(record)
 
+    full = faithfulness.item_scores(
+        recommender, [r["history"] for r in records], [r["item"] for r in records]
+    )
+    for record, value in zip(records, full, strict=True):
+        record["score"] = float(value)
+    predictor_metrics = score_predictor_metrics(cfg, records)
+
     judge = build_judge(cfg, predictor)
     if judge is not None:
         prompts = [
@@ -193,7 +200,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         for record, judgment in zip(records, judgments, strict=True):
             record["judge_score"], record["judge_error"] = judgment.score, judgment.error
 
-    metrics = explanation_metrics(records)
+    metrics = explanation_metrics(records) | predictor_metrics
     if judge is not None:
         metrics |= {f"explain/judge_{k}": float(v) for k, v in judge.stats.items()}
     atomic_write_text(out_dir / "explanations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
@@ -222,6 +229,22 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         out_dir / "ratings_key.json", key
     )  # rating_id -> explanation id, kept apart from the raters' file
     return metrics
+
+
+def score_predictor_metrics(cfg: DictConfig, records: list[dict[str, Any]]) -> dict[str, float]:
+    """Held-out MSE of predicting the recommender's score from the explanation's embedding."""
+    if cfg.explain.score_predictor == "none":
+        return {}
+    from recexplainer.assets import asset_dir
+    from recexplainer.explain import regressor
+
+    encode = regressor.minilm_encoder(asset_dir("minilm-l6-v2", cfg.paths.assets))
+    features = encode([r["text"] for r in records])
+    targets = np.array([r["score"] for r in records])
+    result = regressor.cross_validated_mse(
+        features, targets, alpha=cfg.explain.score_predictor_alpha, seed=cfg.seed
+    )
+    return {f"explain/{k}": v for k, v in result.items()}
 
 
 def explanation_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
