@@ -35,16 +35,74 @@ COLUMNS = [
 MODE_LETTER = {"behavior": "B", "intention": "I", "hybrid": "H"}
 
 
-def collect(root: Path) -> list[dict[str, Any]]:
-    """One entry per complete evaluate folder: its config essentials and metrics."""
+EXPLAIN_COLUMNS = [
+    ("decision acc", "explain/decision_acc"),
+    ("text decision acc", "explain/text_decision_acc"),
+    ("cites history", "explain/citation_rate"),
+    ("citation precision", "explain/citation_precision"),
+    ("hallucinates", "explain/hallucination_rate"),
+    ("faithful win rate", "explain/faithfulness_win_rate"),
+    ("|d score| cited", "explain/faithfulness_cited_abs"),
+    ("|d score| random", "explain/faithfulness_random_abs"),
+    ("score MSE", "explain/score_mse"),
+    ("MSE of mean", "explain/score_mse_mean_baseline"),
+    ("judge mean", "explain/judge_mean"),
+    ("words", "explain/mean_words"),
+]
+
+
+def collect(root: Path, stage: str = "evaluate") -> list[dict[str, Any]]:
+    """One entry per complete folder of ``stage``: its config essentials and metrics."""
     runs = []
-    for folder in sorted((root / "evaluate").glob("*/")):
+    for folder in sorted((root / stage).glob("*/")):
         if not (folder / MARKER).exists():
             continue
         cfg = yaml.safe_load((folder / "config.yaml").read_text())
         metrics = json.loads((folder / "metrics.json").read_text())
         runs.append({"folder": folder, "cfg": cfg, "metrics": metrics})
     return runs
+
+
+def method_name(cfg: dict[str, Any], model: str, extra: str = "") -> str:
+    llm = cfg["llm"]["name"]
+    if model == "aligned":
+        return f"RecExplainer-{MODE_LETTER[cfg['alignment']['mode']]} ({llm}{extra})"
+    return f"{llm}, no alignment{extra} ({cfg['alignment']['mode']} prompts)"
+
+
+def explain_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for run in runs:
+        cfg = run["cfg"]
+        judge = cfg.get("judge", {}).get("name", "none")
+        method = method_name(cfg, cfg["explain"]["model"], f", judge {judge}" if judge != "none" else "")
+        dataset = f"{cfg['dataset']['name']} ({cfg['explain']['split']})"
+        values = {key: run["metrics"].get(key) for _, key in EXPLAIN_COLUMNS}
+        out.append({"dataset": dataset, "method": method, "values": values, "folder": str(run["folder"])})
+    return sorted(out, key=lambda r: (r["dataset"], r["method"]))
+
+
+def side_by_side(runs: list[dict[str, Any]], k: int = 8) -> str:
+    """The same (user, item) pairs explained by each run, one section per pair."""
+    by_run = []
+    for run in runs:
+        path = run["folder"] / "explanations.jsonl"
+        if path.is_file():
+            records = {json.loads(line)["id"]: json.loads(line) for line in path.read_text().splitlines()}
+            by_run.append((method_name(run["cfg"], run["cfg"]["explain"]["model"]), records))
+    if not by_run:
+        return ""
+    common = sorted(set.intersection(*(set(r) for _, r in by_run)))[:k]
+    lines = ["## Side by side", ""]
+    for pair in common:
+        first = by_run[0][1][pair]
+        lines += [f"### {pair}: recommender says **{first['answer']}** (rank {first.get('rank')})", ""]
+        for method, records in by_run:
+            r = records[pair]
+            judge = f", judge {r['judge_score']}" if r.get("judge_score") is not None else ""
+            lines.append(f"- **{method}**: {r['decision']} (P(yes) {r['p_yes']:.2f}{judge}): {r['text']!r}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -54,13 +112,12 @@ def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cfg, metrics = run["cfg"], run["metrics"]
         ev = cfg["evaluation"]
         dataset = f"{cfg['dataset']['name']} ({ev['split']})"
-        llm = cfg["llm"]["name"]
         if ev["model"] == "aligned":
-            constrained = ", constrained" if ev.get("constrained") else ""
-            method = f"RecExplainer-{MODE_LETTER[cfg['alignment']['mode']]} ({llm}{constrained})"
+            method = method_name(cfg, "aligned", ", constrained" if ev.get("constrained") else "")
         elif ev["model"] == "unaligned":
-            shots = f", {ev['few_shot']}-shot" if ev.get("few_shot") else ", zero-shot"
-            method = f"{llm}, no alignment{shots} ({cfg['alignment']['mode']} prompts)"
+            method = method_name(
+                cfg, "unaligned", f", {ev['few_shot']}-shot" if ev.get("few_shot") else ", zero-shot"
+            )
         else:
             method = None
         if method:
@@ -89,38 +146,47 @@ def _cell(value: float | None, key: str) -> str:
     return f"{value:.0f}" if key.endswith("distinct_answers") else f"{value:.4f}"
 
 
-def markdown(table: list[dict[str, Any]]) -> str:
+def markdown(table: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUMNS) -> str:
     lines = []
     for dataset in dict.fromkeys(r["dataset"] for r in table):
-        lines += [f"### {dataset}", "", "| method | " + " | ".join(h for h, _ in COLUMNS) + " |"]
-        lines.append("| --- " * (len(COLUMNS) + 1) + "|")
+        lines += [f"### {dataset}", "", "| method | " + " | ".join(h for h, _ in columns) + " |"]
+        lines.append("| --- " * (len(columns) + 1) + "|")
         for r in table:
             if r["dataset"] == dataset:
-                cells = [_cell(r["values"][k], k) for _, k in COLUMNS]
+                cells = [_cell(r["values"][k], k) for _, k in columns]
                 lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def to_csv(table: list[dict[str, Any]]) -> str:
+def to_csv(table: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUMNS) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["dataset", "method", *[k for _, k in COLUMNS], "folder"])
+    writer.writerow(["dataset", "method", *[k for _, k in columns], "folder"])
     for r in table:
-        writer.writerow([r["dataset"], r["method"], *[r["values"][k] for _, k in COLUMNS], r["folder"]])
+        writer.writerow([r["dataset"], r["method"], *[r["values"][k] for _, k in columns], r["folder"]])
     return buffer.getvalue()
 
 
 def write_report(root: Path, out: Path) -> list[Path]:
     table = rows(collect(root))
-    if not table:
+    explain_runs = collect(root, "explain")
+    if not table and not explain_runs:
         raise SystemExit(
-            f"no complete evaluate folders under {root / 'evaluate'}: run `recexplainer stage=evaluate`"
+            f"no complete evaluate or explain folders under {root}: run `recexplainer stage=evaluate` first"
         )
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "alignment.md", out / "alignment.csv"]
-    atomic_write_text(paths[0], markdown(table))
-    atomic_write_text(paths[1], to_csv(table))
+    paths = []
+    if table:
+        paths += [out / "alignment.md", out / "alignment.csv"]
+        atomic_write_text(paths[-2], markdown(table))
+        atomic_write_text(paths[-1], to_csv(table))
+    if explain_runs:
+        explain_table = explain_rows(explain_runs)
+        paths += [out / "explanations.md", out / "explanations.csv"]
+        text = markdown(explain_table, EXPLAIN_COLUMNS) + "\n" + side_by_side(explain_runs)
+        atomic_write_text(paths[-2], text)
+        atomic_write_text(paths[-1], to_csv(explain_table, EXPLAIN_COLUMNS))
     return paths
 
 

@@ -38,3 +38,36 @@ def test_report_lists_models_and_each_baseline_once(tmp_path):
     assert "no alignment, zero-shot" in text and "0.9000" not in text  # incomplete folders are skipped
     assert text.count("baseline: popularity") == 1
     assert len(csv_path.read_text().splitlines()) == 1 + 4
+
+
+def test_report_puts_explanations_of_the_same_pairs_side_by_side(tmp_path):
+    for key, mode, model, text in [
+        ("x", "hybrid", "aligned", "Yes, Heat fits."),
+        ("y", "behavior", "unaligned", "No."),
+    ]:
+        folder = tmp_path / "explain" / key
+        folder.mkdir(parents=True)
+        cfg = {
+            "dataset": {"name": "ml-100k"},
+            "llm": {"name": "smollm2_135m"},
+            "alignment": {"mode": mode},
+            "explain": {"model": model, "split": "test"},
+            "judge": {"name": "none"},
+        }
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (folder / "metrics.json").write_text(json.dumps({"explain/decision_acc": 0.75}))
+        record = {
+            "id": "explain/test/u1-pos",
+            "answer": "yes",
+            "rank": 3,
+            "decision": "yes",
+            "p_yes": 0.8,
+            "text": text,
+        }
+        (folder / "explanations.jsonl").write_text(json.dumps(record) + "\n")
+        (folder / MARKER).write_text("")
+    paths = write_report(tmp_path, tmp_path / "report")
+    assert [p.name for p in paths] == ["explanations.md", "explanations.csv"]
+    text = paths[0].read_text()
+    assert "| RecExplainer-H (smollm2_135m) | 0.7500 |" in text
+    assert "### explain/test/u1-pos" in text and "'Yes, Heat fits.'" in text and "'No.'" in text
