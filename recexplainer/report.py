@@ -168,6 +168,29 @@ def to_csv(table: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUMNS
     return buffer.getvalue()
 
 
+def bar_plot(table: list[dict[str, Any]], columns: list[tuple[str, str]], path: Path, title: str) -> None:
+    """Grouped bars: one group per metric, one bar per method (missing values left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [r["method"] for r in table]
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(columns)), 4.5))
+    for m, r in enumerate(table):
+        xs = [i + m * width for i, (_, k) in enumerate(columns) if r["values"].get(k) is not None]
+        ys = [r["values"][k] for _, k in columns if r["values"].get(k) is not None]
+        ax.bar(xs, ys, width, label=r["method"])
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(columns))], [h for h, _ in columns], rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(root: Path, out: Path) -> list[Path]:
     table = rows(collect(root))
     explain_runs = collect(root, "explain")
@@ -181,6 +204,11 @@ def write_report(root: Path, out: Path) -> list[Path]:
         paths += [out / "alignment.md", out / "alignment.csv"]
         atomic_write_text(paths[-2], markdown(table))
         atomic_write_text(paths[-1], to_csv(table))
+        for dataset in dict.fromkeys(r["dataset"] for r in table):
+            slug = "_".join("".join(c if c.isalnum() else " " for c in dataset).split())
+            paths.append(out / f"alignment_{slug}.png")
+            subset = [r for r in table if r["dataset"] == dataset]
+            bar_plot(subset, COLUMNS[:7], paths[-1], f"Alignment, {dataset}")
     if explain_runs:
         explain_table = explain_rows(explain_runs)
         paths += [out / "explanations.md", out / "explanations.csv"]

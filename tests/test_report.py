@@ -31,7 +31,8 @@ def test_report_lists_models_and_each_baseline_once(tmp_path):
     _folder(tmp_path, "c", "behavior", "unaligned", {"task3/acc": 0.5}, baselines=())
     incomplete = _folder(tmp_path, "d", "behavior", "aligned", {"task1/hr@5": 0.9})
     (incomplete / MARKER).unlink()
-    md, csv_path = write_report(tmp_path, tmp_path / "report")
+    md, csv_path, png = write_report(tmp_path, tmp_path / "report")
+    assert png.name == "alignment_ml_100k_test.png" and png.stat().st_size > 1000
     text = md.read_text()
     assert "| RecExplainer-H (smollm2_135m) | 0.5000 |" in text
     assert "| RecExplainer-I (smollm2_135m) | 0.2500 |" in text
@@ -67,7 +68,7 @@ def test_report_puts_explanations_of_the_same_pairs_side_by_side(tmp_path):
         (folder / "explanations.jsonl").write_text(json.dumps(record) + "\n")
         (folder / MARKER).write_text("")
     paths = write_report(tmp_path, tmp_path / "report")
-    assert [p.name for p in paths] == ["explanations.md", "explanations.csv"]
+    assert [p.name for p in paths] == ["explanations.md", "explanations.csv"]  # no evaluate folders
     text = paths[0].read_text()
     assert "| RecExplainer-H (smollm2_135m) | 0.7500 |" in text
     assert "### explain/test/u1-pos" in text and "'Yes, Heat fits.'" in text and "'No.'" in text

@@ -223,6 +223,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     atomic_write_text(
         out_dir / "report.md", report_markdown(records, titles, metrics, ex.examples_in_report, cfg)
     )
+    if judge is not None:
+        judge_histogram([r.get("judge_score") for r in records], out_dir / "judge_scores.png", judge.name)
     blind, key = blind_csv(records, titles, cfg.seed)
     atomic_write_text(out_dir / "ratings_blind.csv", blind)
     write_json(
@@ -313,6 +315,24 @@ def report_markdown(
             "",
         ]
     return "\n".join(lines)
+
+
+def judge_histogram(scores: list[int | None], path: Path, judge: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = Counter(s for s in scores if s is not None)
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.bar(range(4), [counts.get(s, 0) for s in range(4)])
+    ax.set_xticks(range(4))
+    ax.set_xlabel("judge score")
+    ax.set_ylabel("explanations")
+    ax.set_title(f"{judge} ({sum(counts.values())} judged, {scores.count(None)} failed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def blind_csv(records: list[dict[str, Any]], titles: list[str], seed: int) -> tuple[str, dict[str, str]]:
