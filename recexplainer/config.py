@@ -209,6 +209,12 @@ class AlignerConfig:
     gradient_checkpointing: bool = False
     checkpoint_every_n_steps: int = 20  # save a resumable checkpoint (trainable weights only) this often
     num_workers: int = 0
+    loss_weighting: str = (
+        "token"  # token: mean over answer tokens | example: mean per example, then over examples
+    )
+    projector_init: str = (
+        "random"  # random | title_lsq: closed-form fit so projected vectors start near title embeddings
+    )
 
 
 @dataclass
@@ -314,6 +320,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "alignment.injection": ("add", "replace"),
     "aligner.injection": ("add", "replace"),
     "aligner.projector": ("mlp2x_gelu", "linear", "identity"),
+    "aligner.loss_weighting": ("token", "example"),
+    "aligner.projector_init": ("random", "title_lsq"),
     "llm.source": ("smollm2_gguf", "tiny_random", "pretrained"),
     "llm.dtype": ("float32", "bfloat16", "float16"),
     "logger.mode": ("offline", "online", "disabled"),

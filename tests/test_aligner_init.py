@@ -42,3 +42,32 @@ def test_projected_items_start_near_their_title_embeddings():
     assert (
         sims.argmax(1) == torch.arange(len(titles) - 1)
     ).float().mean() > 0.7  # each lands nearest its own title
+
+
+def test_example_loss_weighting_averages_per_example():
+    torch.manual_seed(0)
+    tokenizer = loading.test_tokenizer()
+    lm = loading.tiny_random_llama(tokenizer, n_layers=1, hidden_size=64)
+    user_id, item_id = setup.add_placeholder_tokens(lm, tokenizer, "<user>", "<item>")
+    ids = torch.randint(5, 200, (2, 12))
+    labels = torch.full_like(ids, -100)
+    labels[0, 10:] = ids[0, 10:]  # 2 answer tokens
+    labels[1, 3:] = ids[1, 3:]  # 9 answer tokens
+    token = RecExplainerLM(lm, user_id, item_id, D_REC, loss_weighting="token")
+    example = RecExplainerLM(lm, user_id, item_id, D_REC, loss_weighting="example")
+    per_example = [token(ids[i : i + 1], labels=labels[i : i + 1]).loss for i in range(2)]
+    torch.testing.assert_close(example(ids, labels=labels).loss, (per_example[0] + per_example[1]) / 2)
+    weighted = (2 * per_example[0] + 9 * per_example[1]) / 11
+    torch.testing.assert_close(token(ids, labels=labels).loss, weighted)
+
+
+def test_title_lsq_initialisation_runs_in_the_aligner_stage(make_cfg):
+    import json
+
+    from recexplainer.cli import run
+
+    from .test_aligner_stage import ALIGN
+
+    folder = run(make_cfg(*ALIGN, "aligner.projector_init=title_lsq", "aligner.loss_weighting=example"))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert 0 <= metrics["init/item_residual"] < 1 and 0 <= metrics["init/user_residual"] <= 1

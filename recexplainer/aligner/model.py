@@ -16,6 +16,9 @@ from transformers.modeling_outputs import CausalLMOutput
 from recexplainer.aligner.projector import build_projector
 
 INJECTIONS = ("add", "replace")
+# token: mean over all labelled tokens of the batch (long answers dominate); example: mean per example, then
+# over examples (a one-token yes/no answer weighs as much as a nine-title list)
+LOSS_WEIGHTINGS = ("token", "example")
 IGNORE_INDEX = -100
 
 
@@ -34,10 +37,14 @@ class RecExplainerLM(nn.Module):
         d_rec: int,
         projector: str = "mlp2x_gelu",
         injection: str = "add",
+        loss_weighting: str = "token",
     ):
         super().__init__()
         if injection not in INJECTIONS:
             raise ValueError(f"injection must be one of {INJECTIONS}, got {injection!r}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+        self.loss_weighting = loss_weighting
         self.lm = lm
         self.user_token_id, self.item_token_id = user_token_id, item_token_id
         self.injection = injection
@@ -109,7 +116,17 @@ class RecExplainerLM(nn.Module):
         targets = labels[:, 1:]  # position t predicts token t + 1
         keep = targets != IGNORE_INDEX
         logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)
-        loss = F.cross_entropy(logits, targets[keep]) if keep.any() else hidden.sum() * 0.0
+        if not keep.any():
+            loss = hidden.sum() * 0.0
+        elif self.loss_weighting == "token":
+            loss = F.cross_entropy(logits, targets[keep])
+        else:
+            per_token = F.cross_entropy(logits, targets[keep], reduction="none")  # (N,)
+            rows = keep.nonzero()[:, 0]  # the example of each labelled position
+            sums = torch.zeros(keep.shape[0], device=per_token.device).index_add(0, rows, per_token)
+            counts = torch.bincount(rows, minlength=keep.shape[0])
+            has = counts > 0
+            loss = (sums[has] / counts[has]).mean()
         return CausalLMOutput(loss=loss, logits=logits)
 
     @torch.no_grad()

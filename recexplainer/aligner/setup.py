@@ -78,7 +78,9 @@ def build(cfg: Any, d_rec: int) -> tuple[RecExplainerLM, Any, ChatFormatter]:
     if cfg.aligner.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm = apply_lora(lm, cfg.aligner)
-    model = RecExplainerLM(lm, user_id, item_id, d_rec, cfg.aligner.projector, cfg.aligner.injection)
+    model = RecExplainerLM(
+        lm, user_id, item_id, d_rec, cfg.aligner.projector, cfg.aligner.injection, cfg.aligner.loss_weighting
+    )
     formatter = ChatFormatter(tokenizer, cfg.llm.prompt_template, cfg.llm.system_prompt)
     return model, tokenizer, formatter
 

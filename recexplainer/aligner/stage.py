@@ -53,6 +53,30 @@ def _loader(
     )
 
 
+def _init_projectors(cfg: DictConfig, model: Any, tokenizer: Any, folder: Path) -> dict[str, float]:
+    """Closed-form projector initialisation from title embeddings (aligner.projector_init=title_lsq)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from recexplainer.aligner.data import read_examples
+    from recexplainer.aligner.init import init_projectors_from_titles
+    from recexplainer.data.dataset import SequentialData
+
+    data_folder = Path(json.loads((folder / "key.json").read_text())["upstream"]["data"])
+    titles = SequentialData.load(data_folder).titles
+    vectors = load_file(folder / "vectors.safetensors")
+    histories: dict[int, list[int]] = {}
+    for row in read_examples(folder, "train"):
+        if "user_row" in row and "history" in row:
+            histories.setdefault(row["user_row"], row["history"])
+    rows = sorted(histories)
+    users = vectors["users_train"][rows] if rows else None
+    return init_projectors_from_titles(
+        model, tokenizer, titles, vectors["items"], users, [histories[r] for r in rows]
+    )
+
+
 def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, float]:
     ac = cfg.aligner
     folder = upstream["alignment_data"]
@@ -62,6 +86,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     with safe_open(str(folder / "vectors.safetensors"), "pt") as handle:
         d_rec = handle.get_slice("items").get_shape()[1]
     model, tokenizer, formatter = setup.build(cfg, d_rec)
+    init_stats = _init_projectors(cfg, model, tokenizer, folder) if ac.projector_init == "title_lsq" else {}
     tasks = list(ac.train_tasks) if ac.train_tasks else None
     common = dict(max_length=ac.max_length, tasks=tasks, seed=cfg.seed)
     train = AlignmentDataset.for_model(
@@ -148,6 +173,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         setup.save(model, tokenizer, cfg, d_rec, out_dir)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "valid/"))}
     metrics.update(timer.summary(None))
+    metrics.update(init_stats)
     metrics.update(
         {
             "aligner/train_examples": len(train),
