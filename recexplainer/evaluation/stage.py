@@ -96,18 +96,18 @@ def _predictors(cfg: DictConfig, upstream: dict[str, Path], data: SequentialData
         out.append(("", llm_predictor(cfg, upstream, titles, train, ev.model, ev.split)))
     sequences = [data.history(u, "valid") for u in range(data.n_users)]  # training part of each user
     for name in ev.baselines:
-        scorer = _student(cfg, upstream, data) if name == "student" else None
+        scorer, stats = _student(cfg, upstream, data) if name == "student" else (None, {})
         predictor = BaselinePredictor(
             name, titles, data.train_item_counts(), sequences, train, cfg.seed, scorer=scorer
         )
+        predictor.fit_stats = stats
         out.append((f"baseline/{name}/", predictor))
     return out
 
 
-_STUDENT_STATS: dict[str, float] = {}
-
-
-def _student(cfg: DictConfig, upstream: dict[str, Path], data: SequentialData) -> Any:
+def _student(
+    cfg: DictConfig, upstream: dict[str, Path], data: SequentialData
+) -> tuple[Any, dict[str, float]]:
     from recexplainer.evaluation import student
     from recexplainer.recommender import load_recommender
 
@@ -122,8 +122,7 @@ def _student(cfg: DictConfig, upstream: dict[str, Path], data: SequentialData) -
         lr=sc.lr,
         max_prefixes=sc.max_prefixes,
     )
-    _STUDENT_STATS.update(stats)
-    return student.scorer(model, cfg.alignment.max_hist_len)
+    return student.scorer(model, cfg.alignment.max_hist_len), stats
 
 
 def llm_predictor(
@@ -240,9 +239,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     predictors = _predictors(cfg, upstream, data)
     for prefix, predictor in predictors:
         metrics |= evaluate(cfg, predictor, prefix, examples, out_dir)
+        metrics |= {prefix + k: v for k, v in getattr(predictor, "fit_stats", {}).items()}
     counts = {f"count/{t}": len(rows) for t, rows in examples.items()}
-    metrics |= {f"baseline/{k}": v for k, v in _STUDENT_STATS.items()}
-    _STUDENT_STATS.clear()
     protocol = {
         "split": ev.split,
         "model": ev.model,

@@ -87,16 +87,16 @@ def distill(
             top = student.score(seq, torch.zeros(len(idx), dtype=torch.long), exclude=seq).argmax(1)
             agree.append((top == targets[idx]).float())
     stats = {
-        "student/train_prefixes": float(len(seqs)),
-        "student/train_top1_agreement": float(torch.cat(agree).mean()),
-        "student/distinct_teacher_top1": float(len(np.unique(labels))),
-        "student/fit_s": time.perf_counter() - start,
+        "train_prefixes": float(len(seqs)),
+        "train_top1_agreement": float(torch.cat(agree).mean()),
+        "distinct_teacher_top1": float(len(np.unique(labels))),
+        "fit_s": time.perf_counter() - start,
     }
     log.info(
         "distilled student: %d prefixes, train top-1 agreement %.3f, %.1f s",
         len(seqs),
-        stats["student/train_top1_agreement"],
-        stats["student/fit_s"],
+        stats["train_top1_agreement"],
+        stats["fit_s"],
     )
     return student, stats
 
