@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from recexplainer.config import ConfigError, register_configs, validate
@@ -34,8 +35,77 @@ def run(cfg: DictConfig) -> Path:
     return folder
 
 
+FAILED_FILE = "FAILED.json"
+
+
+def _multirun_job() -> tuple[bool, Path | None, list[str]]:
+    """(is this a multirun job, its output folder, its overrides)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False, None, []
+    hc = HydraConfig.get()
+    return hc.mode == RunMode.MULTIRUN, Path(hc.runtime.output_dir), list(hc.overrides.task)
+
+
+class SweepReport(Callback):
+    """At the end of a multirun: list the points that failed (with their logs) and write
+    ``sweep_summary.json`` in the sweep folder; the command exits 1 if any point failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        import json
+
+        sweep = Path(config.hydra.sweep.dir)
+        failed = [json.loads(p.read_text()) for p in sorted(sweep.glob(f"*/{FAILED_FILE}"))]
+        jobs = (
+            [p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra").is_dir()] if sweep.is_dir() else []
+        )
+        summary = {"points": len(jobs), "failed": failed}
+        if sweep.is_dir():
+            (sweep / "sweep_summary.json").write_text(json.dumps(summary, indent=1))
+        if failed:
+            for f in failed:
+                log.error(
+                    "sweep point failed: %s: %s (log: %s)", " ".join(f["overrides"]), f["error"], f["log"]
+                )
+            log.error(
+                "%d of %d sweep points failed; the others completed (%s)", len(failed), len(jobs), sweep
+            )
+            raise SystemExit(1)
+        log.info("sweep: %d points completed (%s)", len(jobs), sweep)
+
+
+def _record_failure(out_dir: Path, overrides: list[str], err: BaseException) -> None:
+    import json
+    import traceback
+
+    logs = sorted(out_dir.glob("*.log"))
+    err = err.__cause__ or err  # SystemExit(2) from a ConfigError / DataFormatError: record the cause
+    record = {
+        "overrides": overrides,
+        "error": f"{type(err).__name__}: {err}",
+        "traceback": "".join(traceback.format_exception(err)),
+        "log": str(logs[0]) if logs else str(out_dir),
+    }
+    (out_dir / FAILED_FILE).write_text(json.dumps(record, indent=1))
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    multirun, out_dir, overrides = _multirun_job()
+    if not multirun:
+        return _run_and_report(cfg)
+    try:  # one failed sweep point must not stop the others
+        _run_and_report(cfg)
+    except (Exception, SystemExit) as err:  # noqa: BLE001
+        if isinstance(err, SystemExit) and err.code in (0, None):
+            return
+        log.exception("sweep point %s failed", " ".join(overrides))
+        _record_failure(out_dir, overrides, err)
+
+
+def _run_and_report(cfg: DictConfig) -> None:
     from recexplainer.assets import AssetError
     from recexplainer.data.loaders import DataFormatError
 
@@ -43,10 +113,10 @@ def _hydra_main(cfg: DictConfig) -> None:
         folder = run(cfg)
     except ConfigError as err:
         log.error("config error: %s", err)
-        raise SystemExit(2) from None
+        raise SystemExit(2) from err
     except (DataFormatError, AssetError, FileNotFoundError) as err:  # the user can fix these: no traceback
         log.error("%s: %s", type(err).__name__, err)
-        raise SystemExit(2) from None
+        raise SystemExit(2) from err
     metrics = folder / "metrics.json"
     print(f"{cfg.stage}: {folder}" + (f"\nmetrics: {metrics}" if metrics.is_file() else ""))
 

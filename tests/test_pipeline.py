@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recexplainer import artifacts
+from recexplainer import artifacts, cli
 from recexplainer.cli import run
 from recexplainer.data.dataset import SequentialData
 from recexplainer.pipeline import stage_folder
@@ -178,3 +178,27 @@ def test_cli_reports_bad_data_without_a_traceback(tmp_path):
     out = proc.stderr + proc.stdout
     assert proc.returncode == 2 and "mine.inter:2: field 'timestamp' must be a number" in out
     assert "Traceback" not in out
+
+
+def test_multirun_survives_a_failed_point_and_reports_it(tmp_path):
+    proc = _cli(
+        tmp_path,
+        "-m",
+        "dataset=synthetic",
+        "recommender.n_heads=1,3",  # hidden 8 is not divisible by 3: that point fails validation
+        "recommender.hidden_size=8",
+        "recommender.n_layers=1",
+        "recommender.max_len=8",
+        "recommender.train.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+    )
+    out = proc.stderr + proc.stdout
+    assert proc.returncode == 1, out[-2000:]
+    assert len(list((tmp_path / "artifacts" / "recommender").glob("*/_COMPLETE"))) == 1  # the good point ran
+    failed = list((tmp_path / "artifacts" / "multirun").glob(f"*/*/{cli.FAILED_FILE}"))
+    assert len(failed) == 1
+    record = json.loads(failed[0].read_text())
+    assert "recommender.n_heads=3" in record["overrides"] and "ConfigError" in record["error"]
+    summary = json.loads((failed[0].parent.parent / "sweep_summary.json").read_text())
+    assert summary["points"] == 2 and len(summary["failed"]) == 1
+    assert "1 of 2 sweep points failed" in out
