@@ -9,7 +9,7 @@ ARGS ?=
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-evaluation evaluate report clean
+.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-evaluation bench evaluate quick paper-table report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -30,10 +30,18 @@ assets: $(VENV)/.installed ## fetch the offline assets (MovieLens-100K, SmolLM2 
 run: setup ## run the main job on the embedded default (MovieLens-100K); extra overrides via ARGS=...
 	$(VENV)/bin/recexplainer $(ARGS)
 
+quick: setup ## the whole pipeline on generated data with SmolLM2 in minutes (a smoke run)
+	$(VENV)/bin/recexplainer experiment=quick $(ARGS)
+
+paper-table: setup ## B / I / H grid + unaligned LLM + baselines on the default dataset, then the report (hours on a CPU)
+	$(VENV)/bin/recexplainer -m experiment=paper_grid $(ARGS)
+	$(VENV)/bin/recexplainer stage=evaluate alignment=behavior evaluation.model=unaligned evaluation.baselines=[] $(ARGS)
+	$(PY) -m recexplainer.report --root $(ARTIFACTS)
+
 evaluate: setup ## whole pipeline up to the evaluate stage (alignment=hybrid by default; ARGS='alignment=intention')
 	$(VENV)/bin/recexplainer stage=evaluate $(ARGS)
 
-report: $(VENV)/.installed ## aggregate every evaluate folder into $(ARTIFACTS)/report/alignment.{md,csv}; prints the paths
+report: $(VENV)/.installed ## tables + plots from every evaluate / explain folder into $(ARTIFACTS)/report/; prints the paths
 	$(PY) -m recexplainer.report --root $(ARTIFACTS)
 
 test: $(VENV)/.installed ## fast test suite (offline, a few minutes on 2 cores)
@@ -61,6 +69,8 @@ bench-aligner: setup ## aligner training tokens/s vs a Hugging Face Trainer + pe
 
 bench-evaluation: setup ## evaluation examples/s per task, batched vs one at a time; benchmarks/evaluation.json
 	$(PY) experiments/bench_evaluation.py --out benchmarks/evaluation.json $(ARGS)
+
+bench: bench-recommender bench-alignment-data bench-aligner bench-evaluation ## every benchmark (run alone on an idle machine)
 
 clean: ## delete artifacts and caches (not the venv, not the asset cache)
 	rm -rf $(ARTIFACTS) outputs multirun .pytest_cache .ruff_cache
