@@ -63,9 +63,26 @@ def collect(root: Path, stage: str = "evaluate") -> list[dict[str, Any]]:
     return runs
 
 
+def recipe(aligner: dict[str, Any]) -> str:
+    """The aligner settings that differ from the defaults, e.g. 'lr=0.0005, loss_weighting=example'."""
+    from dataclasses import asdict
+
+    from recexplainer.config import AlignerConfig
+
+    defaults = asdict(AlignerConfig())
+    changed = [
+        f"{k}={v if not isinstance(v, list) else '[' + ','.join(map(str, v)) + ']'}"
+        for k, v in aligner.items()
+        if k in defaults and k != "injection" and v != defaults[k]
+    ]
+    return ", ".join(changed)
+
+
 def method_name(cfg: dict[str, Any], model: str, extra: str = "") -> str:
     llm = cfg["llm"]["name"]
     if model == "aligned":
+        changed = recipe(cfg.get("aligner", {}))
+        extra = extra + (f"; {changed}" if changed else "")
         return f"RecExplainer-{MODE_LETTER[cfg['alignment']['mode']]} ({llm}{extra})"
     return f"{llm}, no alignment{extra} ({cfg['alignment']['mode']} prompts)"
 
