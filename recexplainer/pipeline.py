@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from recexplainer import artifacts
+from recexplainer.training import finish_wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,10 @@ def run_stage(cfg: DictConfig, name: str, force: bool = False) -> Path:
         )
         log.info("stage %s: running into %s", name, folder)
         start = time.perf_counter()
-        metrics = module.run(cfg, folder, upstream)
+        try:
+            metrics = module.run(cfg, folder, upstream)
+        finally:
+            finish_wandb_run()  # one W&B run per stage, not the first stage's run reused by the next ones
         metrics = {**metrics, f"time/{name}_s": time.perf_counter() - start}
         artifacts.write_json(folder / artifacts.METRICS_FILE, metrics)
         artifacts.mark_complete(folder)

@@ -76,6 +76,15 @@ class EpochTimer(Callback):
         return out
 
 
+def finish_wandb_run() -> None:
+    """End the active W&B run (if any), so that the next stage of a pipeline gets its own run."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 def build_logger(cfg: DictConfig, out_dir: Path, name: str):
     """CSV logger inside the stage folder, or W&B (offline unless logger.mode=online)."""
     if cfg.logger.name == "csv":

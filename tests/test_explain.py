@@ -140,3 +140,12 @@ def test_explain_with_an_openai_compatible_judge_and_resume(make_cfg, monkeypatc
         assert len(server.requests) == cached + 1  # only the unparsable one is asked again
     finally:
         server.close()
+
+
+def test_explanations_and_predictions_log_to_wandb_offline(make_cfg, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    folder = run(make_cfg(*EXPLAIN, "logger=wandb"))
+    runs = list((folder / "wandb").glob("offline-run-*"))
+    assert runs and all(list(r.glob("*.wandb")) for r in runs)
+    assert "explain/n" in json.loads((folder / "metrics.json").read_text())

@@ -8,6 +8,7 @@ metric values). A killed run resumes: examples already in the predictions files 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -30,6 +31,7 @@ from recexplainer.evaluation.tasks import KINDS, answer_diversity, metric_prefix
 from recexplainer.training import build_trainer
 
 log = logging.getLogger(__name__)
+WANDB_TABLE_ROWS = 500  # predictions logged as a W&B table (all of them are in predictions/*.jsonl)
 
 
 def requires(cfg: DictConfig) -> tuple[str, ...]:
@@ -223,6 +225,21 @@ def evaluate(
             metrics[f"speed/{mprefix}/examples_per_s"] = module.counts[task] / max(module.seconds[task], 1e-9)
     if trainer is not None and trainer.logger is not None and trainer.global_rank == 0:
         trainer.logger.log_metrics(metrics)
+        if hasattr(trainer.logger, "log_table"):  # W&B: the predictions, readable in the dashboard
+            trainer.logger.log_table(
+                key="predictions",
+                columns=["id", "task", "output", "parsed titles", "metrics"],
+                data=[
+                    [
+                        r["id"],
+                        r["task"],
+                        (r.get("outputs") or [""])[0][:500],
+                        "; ".join(t for t in r.get("titles") or [] if t),
+                        json.dumps(r["metrics"]),
+                    ]
+                    for r in records[:WANDB_TABLE_ROWS]
+                ],
+            )
         trainer.logger.save()
     log.info("evaluate %s: %d tasks in %.1f s", name, len(tasks), elapsed)
     return metrics

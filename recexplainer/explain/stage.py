@@ -204,6 +204,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     if judge is not None:
         metrics |= {f"explain/judge_{k}": float(v) for k, v in judge.stats.items()}
     atomic_write_text(out_dir / "explanations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    _log(cfg, out_dir, metrics, records, titles)
     write_json(
         out_dir / "protocol.json",
         {
@@ -231,6 +232,35 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         out_dir / "ratings_key.json", key
     )  # rating_id -> explanation id, kept apart from the raters' file
     return metrics
+
+
+def _log(
+    cfg: DictConfig, out_dir: Path, metrics: dict, records: list[dict[str, Any]], titles: list[str]
+) -> None:
+    """Metrics to the configured logger (CSV or W&B); with W&B also the explanations as a table."""
+    from recexplainer.training import build_logger
+
+    logger = build_logger(cfg, out_dir, "explain")
+    logger.log_metrics(metrics)
+    if hasattr(logger, "log_table"):
+        logger.log_table(
+            key="explanations",
+            columns=["id", "history", "item", "recommender", "llm decision", "p_yes", "explanation", "judge"],
+            data=[
+                [
+                    r["id"],
+                    "; ".join(titles[i] for i in r["history"]),
+                    titles[r["item"]],
+                    r["answer"],
+                    r["decision"],
+                    r["p_yes"],
+                    r["text"],
+                    r.get("judge_score"),
+                ]
+                for r in records
+            ],
+        )
+    logger.save()
 
 
 def score_predictor_metrics(cfg: DictConfig, records: list[dict[str, Any]]) -> dict[str, float]:
