@@ -256,6 +256,9 @@ class ExplainConfig:
         "then explain in two or three sentences which items in their history make it a good or bad match."
     )
     max_new_tokens: int = 96
+    # the answer starts with the model's own decision ({decision} = Yes / No), so that a model aligned to
+    # answer tersely still explains; "" lets the model write the whole answer
+    answer_prefix: str = "{decision}, because"
     batch_size: int = 8
     n_random: int = 5  # random removals per explanation (counterfactual reference)
     score_predictor: str = "minilm"  # minilm: ridge on all-MiniLM-L6-v2 embeddings predicts the score | none

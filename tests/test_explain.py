@@ -88,6 +88,9 @@ def test_explain_stage_writes_explanations_metrics_and_reports(make_cfg, monkeyp
     records = [json.loads(line) for line in (folder / "explanations.jsonl").open()]
     assert len(records) == 6 and {r["answer"] for r in records} == {"yes", "no"}
     assert all(0.0 <= r["p_yes"] <= 1.0 and isinstance(r["text"], str) for r in records)
+    # the answer starts with the model's own decision (explain.answer_prefix)
+    assert all(r["text"].startswith(("Yes, because", "No, because")) for r in records)
+    assert all(r["text_decision"] == r["decision"] for r in records)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["explain/n"] == 6 and 0 <= metrics["explain/decision_acc"] <= 1
     assert "explain/citation_rate" in metrics and "explain/judge_mean" not in metrics  # judge=none
@@ -116,11 +119,11 @@ def test_explain_with_an_openai_compatible_judge_and_resume(make_cfg, monkeypatc
 
         original, calls = LLMPredictor.explain, {"n": 0}
 
-        def dying(self, rows, max_new_tokens):
+        def dying(self, rows, max_new_tokens, prefix=""):
             calls["n"] += len(rows)
             if calls["n"] > 4:
                 raise RuntimeError("killed")
-            return original(self, rows, max_new_tokens)
+            return original(self, rows, max_new_tokens, prefix)
 
         monkeypatch.setattr(LLMPredictor, "explain", dying)
         with pytest.raises(RuntimeError, match="killed"):

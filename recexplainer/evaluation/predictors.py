@@ -143,12 +143,27 @@ class LLMPredictor:
             )
         return predictions
 
-    def explain(self, rows: Sequence[dict[str, Any]], max_new_tokens: int) -> list[tuple[float, str]]:
-        """(P(yes) of the first answer token, generated text) per row: the decision and its explanation."""
+    def explain(
+        self, rows: Sequence[dict[str, Any]], max_new_tokens: int, prefix: str = ""
+    ) -> list[tuple[float, str]]:
+        """(P(yes) of the first answer token, explanation text) per row.
+
+        ``prefix`` (e.g. ``"{decision}, because"``) starts the answer with the model's own decision so
+        that a model fine-tuned to answer tersely still explains; the returned text includes it.
+        """
         encoded = [self._encode(r) for r in rows]
         p_yes = yes_probability(self.decoder.next_token_logits(encoded), self.yes_ids, self.no_ids)
+        starts = [prefix.replace("{decision}", "Yes" if p > 0.5 else "No") for p in p_yes.tolist()]
+        if prefix:
+            for e, start in zip(encoded, starts, strict=True):
+                e["input_ids"] = (
+                    list(e["input_ids"]) + self.tokenizer(start, add_special_tokens=False)["input_ids"]
+                )
         texts = self.decoder.generate(encoded, max_new_tokens)
-        return [(float(p), t[0].strip()) for p, t in zip(p_yes, texts, strict=True)]
+        return [
+            (float(p), (start + t[0]).strip() if start else t[0].strip())
+            for p, start, t in zip(p_yes, starts, texts, strict=True)
+        ]
 
 
 class BaselinePredictor:

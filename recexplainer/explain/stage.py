@@ -149,7 +149,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     ) as bar:
         for start in range(0, len(todo), ex.batch_size):
             batch = todo[start : start + ex.batch_size]
-            outputs = predictor.explain(batch, ex.max_new_tokens)
+            outputs = predictor.explain(batch, ex.max_new_tokens, ex.answer_prefix)
             records = [
                 {"id": r["id"], "p_yes": p, "text": text} for r, (p, text) in zip(batch, outputs, strict=True)
             ]
@@ -213,6 +213,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             "pairs": len(records),
             "template": ex.template,
             "decision": "next-token P(yes) vs P(no) after the prompt; the text is generated greedily",
+            "answer_prefix": ex.answer_prefix,
             "judge": judge.name if judge else None,
             "judge_rubric": "0 wrong decision; 1 right, reasoning missing/irrelevant/hallucinated; 2 right, "
             "small flaws; 3 right, summarises the user's tastes and relates the item to them; length ignored",
