@@ -8,19 +8,25 @@ from recexplainer.artifacts import MARKER
 from recexplainer.report import write_report
 
 
-def _folder(root, key, mode, model, metrics, baselines=("popularity",)):
-    folder = root / "evaluate" / key
+def _stage_folder(root, stage, key, mode, metrics, **sections):
+    """A complete stage folder with the config sections the report reads."""
+    folder = root / stage / key
     folder.mkdir(parents=True)
     cfg = {
         "dataset": {"name": "ml-100k"},
         "llm": {"name": "smollm2_135m"},
         "alignment": {"mode": mode},
-        "evaluation": {"model": model, "split": "test", "baselines": list(baselines), "few_shot": 0},
+        **sections,
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / MARKER).write_text("")
     return folder
+
+
+def _folder(root, key, mode, model, metrics, baselines=("popularity",)):
+    evaluation = {"model": model, "split": "test", "baselines": list(baselines), "few_shot": 0}
+    return _stage_folder(root, "evaluate", key, mode, metrics, evaluation=evaluation)
 
 
 def test_report_lists_models_and_each_baseline_once(tmp_path):
@@ -46,17 +52,15 @@ def test_report_puts_explanations_of_the_same_pairs_side_by_side(tmp_path):
         ("x", "hybrid", "aligned", "Yes, Heat fits."),
         ("y", "behavior", "unaligned", "No."),
     ]:
-        folder = tmp_path / "explain" / key
-        folder.mkdir(parents=True)
-        cfg = {
-            "dataset": {"name": "ml-100k"},
-            "llm": {"name": "smollm2_135m"},
-            "alignment": {"mode": mode},
-            "explain": {"model": model, "split": "test"},
-            "judge": {"name": "none"},
-        }
-        (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
-        (folder / "metrics.json").write_text(json.dumps({"explain/decision_acc": 0.75}))
+        folder = _stage_folder(
+            tmp_path,
+            "explain",
+            key,
+            mode,
+            {"explain/decision_acc": 0.75},
+            explain={"model": model, "split": "test"},
+            judge={"name": "none"},
+        )
         record = {
             "id": "explain/test/u1-pos",
             "answer": "yes",
