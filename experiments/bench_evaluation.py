@@ -53,7 +53,11 @@ def main() -> None:
                 *args.overrides,
                 f"evaluation.model={model}",
                 f"evaluation.max_examples={args.per_task}",
-                "evaluation.max_examples_per_task={}",
+                # the per-task caps of the default config, set explicitly (a dict override merges: {} keeps them)
+                *(
+                    f"evaluation.max_examples_per_task.{t}={args.per_task}"
+                    for t in ("interest", "interest_hard", "ranking", "history")
+                ),
                 f"evaluation.tasks=[{','.join(TASKS)}]",
                 "evaluation.baselines=[]",
             ],
