@@ -72,12 +72,19 @@ def stage_folder(cfg: DictConfig, name: str, _memo: dict[str, Path] | None = Non
     return memo[name]
 
 
-def run_stage(cfg: DictConfig, name: str, force: bool = False) -> Path:
-    """Run ``name`` (and its missing upstream stages); return its complete artifact folder."""
+def run_stage(cfg: DictConfig, name: str, force: bool = False, _done: dict[str, Path] | None = None) -> Path:
+    """Run ``name`` (and its missing upstream stages); return its complete artifact folder.
+
+    Each upstream stage is resolved once per call, however many stages depend on it."""
     if name not in STAGES:
         raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    done = {} if _done is None else _done
     stage = STAGES[name]
-    upstream = {dep: run_stage(cfg, dep) for dep in requirements(cfg, name)}
+    upstream = {}
+    for dep in requirements(cfg, name):
+        if dep not in done:
+            done[dep] = run_stage(cfg, dep, _done=done)
+        upstream[dep] = done[dep]
     folder = stage_folder(cfg, name)
     with artifacts.folder_lock(folder):
         if artifacts.is_complete(folder) and not force:
