@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from recexplainer.aligner.model import base_model
+
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +71,7 @@ def init_projectors_from_titles(
     ``item_vectors``: (N + 1, d_rec), row i = item i (row 0 padding, skipped); ``user_vectors[r]`` belongs
     to ``user_histories[r]``.
     """
-    base = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
+    base = base_model(model.lm)
     targets = title_embeddings(base, tokenizer, titles)  # (N + 1, H)
     rows = model.placeholder_embeddings.detach().float()  # (2, H): user, item
     add = model.injection == "add"

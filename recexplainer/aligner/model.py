@@ -22,6 +22,11 @@ LOSS_WEIGHTINGS = ("token", "example")
 IGNORE_INDEX = -100
 
 
+def base_model(lm: nn.Module) -> nn.Module:
+    """The underlying Hugging Face model of a (possibly PEFT-wrapped) causal LM."""
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
 class PlaceholderMismatch(ValueError):
     """The number of placeholder tokens in a batch differs from the number of vectors given."""
 
@@ -111,7 +116,7 @@ class RecExplainerLM(nn.Module):
         embeds = self.embed(input_ids, user_vectors, item_vectors)
         if labels is None:
             return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
-        base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        base = base_model(self.lm)
         hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
         targets = labels[:, 1:]  # position t predicts token t + 1
         keep = targets != IGNORE_INDEX

@@ -14,11 +14,7 @@ from typing import Any
 import torch
 
 from recexplainer.aligner.data import collate
-
-
-def base_model(lm: torch.nn.Module) -> torch.nn.Module:
-    """The underlying Hugging Face model of a (possibly PEFT-wrapped) causal LM."""
-    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+from recexplainer.aligner.model import base_model
 
 
 class TitleTrie:

@@ -91,7 +91,9 @@ class LLMPredictor:
         return prompt if self.aligned else self._strip(prompt)
 
     def prompt_length(self, row: dict[str, Any]) -> int:
-        return len(self.tokenizer(self._text(row["prompt"]), add_special_tokens=False)["input_ids"])
+        """Sort key grouping prompts of similar length into a batch: characters, a close proxy for tokens
+        that costs no second tokenisation (each prompt is tokenised once, in the batch that runs it)."""
+        return len(self._text(row["prompt"]))
 
     # -- decoding ------------------------------------------------------------------------------------
     def max_new_tokens(self, n_titles: int) -> int:
