@@ -9,7 +9,7 @@ ARGS ?=
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-evaluation bench evaluate quick paper-table report clean
+.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-evaluation bench gpu-check evaluate quick paper-table report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -71,6 +71,11 @@ bench-evaluation: setup ## evaluation examples/s per task, batched vs one at a t
 	$(PY) experiments/bench_evaluation.py --out benchmarks/evaluation.json $(ARGS)
 
 bench: bench-recommender bench-alignment-data bench-aligner bench-evaluation ## every benchmark (run alone on an idle machine)
+
+GPU_OUT ?= benchmarks/gpu-check
+gpu-check: ## on a GPU machine (<10 min): GPU/bf16/DDP/FSDP/DeepSpeed code paths + bf16 tokens/s of 135M / 1B shapes; files in $(GPU_OUT)/
+	OUT=$(GPU_OUT) PY=$(if $(wildcard $(PY)),$(PY),python3) bash experiments/gpu_check.sh
+	OUT=$(GPU_OUT) PY=$(if $(wildcard $(PY)),$(PY),python3) bash experiments/gpu_check_aligner.sh
 
 clean: ## delete artifacts and caches (not the venv, not the asset cache)
 	rm -rf $(ARTIFACTS) outputs multirun .pytest_cache .ruff_cache

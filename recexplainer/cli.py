@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -11,6 +12,7 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from recexplainer.artifacts import atomic_write_text
 from recexplainer.config import ConfigError, register_configs, validate
 
 log = logging.getLogger("recexplainer")
@@ -36,6 +38,7 @@ def run(cfg: DictConfig) -> Path:
 
 
 FAILED_FILE = "FAILED.json"
+RESULT_FILE = "result.json"  # a sweep point's stage and folder, for the sweep's report
 
 
 def _multirun_job() -> tuple[bool, Path | None, list[str]]:
@@ -54,8 +57,6 @@ class SweepReport(Callback):
     ``sweep_summary.json`` in the sweep folder; the command exits 1 if any point failed."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        import json
-
         sweep = Path(config.hydra.sweep.dir)
         failed = [json.loads(p.read_text()) for p in sorted(sweep.glob(f"*/{FAILED_FILE}"))]
         jobs = (
@@ -64,6 +65,7 @@ class SweepReport(Callback):
         summary = {"points": len(jobs), "failed": failed}
         if sweep.is_dir():
             (sweep / "sweep_summary.json").write_text(json.dumps(summary, indent=1))
+            self._report(sweep)
         if failed:
             for f in failed:
                 log.error(
@@ -75,9 +77,30 @@ class SweepReport(Callback):
             raise SystemExit(1)
         log.info("sweep: %d points completed (%s)", len(jobs), sweep)
 
+    @staticmethod
+    def _report(sweep: Path) -> None:
+        """The report of this sweep's points only (and their baselines / upstream training curves), in
+        <sweep>/report; a failure here is logged, never fatal: the points' artifacts are all written."""
+        from recexplainer.report import lineage, write_report
+
+        results = [json.loads(p.read_text()) for p in sorted(sweep.glob(f"*/{RESULT_FILE}"))]
+        by_root: dict[Path, set[Path]] = {}
+        for r in results:
+            folder = Path(r["folder"]).resolve()
+            if r["stage"] in ("evaluate", "explain", "aligner", "recommender"):
+                by_root.setdefault(folder.parent.parent, set()).update(lineage(folder))
+        for i, (root, only) in enumerate(sorted(by_root.items())):
+            out = sweep / ("report" if len(by_root) == 1 else f"report_{i}")
+            try:
+                paths = write_report(root, out, only)
+            except (Exception, SystemExit) as err:  # noqa: BLE001
+                log.error("sweep report for %s failed: %s", root, err)
+                continue
+            if paths:
+                log.info("sweep report: %s", ", ".join(str(p) for p in paths))
+
 
 def _record_failure(out_dir: Path, overrides: list[str], err: BaseException) -> None:
-    import json
     import traceback
 
     logs = sorted(out_dir.glob("*.log"))
@@ -97,7 +120,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     if not multirun:
         return _run_and_report(cfg)
     try:  # one failed sweep point must not stop the others
-        _run_and_report(cfg)
+        folder = _run_and_report(cfg)
+        result = {"stage": cfg.stage, "folder": str(folder), "overrides": overrides}
+        atomic_write_text(out_dir / RESULT_FILE, json.dumps(result, indent=1))  # for the sweep's report
     except (Exception, SystemExit) as err:  # noqa: BLE001
         if isinstance(err, SystemExit) and err.code in (0, None):
             return
@@ -105,7 +130,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         _record_failure(out_dir, overrides, err)
 
 
-def _run_and_report(cfg: DictConfig) -> None:
+def _run_and_report(cfg: DictConfig) -> Path:
     from recexplainer.assets import AssetError
     from recexplainer.data.loaders import DataFormatError
 
@@ -119,6 +144,7 @@ def _run_and_report(cfg: DictConfig) -> None:
         raise SystemExit(2) from err
     metrics = folder / "metrics.json"
     print(f"{cfg.stage}: {folder}" + (f"\nmetrics: {metrics}" if metrics.is_file() else ""))
+    return folder
 
 
 def main() -> None:

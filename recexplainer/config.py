@@ -192,14 +192,23 @@ class AlignerConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    train_tasks: list[str] | None = None
+    train_tasks: list[str] | None = field(
+        default_factory=lambda: [
+            "retrieval",
+            "ranking",
+            "interest",
+            "history",
+            "item_recovery",
+            "item_similar",
+        ]
+    )
     max_train_examples: int | None = 2000
     max_valid_examples: int | None = 64
     max_length: int = 512
     batch_size: int = 4
     accumulate_grad_batches: int = 4
-    lr: float = 2e-4
-    projector_lr: float = 1e-3
+    lr: float = 5e-4
+    projector_lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     projector_only_steps: int = 0
@@ -210,10 +219,10 @@ class AlignerConfig:
     checkpoint_every_n_steps: int = 20  # save a resumable checkpoint (trainable weights only) this often
     num_workers: int = 0
     loss_weighting: str = (
-        "token"  # token: mean over answer tokens | example: mean per example, then over examples
+        "example"  # token: mean over answer tokens | example: mean per example, then over examples
     )
     projector_init: str = (
-        "random"  # random | title_lsq: closed-form fit so projected vectors start near title embeddings
+        "title_lsq"  # random | title_lsq: closed-form fit so projected vectors start near title embeddings
     )
 
 

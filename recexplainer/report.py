@@ -1,4 +1,5 @@
-"""Aggregate every ``evaluate`` folder below an artifact root into a paper-style table (Markdown + CSV).
+"""Aggregate every ``evaluate`` / ``explain`` folder below an artifact root into paper-style tables
+(Markdown + CSV) and plots: per-task bars, judge-score histograms, training curves from the CSV logs.
 
     python -m recexplainer.report [--root artifacts] [--out artifacts/report]
 
@@ -51,16 +52,36 @@ EXPLAIN_COLUMNS = [
 ]
 
 
-def collect(root: Path, stage: str = "evaluate") -> list[dict[str, Any]]:
-    """One entry per complete folder of ``stage``: its config essentials and metrics."""
+def lineage(folder: Path) -> set[Path]:
+    """A stage folder and every upstream folder it was built from (followed through key.json)."""
+    seen: set[Path] = set()
+    todo = [Path(folder)]
+    while todo:
+        current = todo.pop().resolve()
+        if current in seen:
+            continue
+        seen.add(current)
+        key = current / "key.json"
+        if key.is_file():
+            todo += [Path(p) for p in json.loads(key.read_text()).get("upstream", {}).values()]
+    return seen
+
+
+def collect(root: Path, stage: str = "evaluate", only: set[Path] | None = None) -> list[dict[str, Any]]:
+    """One entry per complete folder of ``stage`` (restricted to ``only`` when given, e.g. one sweep's
+    folders and their upstream): its config essentials and metrics, newest first."""
     runs = []
     for folder in sorted((root / stage).glob("*/")):
-        if not (folder / MARKER).exists():
+        if not (folder / MARKER).exists() or (only is not None and folder.resolve() not in only):
             continue
         cfg = yaml.safe_load((folder / "config.yaml").read_text())
         metrics = json.loads((folder / "metrics.json").read_text())
-        runs.append({"folder": folder, "cfg": cfg, "metrics": metrics})
-    return runs
+        runs.append(
+            {"folder": folder, "cfg": cfg, "metrics": metrics, "time": (folder / MARKER).stat().st_mtime}
+        )
+    # newest first: where two folders give the same table row (e.g. a rerun with other example caps),
+    # the newest one is shown and the others are listed as superseded
+    return sorted(runs, key=lambda r: -r["time"])
 
 
 def recipe(aligner: dict[str, Any]) -> str:
@@ -87,13 +108,21 @@ def method_name(cfg: dict[str, Any], model: str, extra: str = "") -> str:
     return f"{llm}, no alignment{extra} ({cfg['alignment']['mode']} prompts)"
 
 
-def explain_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
+def explain_rows(
+    runs: list[dict[str, Any]], superseded: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per (dataset, method); ``runs`` newest first, older repeats go to ``superseded``."""
+    out, seen = [], set()
+    superseded = superseded if superseded is not None else []
     for run in runs:
         cfg = run["cfg"]
         judge = cfg.get("judge", {}).get("name", "none")
         method = method_name(cfg, cfg["explain"]["model"], f", judge {judge}" if judge != "none" else "")
         dataset = f"{cfg['dataset']['name']} ({cfg['explain']['split']})"
+        if (dataset, method) in seen:
+            superseded.append({"dataset": dataset, "method": method, "folder": str(run["folder"])})
+            continue
+        seen.add((dataset, method))
         values = {key: run["metrics"].get(key) for _, key in EXPLAIN_COLUMNS}
         out.append({"dataset": dataset, "method": method, "values": values, "folder": str(run["folder"])})
     return sorted(out, key=lambda r: (r["dataset"], r["method"]))
@@ -122,9 +151,13 @@ def side_by_side(runs: list[dict[str, Any]], k: int = 8) -> str:
     return "\n".join(lines)
 
 
-def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Table rows: (dataset, method, values by metric key, source folder)."""
-    out, seen_baselines = [], set()
+def rows(runs: list[dict[str, Any]], superseded: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Table rows: (dataset, method, values by metric key, source folder), one per (dataset, method).
+
+    ``runs`` come newest first (``collect``); older folders that repeat a row go to ``superseded``.
+    """
+    out, seen_baselines, seen_methods = [], set(), set()
+    superseded = superseded if superseded is not None else []
     for run in runs:
         cfg, metrics = run["cfg"], run["metrics"]
         ev = cfg["evaluation"]
@@ -137,7 +170,10 @@ def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
         else:
             method = None
-        if method:
+        if method and (dataset, method) in seen_methods:
+            superseded.append({"dataset": dataset, "method": method, "folder": str(run["folder"])})
+        elif method:
+            seen_methods.add((dataset, method))
             values = {key: metrics.get(key) for _, key in COLUMNS}
             out.append({"dataset": dataset, "method": method, "values": values, "folder": str(run["folder"])})
         for name in ev.get("baselines", []):
@@ -208,18 +244,122 @@ def bar_plot(table: list[dict[str, Any]], columns: list[tuple[str, str]], path: 
     plt.close(fig)
 
 
-def write_report(root: Path, out: Path) -> list[Path]:
-    table = rows(collect(root))
-    explain_runs = collect(root, "explain")
-    if not table and not explain_runs:
-        raise SystemExit(
-            f"no complete evaluate or explain folders under {root}: run `recexplainer stage=evaluate` first"
-        )
+def read_curves(folder: Path) -> dict[str, list[tuple[float, float]]]:
+    """Every logged series of a stage folder's CSV logs ({metric: [(step, value)]}), resumed runs joined."""
+    series: dict[str, dict[float, float]] = {}
+    for path in sorted(folder.glob("logs/version_*/metrics.csv")):
+        with open(path, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                try:
+                    step = float(row.get("step") or "nan")
+                except ValueError:
+                    continue
+                for key, value in row.items():
+                    if key in ("epoch", "step") or value in (None, ""):
+                        continue
+                    try:
+                        series.setdefault(key, {})[step] = float(value)  # a resumed run overwrites its steps
+                    except ValueError:
+                        continue
+    return {k: sorted(v.items()) for k, v in series.items()}
+
+
+# per stage, the panels to draw; each panel takes the first of its metric names that a folder logged
+# (older aligner logs have no smoothed loss)
+CURVES = {
+    "aligner": [("train/loss_smooth", "train/loss"), ("valid/loss",)],
+    "recommender": [("train/loss_epoch",), ("valid/ndcg@10",)],
+}
+
+
+def curves_plot(root: Path, stage: str, path: Path, only: set[Path] | None = None) -> bool:
+    """Training curves of every complete ``stage`` folder under ``root``: one panel per metric in CURVES,
+    one line per folder (labelled by method for aligners). False when no folder has logged curves."""
+    metrics = CURVES[stage]
+    lines = []
+    for run in collect(root, stage, only):
+        curves = read_curves(run["folder"])
+        if not any(curves.get(m) for names in metrics for m in names):
+            continue
+        name = run["folder"].name
+        if stage == "aligner" and "alignment" in run["cfg"]:
+            label = method_name(run["cfg"], "aligned")
+        else:
+            rec = run["cfg"].get("recommender", {})
+            label = f"{rec.get('name', stage)} on {run['cfg'].get('dataset', {}).get('name', '?')}"
+        lines.append((f"{label} [{name}]", curves))
+    if not lines:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2))
+    for ax, names in zip(axes, metrics, strict=True):
+        for label, curves in lines:
+            points = next((curves[m] for m in names if curves.get(m)), None)
+            if points:
+                ax.plot([x for x, _ in points], [y for _, y in points], marker=".", label=label)
+        ax.set_xlabel("step")
+        ax.set_title(" / ".join(names))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6, loc="upper right")
+    fig.suptitle(f"{stage} training curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def judge_histogram(runs: list[dict[str, Any]], path: Path) -> bool:
+    """Judge score (0-3) distribution per explanation source; False when no run was judged."""
+    hists = []
+    for run in runs:
+        scores = [run["metrics"].get(f"explain/judge_dist_{s}") for s in range(4)]
+        if all(v is not None for v in scores) and run["metrics"].get("explain/judge_n", 1):
+            cfg = run["cfg"]
+            hists.append((method_name(cfg, cfg["explain"]["model"]), scores))
+    if not hists:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / len(hists)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (label, shares) in enumerate(hists):
+        ax.bar([s + i * width for s in range(4)], shares, width, label=label)
+    ax.set_xticks([s + 0.4 - width / 2 for s in range(4)], ["0", "1", "2", "3"])
+    ax.set_xlabel("judge score")
+    ax.set_ylabel("share of explanations")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _superseded_note(superseded: list[dict[str, Any]]) -> str:
+    if not superseded:
+        return ""
+    lines = ["", "Older folders repeating a row above (not shown; newest kept):", ""]
+    lines += [f"- {r['method']} ({r['dataset']}): {r['folder']}" for r in superseded]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(root: Path, out: Path, only: set[Path] | None = None) -> list[Path]:
+    """Write the tables and plots for the folders under ``root`` (all, or those in ``only``) into ``out``;
+    returns the written paths."""
+    superseded: list[dict[str, Any]] = []
+    table = rows(collect(root, "evaluate", only), superseded)
+    explain_runs = collect(root, "explain", only)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     if table:
         paths += [out / "alignment.md", out / "alignment.csv"]
-        atomic_write_text(paths[-2], markdown(table))
+        atomic_write_text(paths[-2], markdown(table) + _superseded_note(superseded))
         atomic_write_text(paths[-1], to_csv(table))
         for dataset in dict.fromkeys(r["dataset"] for r in table):
             slug = "_".join("".join(c if c.isalnum() else " " for c in dataset).split())
@@ -227,11 +367,25 @@ def write_report(root: Path, out: Path) -> list[Path]:
             subset = [r for r in table if r["dataset"] == dataset]
             bar_plot(subset, COLUMNS[:7], paths[-1], f"Alignment, {dataset}")
     if explain_runs:
-        explain_table = explain_rows(explain_runs)
+        old_explain: list[dict[str, Any]] = []
+        explain_table = explain_rows(explain_runs, old_explain)
+        shown = {r["folder"] for r in explain_table}
+        explain_runs = [r for r in explain_runs if str(r["folder"]) in shown]
         paths += [out / "explanations.md", out / "explanations.csv"]
-        text = markdown(explain_table, EXPLAIN_COLUMNS) + "\n" + side_by_side(explain_runs)
+        text = markdown(explain_table, EXPLAIN_COLUMNS) + _superseded_note(old_explain)
+        text += "\n" + side_by_side(explain_runs)
         atomic_write_text(paths[-2], text)
         atomic_write_text(paths[-1], to_csv(explain_table, EXPLAIN_COLUMNS))
+        if judge_histogram(explain_runs, out / "judge_scores.png"):
+            paths.append(out / "judge_scores.png")
+    for stage in CURVES:
+        if curves_plot(root, stage, out / f"training_{stage}.png", only):
+            paths.append(out / f"training_{stage}.png")
+    if not paths:
+        raise SystemExit(
+            f"nothing to report under {root}: no complete evaluate, explain, aligner or recommender folders "
+            "(run `recexplainer stage=evaluate` first)"
+        )
     return paths
 
 

@@ -85,25 +85,39 @@ def finish_wandb_run() -> None:
         wandb.finish()
 
 
-def build_logger(cfg: DictConfig, out_dir: Path, name: str):
-    """CSV logger inside the stage folder, or W&B (offline unless logger.mode=online)."""
-    if cfg.logger.name == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+def sweep_group() -> str | None:
+    """The multirun's sweep folder name (its start time), or None outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-        return CSVLogger(save_dir=str(out_dir), name="logs")  # logs/version_N: one per attempt
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+
+
+def build_logger(cfg: DictConfig, out_dir: Path, name: str) -> list:
+    """The stage's loggers: always a CSV logger inside the stage folder (logs/version_N, one per attempt;
+    the report's training curves come from it), plus W&B with ``logger=wandb`` (offline unless
+    logger.mode=online), grouped by ``logger.group`` or, in a multirun, by the sweep."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list = [CSVLogger(save_dir=str(out_dir), name="logs")]
+    if cfg.logger.name == "csv":
+        return loggers
     from lightning.pytorch.loggers import WandbLogger
 
-    logger = WandbLogger(
+    wandb_logger = WandbLogger(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
-        group=cfg.logger.group,
+        group=cfg.logger.group or sweep_group(),
         tags=list(cfg.logger.tags) + [name],
         name=f"{name}-{out_dir.name}",
         save_dir=str(out_dir),
         mode=cfg.logger.mode,
     )
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    return logger
+    wandb_logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return loggers + [wandb_logger]
 
 
 def build_trainer(

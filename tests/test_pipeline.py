@@ -155,6 +155,10 @@ def test_cli_multirun_shares_data(tmp_path):
     assert len(list((root / "data").glob("*/_COMPLETE"))) == 1
     assert len(list((root / "recommender").glob("*/_COMPLETE"))) == 2
     assert "stage data: reusing" in proc.stderr + proc.stdout
+    # the sweep's own report: training curves of its two recommenders
+    sweeps = list((root / "multirun").glob("*/sweep_summary.json"))
+    assert len(sweeps) == 1
+    assert (sweeps[0].parent / "report" / "training_recommender.png").stat().st_size > 1000
 
 
 def test_wandb_logger_runs_offline(make_cfg, monkeypatch):
@@ -163,6 +167,7 @@ def test_wandb_logger_runs_offline(make_cfg, monkeypatch):
     folder = run(make_cfg("logger=wandb", "recommender.train.max_epochs=1"))
     runs = list((folder / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert list(folder.glob("logs/version_*/metrics.csv"))  # the CSV log (report curves) is kept as well
 
 
 def test_cli_reports_bad_data_without_a_traceback(tmp_path):

@@ -76,3 +76,44 @@ def test_report_puts_explanations_of_the_same_pairs_side_by_side(tmp_path):
     text = paths[0].read_text()
     assert "| RecExplainer-H (smollm2_135m) | 0.7500 |" in text
     assert "### explain/test/u1-pos" in text and "'Yes, Heat fits.'" in text and "'No.'" in text
+
+
+def test_report_keeps_the_newest_of_repeated_rows_and_names_the_others(tmp_path):
+    import os
+
+    old = _folder(tmp_path, "old", "hybrid", "aligned", {"task1/hr@5": 0.1})
+    new = _folder(tmp_path, "new", "hybrid", "aligned", {"task1/hr@5": 0.3})
+    os.utime(old / MARKER, (1_000_000, 1_000_000))
+    os.utime(new / MARKER, (2_000_000, 2_000_000))
+    md = write_report(tmp_path, tmp_path / "report")[0]
+    text = md.read_text()
+    assert "| RecExplainer-H (smollm2_135m) | 0.3000 |" in text and "| 0.1000 |" not in text
+    assert "Older folders repeating a row" in text and str(old) in text
+
+
+def test_report_plots_training_curves_across_resumed_logs_and_judge_scores(tmp_path):
+    from recexplainer.report import read_curves
+
+    aligner = _stage_folder(tmp_path, "aligner", "al", "intention", {}, aligner={"lr": 5e-4})
+    for version, text in [
+        ("version_0", "epoch,step,train/loss,valid/loss\n0,9,3.5,\n0,19,2.0,\n"),
+        ("version_1", "epoch,step,train/loss,valid/loss\n0,19,1.9,\n0,29,1.2,\n0,29,,1.4\n"),  # resumed
+    ]:
+        (aligner / "logs" / version).mkdir(parents=True)
+        (aligner / "logs" / version / "metrics.csv").write_text(text)
+    curves = read_curves(aligner)
+    assert curves["train/loss"] == [(9.0, 3.5), (19.0, 1.9), (29.0, 1.2)]  # the resumed run's step 19 wins
+    assert curves["valid/loss"] == [(29.0, 1.4)]
+    judged = {f"explain/judge_dist_{s}": share for s, share in enumerate([0.1, 0.2, 0.3, 0.4])}
+    _stage_folder(
+        tmp_path,
+        "explain",
+        "ex",
+        "hybrid",
+        {"explain/judge_n": 10.0, "explain/judge_mean": 2.0, **judged},
+        explain={"model": "aligned", "split": "test"},
+        judge={"name": "local"},
+    )
+    paths = {p.name: p for p in write_report(tmp_path, tmp_path / "report")}
+    assert "training_aligner.png" in paths and paths["training_aligner.png"].stat().st_size > 1000
+    assert "judge_scores.png" in paths and "training_recommender.png" not in paths  # no recommender logs

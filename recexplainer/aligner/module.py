@@ -42,6 +42,7 @@ class AlignerModule(L.LightningModule):
         self.train_sampler = None  # set by the stage: a LengthGroupedSampler that can skip on resume
         self._tokens = 0
         self._t0 = time.perf_counter()
+        self._loss_ema: float | None = None
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         names = {n for n, p in self.named_parameters() if p.requires_grad}
@@ -68,6 +69,11 @@ class AlignerModule(L.LightningModule):
         self._tokens += n_tokens
         elapsed = time.perf_counter() - self._t0
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        # batches are length-grouped, so consecutive losses come from different tasks: log a smoothed
+        # curve too (exponential moving average over ~20 micro-batches) for plots and dashboards
+        loss = float(out.loss.detach())
+        self._loss_ema = loss if self._loss_ema is None else 0.95 * self._loss_ema + 0.05 * loss
+        self.log("train/loss_smooth", self._loss_ema, batch_size=batch["input_ids"].shape[0])
         self.log("train/tokens_per_s", self._tokens / max(elapsed, 1e-9), prog_bar=True)
         return out.loss
 

@@ -86,8 +86,24 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     with safe_open(str(folder / "vectors.safetensors"), "pt") as handle:
         d_rec = handle.get_slice("items").get_shape()[1]
     model, tokenizer, formatter = setup.build(cfg, d_rec)
-    init_stats = _init_projectors(cfg, model, tokenizer, folder) if ac.projector_init == "title_lsq" else {}
+    # behavior prompts carry no placeholders: the projectors never see a vector, so nothing to initialise
+    use_vectors = cfg.alignment.mode != "behavior"
+    init_stats = (
+        _init_projectors(cfg, model, tokenizer, folder)
+        if ac.projector_init == "title_lsq" and use_vectors
+        else {}
+    )
     tasks = list(ac.train_tasks) if ac.train_tasks else None
+    if tasks is not None:
+        present = {path.name.split(".")[0] for path in (folder / "examples").glob("*.train.jsonl")}
+        absent = [t for t in tasks if t not in present]
+        if absent:  # e.g. item_recovery in behavior mode: expected, but say so
+            log.info(
+                "aligner.train_tasks %s have no examples in %s (mode %s): skipped",
+                absent,
+                folder.name,
+                cfg.alignment.mode,
+            )
     common = dict(max_length=ac.max_length, tasks=tasks, seed=cfg.seed)
     train = AlignmentDataset.for_model(
         folder, "train", model, tokenizer, formatter, limit=ac.max_train_examples, **common

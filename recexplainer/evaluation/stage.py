@@ -223,10 +223,10 @@ def evaluate(
             metrics |= {f"{prefix}{mprefix}/{k}": v for k, v in answer_diversity(task_records).items()}
         if module.counts[task] and prefix == "":
             metrics[f"speed/{mprefix}/examples_per_s"] = module.counts[task] / max(module.seconds[task], 1e-9)
-    if trainer is not None and trainer.logger is not None and trainer.global_rank == 0:
-        trainer.logger.log_metrics(metrics)
-        if hasattr(trainer.logger, "log_table"):  # W&B: the predictions, readable in the dashboard
-            trainer.logger.log_table(
+    for logger in trainer.loggers if trainer is not None and trainer.global_rank == 0 else []:
+        logger.log_metrics(metrics)
+        if hasattr(logger, "log_table"):  # W&B: the predictions, readable in the dashboard
+            logger.log_table(
                 key="predictions",
                 columns=["id", "task", "output", "parsed titles", "metrics"],
                 data=[
@@ -240,7 +240,7 @@ def evaluate(
                     for r in records[:WANDB_TABLE_ROWS]
                 ],
             )
-        trainer.logger.save()
+        logger.save()
     log.info("evaluate %s: %d tasks in %.1f s", name, len(tasks), elapsed)
     return metrics
 

@@ -241,7 +241,11 @@ def _log(
     """Metrics to the configured logger (CSV or W&B); with W&B also the explanations as a table."""
     from recexplainer.training import build_logger
 
-    logger = build_logger(cfg, out_dir, "explain")
+    for logger in build_logger(cfg, out_dir, "explain"):
+        _log_to(logger, metrics, records, titles)
+
+
+def _log_to(logger: Any, metrics: dict, records: list[dict[str, Any]], titles: list[str]) -> None:
     logger.log_metrics(metrics)
     if hasattr(logger, "log_table"):
         logger.log_table(

@@ -1,0 +1,65 @@
+"""End to end: a 2-point alignment sweep (behavior, hybrid) through the evaluate stage on synthetic data with
+the tiny random LLM, then its report. Slow (a few minutes on 2 cores): `make test-slow`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import TINY, TINY_SASREC
+
+SMALL_EVAL = [
+    "evaluation.max_examples=4",
+    "evaluation.max_examples_per_task.interest=6",
+    "evaluation.max_examples_per_task.interest_hard=6",
+    "evaluation.max_examples_per_task.ranking=4",
+    "evaluation.max_examples_per_task.history=2",
+    "evaluation.batch_size=4",
+    "evaluation.num_beams=2",
+    "evaluation.baselines=[random,popularity]",
+]
+TINY_ALIGNER = [
+    "llm=tiny_random",
+    "aligner.max_train_examples=16",
+    "aligner.max_valid_examples=4",
+    "aligner.batch_size=4",
+    "aligner.accumulate_grad_batches=1",
+    "aligner.max_steps=2",
+    "aligner.lora_r=4",
+    "trainer.log_every_n_steps=1",  # curves for the report from two optimizer steps
+    *[f"tasks.{t}.max_eval=6" for t in ("retrieval", "ranking", "interest", "interest_hard", "history")],
+    *[f"tasks.{t}.max_eval=3" for t in ("item_recovery", "item_similar", "item_metadata")],
+]
+
+
+@pytest.mark.slow
+def test_two_point_alignment_sweep_shares_upstream_stages_and_reports_both(tmp_path):
+    root = tmp_path / "artifacts"
+    exe = Path(sys.executable).with_name("recexplainer")
+    args = [str(exe), "-m", f"paths.artifacts={root}", "stage=evaluate", "alignment=behavior,hybrid"]
+    args += [*TINY, *TINY_SASREC, *TINY_ALIGNER, *SMALL_EVAL]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+
+    def complete(stage: str) -> list[Path]:
+        return sorted(p.parent for p in (root / stage).glob("*/_COMPLETE"))
+
+    # shared stages ran once; per-point stages once per point (behavior and hybrid prompts differ)
+    assert len(complete("data")) == 1 and len(complete("recommender")) == 1
+    assert "stage recommender: reusing" in out
+    assert len(complete("alignment_data")) == 2
+    assert len(complete("aligner")) == 2 and len(complete("evaluate")) == 2
+    summary = json.loads(next((root / "multirun").glob("*/sweep_summary.json")).read_text())
+    assert summary == {"points": 2, "failed": []}
+
+    report = next((root / "multirun").glob("*/report"))
+    table = (report / "alignment.md").read_text()
+    assert "RecExplainer-B (tiny_random" in table and "RecExplainer-H (tiny_random" in table
+    assert table.count("baseline: popularity") == 1
+    for name in ("alignment.csv", "training_aligner.png", "training_recommender.png"):
+        assert (report / name).stat().st_size > 0, name
+    csv_rows = (report / "alignment.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + 2 + 2  # header, B, H, two baselines
