@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from recexplainer import artifacts
-from recexplainer.training import finish_wandb_run
+from recexplainer.training import finish_wandb_run, process_rank
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +28,24 @@ class Stage:
     module: str  # module with key_fields(cfg) and run(cfg, out_dir, upstream)
     requires: tuple[str, ...] = ()  # a stage module may narrow this per config with requires(cfg)
     version: int = 1  # bump when the stage's code changes its output, to invalidate old caches
+    # its run() drives a Lightning Trainer that every process of a multi-process (DDP / FSDP / DeepSpeed)
+    # launch must join; the other stages are built by rank 0 alone while the other ranks wait
+    distributed: bool = False
 
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
         Stage("data", "recexplainer.data.stage"),
-        Stage("recommender", "recexplainer.recommender.stage", requires=("data",)),
+        Stage("recommender", "recexplainer.recommender.stage", requires=("data",), distributed=True),
         Stage("alignment_data", "recexplainer.alignment.stage", requires=("data", "recommender")),
-        Stage("aligner", "recexplainer.aligner.stage", requires=("alignment_data",)),
-        Stage("evaluate", "recexplainer.evaluation.stage", requires=("data", "alignment_data", "aligner")),
+        Stage("aligner", "recexplainer.aligner.stage", requires=("alignment_data",), distributed=True),
+        Stage(
+            "evaluate",
+            "recexplainer.evaluation.stage",
+            requires=("data", "alignment_data", "aligner"),
+            distributed=True,
+        ),
         Stage(
             "explain",
             "recexplainer.explain.stage",
@@ -86,6 +95,8 @@ def run_stage(cfg: DictConfig, name: str, force: bool = False, _done: dict[str, 
             done[dep] = run_stage(cfg, dep, _done=done)
         upstream[dep] = done[dep]
     folder = stage_folder(cfg, name)
+    if process_rank() != 0:
+        return _run_as_worker(cfg, stage, folder, upstream)
     with artifacts.folder_lock(folder):
         if artifacts.is_complete(folder) and not force:
             log.info("stage %s: reusing %s", name, folder)
@@ -117,3 +128,37 @@ def run_stage(cfg: DictConfig, name: str, force: bool = False, _done: dict[str, 
         artifacts.mark_complete(folder)
     log.info("stage %s: done in %.1f s -> %s", name, metrics[f"time/{name}_s"], folder)
     return folder
+
+
+WORKER_WAIT_S = float(os.environ.get("RECEXPLAINER_WORKER_WAIT_S", 6 * 3600))
+
+
+def _run_as_worker(cfg: DictConfig, stage: Stage, folder: Path, upstream: dict[str, Path]) -> Path:
+    """A non-zero rank of a multi-process launch: it never takes the folder lock, writes no config, key,
+    metrics or completion marker (rank 0 does), joins the distributed stages' Trainer in rank 0's folder and
+    waits for rank 0 to finish the others. ``force`` is rank 0's business (it clears the folder first)."""
+    rank = process_rank()
+    if artifacts.is_complete(folder):
+        return folder
+    if not stage.distributed:
+        log.info("stage %s: rank %d waits for rank 0 to build %s", stage.name, rank, folder)
+        _wait(lambda: artifacts.is_complete(folder), f"rank 0 to complete {folder}")
+        return folder
+    _wait(lambda: (folder / artifacts.KEY_FILE).is_file(), f"rank 0 to start {folder}")
+    log.info("stage %s: rank %d joins %s", stage.name, rank, folder)
+    importlib.import_module(stage.module).run(cfg, folder, upstream)
+    return folder
+
+
+def _wait(ready, what: str, poll_s: float = 2.0) -> None:
+    start = last_log = time.monotonic()
+    while not ready():
+        now = time.monotonic()
+        if now - start > WORKER_WAIT_S:
+            raise TimeoutError(
+                f"waited {WORKER_WAIT_S:.0f} s for {what} (RECEXPLAINER_WORKER_WAIT_S); did rank 0 fail?"
+            )
+        if now - last_log > 300:
+            log.info("still waiting for %s (%.0f s)", what, now - start)
+            last_log = now
+        time.sleep(poll_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import statistics
 import sys
@@ -83,6 +84,19 @@ def finish_wandb_run() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+
+
+def process_rank() -> int:
+    """This process's global rank when several processes run one job (Lightning's DDP launcher re-running
+    the command with LOCAL_RANK / NODE_RANK, torchrun's RANK, a multi-task SLURM step), from the
+    environment, before any Trainer exists; 0 otherwise."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"])
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"])
+    local, node = int(env.get("LOCAL_RANK", "0")), int(env.get("NODE_RANK", env.get("GROUP_RANK", "0")))
+    return local if node == 0 else max(1, local + node)  # only zero / non-zero matters to the pipeline
 
 
 def sweep_group() -> str | None:

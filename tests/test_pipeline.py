@@ -207,3 +207,23 @@ def test_multirun_survives_a_failed_point_and_reports_it(tmp_path):
     summary = json.loads((failed[0].parent.parent / "sweep_summary.json").read_text())
     assert summary["points"] == 2 and len(summary["failed"]) == 1
     assert "1 of 2 sweep points failed" in out
+
+
+def test_process_rank_reads_the_launchers_environment(monkeypatch):
+    from recexplainer.training import process_rank
+
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    assert process_rank() == 0
+    monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's subprocess launcher
+    assert process_rank() == 1
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("NODE_RANK", "1")  # first process of the second node
+    assert process_rank() != 0
+    monkeypatch.setenv("RANK", "0")  # torchrun's global rank wins
+    assert process_rank() == 0
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("NODE_RANK")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert process_rank() == 3

@@ -55,6 +55,7 @@ class RecExplainerLM(nn.Module):
         self.injection = injection
         table = lm.get_input_embeddings()
         hidden = table.embedding_dim
+        self.d_rec = d_rec
         self.user_projector = build_projector(projector, d_rec, hidden)
         self.item_projector = build_projector(projector, d_rec, hidden)
         # Trainable embedding rows of the two placeholder tokens, kept apart from the (frozen) table so
@@ -78,7 +79,16 @@ class RecExplainerLM(nn.Module):
                 "was a prompt truncated, or does a title contain the placeholder text?"
             )
         if n == 0:
-            return embeds
+            # no placeholder in this batch: still put the projector in the graph (a zero contribution), so
+            # that every trainable parameter gets a gradient each step and DDP's all-reduce stays in step
+            # across processes whose batches differ (a batch without users on one rank only would hang)
+            if not torch.is_grad_enabled():
+                return embeds
+            param = next(projector.parameters(), None)
+            if param is None:
+                return embeds
+            empty = embeds.new_zeros((0, self.d_rec), dtype=param.dtype)
+            return embeds + projector(empty).sum().to(embeds.dtype) * 0
         projected = projector(vectors.to(next(projector.parameters(), embeds).dtype)).to(
             embeds.dtype
         )  # (n, H)
@@ -97,9 +107,11 @@ class RecExplainerLM(nn.Module):
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
         for k, token_id in enumerate((self.user_token_id, self.item_token_id)):
             mask = input_ids == token_id
+            row = self.placeholder_embeddings[k].to(embeds.dtype)
             if mask.any():
-                row = self.placeholder_embeddings[k].to(embeds.dtype)
                 embeds = torch.where(mask.unsqueeze(-1), row, embeds)
+            elif torch.is_grad_enabled():  # in the graph every step (see _inject): DDP needs every gradient
+                embeds = embeds + row.sum() * 0
         embeds = self._inject(
             embeds, input_ids == self.user_token_id, user_vectors, self.user_projector, "user"
         )

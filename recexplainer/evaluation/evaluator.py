@@ -110,7 +110,10 @@ class EvaluatorModule(L.LightningModule):
         store: PredictionStore,
         done: Sequence[dict[str, Any]] = (),
         loader_tasks: Sequence[int] | None = None,
+        sync: bool = True,
     ):
+        """``sync``: reduce the metrics across processes at ``results()`` (the Trainer-driven LLM pass);
+        False for predictors stepped by one process alone (baselines), which must not wait for the others."""
         super().__init__()
         self.predictor = predictor
         if isinstance(getattr(predictor, "model", None), nn.Module):
@@ -120,7 +123,10 @@ class EvaluatorModule(L.LightningModule):
         self.loader_tasks = list(range(len(self.tasks))) if loader_tasks is None else list(loader_tasks)
         self.store = store
         self.task_metrics = nn.ModuleDict(
-            {name.replace(".", "_"): ExampleMeans(KINDS[kind].metrics) for name, kind, _ in self.tasks}
+            {
+                name.replace(".", "_"): ExampleMeans(KINDS[kind].metrics, sync_on_compute=sync)
+                for name, kind, _ in self.tasks
+            }
         )
         self.seconds = {name: 0.0 for name, _, _ in self.tasks}
         self.counts = {name: 0 for name, _, _ in self.tasks}

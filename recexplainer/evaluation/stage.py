@@ -28,7 +28,7 @@ from recexplainer.evaluation.evaluator import EvaluatorModule, PredictionStore
 from recexplainer.evaluation.matching import TitleIndex
 from recexplainer.evaluation.predictors import BaselinePredictor, LLMPredictor
 from recexplainer.evaluation.tasks import KINDS, answer_diversity, metric_prefix
-from recexplainer.training import build_trainer
+from recexplainer.training import build_trainer, process_rank
 
 log = logging.getLogger(__name__)
 WANDB_TABLE_ROWS = 500  # predictions logged as a W&B table (all of them are in predictions/*.jsonl)
@@ -97,6 +97,8 @@ def _predictors(cfg: DictConfig, upstream: dict[str, Path], data: SequentialData
     if ev.model != "none":
         out.append(("", llm_predictor(cfg, upstream, titles, train, ev.model, ev.split)))
     sequences = [data.history(u, "valid") for u in range(data.n_users)]  # training part of each user
+    if process_rank() != 0:  # the other processes of a DDP run share the LLM's examples; baselines: rank 0
+        return out
     for name in ev.baselines:
         scorer, stats = _student(cfg, upstream, data) if name == "student" else (None, {})
         predictor = BaselinePredictor(
@@ -188,7 +190,13 @@ def evaluate(
 ) -> dict[str, float]:
     """Run one predictor over every task it supports; return its prefixed metrics."""
     name = getattr(predictor, "name", "model")
-    trainer = build_trainer(cfg, out_dir, "evaluate", 1, [], None) if prefix == "" else None
+    # examples are sharded here (every world-th one per process), so Lightning must not add a
+    # DistributedSampler on top: that would drop half of each shard
+    trainer = (
+        build_trainer(cfg, out_dir, "evaluate", 1, [], None, use_distributed_sampler=False)
+        if prefix == ""
+        else None
+    )
     rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
     store = PredictionStore(out_dir / "predictions", name, rank, world)
     done = store.load()
@@ -199,12 +207,14 @@ def evaluate(
         if kind not in predictor.kinds:
             continue
         tasks.append((task, kind, metric_prefix(task, kind)))
-        todo = [r for r in rows if r["id"] not in done_ids][rank::world]
-        if todo:
-            loaders.append((len(tasks) - 1, _loader(todo, predictor, cfg.evaluation.batch_size)))
+        todo = [r for r in rows if r["id"] not in done_ids]
+        if todo:  # decided on the whole set, so that every process runs the same dataloaders (some empty)
+            loaders.append((len(tasks) - 1, _loader(todo[rank::world], predictor, cfg.evaluation.batch_size)))
     if done:
         log.info("evaluate %s: resuming, %d examples already scored", name, len(done))
-    module = EvaluatorModule(predictor, tasks, store, done, loader_tasks=[i for i, _ in loaders])
+    module = EvaluatorModule(
+        predictor, tasks, store, done, loader_tasks=[i for i, _ in loaders], sync=trainer is not None
+    )
     start = time.perf_counter()
     if trainer is not None and loaders:
         trainer.test(module, dataloaders=[dl for _, dl in loaders], verbose=False)
@@ -257,6 +267,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     for prefix, predictor in predictors:
         metrics |= evaluate(cfg, predictor, prefix, examples, out_dir)
         metrics |= {prefix + k: v for k, v in getattr(predictor, "fit_stats", {}).items()}
+    if process_rank() != 0:  # rank 0 writes the protocol and the metrics
+        return metrics
     counts = {f"count/{t}": len(rows) for t, rows in examples.items()}
     protocol = {
         "split": ev.split,

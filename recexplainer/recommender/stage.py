@@ -89,6 +89,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     valid = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
 
+    if trainer.global_rank != 0:  # the other processes of a DDP run: rank 0 writes the artifacts
+        return {}
     with atomic_path(out_dir / "model.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     write_json(out_dir / "model.json", {"name": rc.name, "kwargs": kwargs})
