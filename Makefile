@@ -47,7 +47,7 @@ report: $(VENV)/.installed ## tables + plots from every evaluate / explain folde
 test: $(VENV)/.installed ## fast test suite (offline, a few minutes on 2 cores)
 	$(PY) -m pytest -q
 
-test-slow: setup ## slow tests (real assets: the SmolLM2 GGUF conversion)
+test-slow: setup ## slow tests: SmolLM2 GGUF conversion, 2-point sweep + report, 2-process CPU DDP pipeline
 	$(PY) -m pytest -q -m slow
 
 lint: $(VENV)/.installed ## ruff lint and format check
