@@ -96,7 +96,7 @@ def run_stage(cfg: DictConfig, name: str, force: bool = False, _done: dict[str, 
         upstream[dep] = done[dep]
     folder = stage_folder(cfg, name)
     if process_rank() != 0:
-        return _run_as_worker(cfg, stage, folder, upstream)
+        return _run_as_worker(cfg, stage, folder, upstream, force)
     with artifacts.folder_lock(folder):
         if artifacts.is_complete(folder) and not force:
             log.info("stage %s: reusing %s", name, folder)
@@ -133,13 +133,18 @@ def run_stage(cfg: DictConfig, name: str, force: bool = False, _done: dict[str, 
 WORKER_WAIT_S = float(os.environ.get("RECEXPLAINER_WORKER_WAIT_S", 6 * 3600))
 
 
-def _run_as_worker(cfg: DictConfig, stage: Stage, folder: Path, upstream: dict[str, Path]) -> Path:
+def _run_as_worker(
+    cfg: DictConfig, stage: Stage, folder: Path, upstream: dict[str, Path], force: bool = False
+) -> Path:
     """A non-zero rank of a multi-process launch: it never takes the folder lock, writes no config, key,
     metrics or completion marker (rank 0 does), joins the distributed stages' Trainer in rank 0's folder and
-    waits for rank 0 to finish the others. ``force`` is rank 0's business (it clears the folder first)."""
+    waits for rank 0 to finish the others. With ``force`` rank 0 clears the folder; a worker that finds it
+    still complete waits for that before joining a distributed stage (rank 0 cannot finish it alone)."""
     rank = process_rank()
-    if artifacts.is_complete(folder):
+    if artifacts.is_complete(folder) and not (force and stage.distributed):
         return folder
+    if force and stage.distributed:
+        _wait(lambda: not artifacts.is_complete(folder), f"rank 0 to clear {folder} (force=true)")
     if not stage.distributed:
         log.info("stage %s: rank %d waits for rank 0 to build %s", stage.name, rank, folder)
         _wait(lambda: artifacts.is_complete(folder), f"rank 0 to complete {folder}")

@@ -227,3 +227,19 @@ def test_process_rank_reads_the_launchers_environment(monkeypatch):
     monkeypatch.setenv("SLURM_NTASKS", "4")
     monkeypatch.setenv("SLURM_PROCID", "3")
     assert process_rank() == 3
+
+
+def test_a_worker_rank_reuses_waits_for_and_never_writes_rank_0s_stage_folders(make_cfg, monkeypatch):
+    from recexplainer import pipeline
+
+    cfg = make_cfg("stage=data")
+    folder = run(cfg)  # rank 0 built it
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    before = sorted(p.name for p in folder.iterdir())
+    assert pipeline.run_stage(cfg, "data") == folder
+    assert sorted(p.name for p in folder.iterdir()) == before
+    other = make_cfg("stage=data", "dataset.n_users=77")  # never built: a worker only waits for rank 0
+    monkeypatch.setattr(pipeline, "WORKER_WAIT_S", 0.3)
+    with pytest.raises(TimeoutError, match="rank 0"):
+        pipeline.run_stage(other, "data")
+    assert not artifacts.is_complete(pipeline.stage_folder(other, "data"))
