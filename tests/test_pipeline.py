@@ -243,3 +243,13 @@ def test_a_worker_rank_reuses_waits_for_and_never_writes_rank_0s_stage_folders(m
     with pytest.raises(TimeoutError, match="rank 0"):
         pipeline.run_stage(other, "data")
     assert not artifacts.is_complete(pipeline.stage_folder(other, "data"))
+
+
+def test_shard_sampler_ranks_every_user_exactly_once_across_processes():
+    from recexplainer.recommender.datamodule import ShardSampler
+
+    data = list(range(10))
+    shards = [list(ShardSampler(data, num_replicas=3, rank=r)) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == data  # no padding repeats, nothing lost
+    assert [len(ShardSampler(data, num_replicas=3, rank=r)) for r in range(3)] == [4, 3, 3]
+    assert ShardSampler.for_current_process(data) is None  # no process group: the whole set

@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 from recexplainer.data.dataset import SequentialData
 from recexplainer.recommender.base import pad_left
@@ -99,10 +100,11 @@ class SequenceDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
+        dataset = EvalDataset(self.data, split)
         return DataLoader(
-            EvalDataset(self.data, split),
+            dataset,
             batch_size=self.eval_batch_size,
-            shuffle=False,
+            sampler=ShardSampler.for_current_process(dataset),
             collate_fn=partial(collate_eval, max_len=self.max_len),
             num_workers=self.num_workers,
         )
@@ -112,3 +114,25 @@ class SequenceDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+
+
+class ShardSampler(DistributedSampler):
+    """Every ``num_replicas``-th example from ``rank``, in order, without the padding (repeated examples)
+    of ``DistributedSampler``: each user is ranked exactly once across processes, so the reduced metric
+    sums are exact. A ``DistributedSampler`` subclass, so that Lightning keeps it instead of its own."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+    @classmethod
+    def for_current_process(cls, dataset: Dataset) -> ShardSampler | None:
+        """A shard for this process when a process group is up (DDP), else None (the whole set in order)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return None
+        return cls(dataset, torch.distributed.get_world_size(), torch.distributed.get_rank())
