@@ -121,8 +121,11 @@ def _hydra_main(cfg: DictConfig) -> None:
         return _run_and_report(cfg)
     try:  # one failed sweep point must not stop the others
         folder = _run_and_report(cfg)
-        result = {"stage": cfg.stage, "folder": str(folder), "overrides": overrides}
-        atomic_write_text(out_dir / RESULT_FILE, json.dumps(result, indent=1))  # for the sweep's report
+        from recexplainer.training import process_rank
+
+        if process_rank() == 0:  # for the sweep's report
+            result = {"stage": cfg.stage, "folder": str(folder), "overrides": overrides}
+            atomic_write_text(out_dir / RESULT_FILE, json.dumps(result, indent=1))
     except (Exception, SystemExit) as err:  # noqa: BLE001
         if isinstance(err, SystemExit) and err.code in (0, None):
             return
