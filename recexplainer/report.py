@@ -91,12 +91,18 @@ def recipe(aligner: dict[str, Any]) -> str:
     from recexplainer.config import AlignerConfig
 
     defaults = asdict(AlignerConfig())
+    # folders written before a setting existed ran with its behaviour at the time
+    settings = {k: v for k, v in ALIGNER_BEFORE_SETTING.items() if k in defaults} | dict(aligner)
     changed = [
         f"{k}={v if not isinstance(v, list) else '[' + ','.join(map(str, v)) + ']'}"
-        for k, v in aligner.items()
+        for k, v in settings.items()
         if k in defaults and k != "injection" and v != defaults[k]
     ]
     return ", ".join(changed)
+
+
+# what an aligner config without these keys (written before they were added) did
+ALIGNER_BEFORE_SETTING = {"loss_weighting": "token", "projector_init": "random"}
 
 
 def method_name(cfg: dict[str, Any], model: str, extra: str = "") -> str:
