@@ -92,7 +92,8 @@ def recipe(aligner: dict[str, Any]) -> str:
 
     defaults = asdict(AlignerConfig())
     # folders written before a setting existed ran with its behaviour at the time
-    settings = {k: v for k, v in ALIGNER_BEFORE_SETTING.items() if k in defaults} | dict(aligner)
+    legacy = ALIGNER_BEFORE_SETTING if aligner else {}  # no aligner section at all: nothing to say
+    settings = {k: v for k, v in legacy.items() if k in defaults} | dict(aligner)
     changed = [
         f"{k}={v if not isinstance(v, list) else '[' + ','.join(map(str, v)) + ']'}"
         for k, v in settings.items()
