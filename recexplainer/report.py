@@ -302,7 +302,8 @@ def curves_plot(root: Path, stage: str, path: Path, only: set[Path] | None = Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2))
+    legend_h = 0.2 * len(lines) + 0.3  # inches under the panels for the legend (long method names)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2 + legend_h))
     for ax, names in zip(axes, metrics, strict=True):
         for label, curves in lines:
             points = next((curves[m] for m in names if curves.get(m)), None)
@@ -311,9 +312,10 @@ def curves_plot(root: Path, stage: str, path: Path, only: set[Path] | None = Non
         ax.set_xlabel("step")
         ax.set_title(" / ".join(names))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6, loc="upper right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", fontsize=7, frameon=False)
     fig.suptitle(f"{stage} training curves")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_h / (4.2 + legend_h), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
