@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from recexplainer.cli import CONF_DIR
@@ -13,7 +14,29 @@ from .conftest import compose_config
 REQUIRED = {
     "recbole_atomic": ["dataset.name=mine", "dataset.path=/tmp/mine"],
     "amazon": ["dataset.name=games", "dataset.reviews_file=/tmp/r.json", "dataset.meta_file=/tmp/m.json"],
+    "paper_grid_amazon": [
+        "dataset.name=games",
+        "dataset.reviews_file=/tmp/r.json",
+        "dataset.meta_file=/tmp/m.json",
+    ],
+    "paper_grid_steam": ["dataset.path=/tmp/steam"],
 }
+
+
+@pytest.mark.parametrize(
+    "option", [o for o in sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))]
+)
+def test_every_sweep_point_of_an_experiment_composes(option):
+    """Each value of an experiment's `hydra.sweeper.params` composes and validates as an override."""
+    import yaml
+
+    spec = yaml.safe_load((CONF_DIR / "experiment" / f"{option}.yaml").read_text()) or {}
+    params = spec.get("hydra", {}).get("sweeper", {}).get("params", {})
+    for key, values in params.items():
+        for value in str(values).split(","):
+            point = compose_config([f"experiment={option}", f"{key}={value}"] + REQUIRED.get(option, []))
+            validate(point, tuple(STAGES))
+            assert OmegaConf.select(point, key.split("=")[0]) is not None
 
 
 def _options(group: str) -> list[str]:
