@@ -84,6 +84,10 @@ def collect(root: Path, stage: str = "evaluate", only: set[Path] | None = None) 
     return sorted(runs, key=lambda r: -r["time"])
 
 
+# what an aligner config without these keys (written before they were added) did
+ALIGNER_BEFORE_SETTING = {"loss_weighting": "token", "projector_init": "random"}
+
+
 def recipe(aligner: dict[str, Any]) -> str:
     """The aligner settings that differ from the defaults, e.g. 'lr=0.0005, loss_weighting=example'."""
     from dataclasses import asdict
@@ -100,10 +104,6 @@ def recipe(aligner: dict[str, Any]) -> str:
         if k in defaults and k != "injection" and v != defaults[k]
     ]
     return ", ".join(changed)
-
-
-# what an aligner config without these keys (written before they were added) did
-ALIGNER_BEFORE_SETTING = {"loss_weighting": "token", "projector_init": "random"}
 
 
 def method_name(cfg: dict[str, Any], model: str, extra: str = "") -> str:

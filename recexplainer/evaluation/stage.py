@@ -96,9 +96,9 @@ def _predictors(cfg: DictConfig, upstream: dict[str, Path], data: SequentialData
             train[row["kind"]].append(row)
     if ev.model != "none":
         out.append(("", llm_predictor(cfg, upstream, titles, train, ev.model, ev.split)))
-    sequences = [data.history(u, "valid") for u in range(data.n_users)]  # training part of each user
     if process_rank() != 0:  # the other processes of a DDP run share the LLM's examples; baselines: rank 0
         return out
+    sequences = [data.history(u, "valid") for u in range(data.n_users)]  # training part of each user
     for name in ev.baselines:
         scorer, stats = _student(cfg, upstream, data) if name == "student" else (None, {})
         predictor = BaselinePredictor(
