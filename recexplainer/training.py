@@ -21,6 +21,9 @@ class _DropAdverts(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
+log = logging.getLogger(__name__)
+
+
 def quiet_lightning_logging() -> None:
     """Lightning prints through its own console handler: remove it so each line goes out once, through the
     application's logging (Hydra's console and file handlers), and drop its advertising and noise."""
@@ -99,6 +102,37 @@ def process_rank() -> int:
     return local if node == 0 else max(1, local + node)  # only zero / non-zero matters to the pipeline
 
 
+def inference_device(trainer_cfg: DictConfig):
+    """(device, autocast dtype or None) for the stages that run a model outside a Trainer (explain, the
+    local judge): the GPU when ``trainer.accelerator`` asks for one (gpu / cuda / auto) and CUDA is there,
+    with bf16 autocast under a ``bf16`` precision; the CPU otherwise. A GPU asked for but missing is an
+    error (as a Trainer would raise), not a silent 50x slower run."""
+    import torch
+
+    accelerator = str(trainer_cfg.get("accelerator", "cpu"))
+    if accelerator not in ("gpu", "cuda", "auto"):
+        return torch.device("cpu"), None
+    if not torch.cuda.is_available():
+        if accelerator == "auto":
+            return torch.device("cpu"), None
+        raise RuntimeError(
+            f"trainer.accelerator={accelerator} but torch sees no CUDA device "
+            f"(torch {torch.__version__}); use trainer=cpu or install a CUDA build of torch"
+        )
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    return device, (torch.bfloat16 if precision.startswith("bf16") else None)
+
+
+def autocast(device, dtype):
+    """``torch.autocast`` on ``device`` to ``dtype``, or a no-op context when ``dtype`` is None."""
+    import contextlib
+
+    import torch
+
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def sweep_group() -> str | None:
     """The multirun's sweep folder name (its start time), or None outside a multirun."""
     from hydra.core.hydra_config import HydraConfig
@@ -141,15 +175,24 @@ def build_trainer(
     max_epochs: int,
     callbacks: list,
     grad_clip: float | None,
+    shard: bool = True,
     **kwargs,
 ) -> L.Trainer:
-    """A Trainer for the configured hardware; ``kwargs`` go to ``L.Trainer`` (stage-specific settings)."""
+    """A Trainer for the configured hardware; ``kwargs`` go to ``L.Trainer`` (stage-specific settings).
+
+    ``shard=False`` (the recommender, the evaluation): a sharding strategy (``fsdp``, ``deepspeed*``) is
+    replaced by ``ddp``: those stages' models fit one device, and the evaluation calls the model outside
+    the strategy's wrapper, which needs whole (unsharded) weights on every process."""
     quiet_lightning_logging()
     t = cfg.trainer
+    strategy = t.strategy
+    if not shard and isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed")):
+        log.info("%s: trainer.strategy=%s is for the aligner; this stage runs with ddp", name, strategy)
+        strategy = "ddp"
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy=t.strategy,
+        strategy=strategy,
         precision=t.precision,
         num_nodes=t.num_nodes,
         deterministic=t.deterministic,

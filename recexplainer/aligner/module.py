@@ -86,6 +86,16 @@ class AlignerModule(L.LightningModule):
             "valid/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0]
         )
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by global norm; under FSDP through the wrapper's own ``clip_grad_norm_`` (which sees every
+        shard), since Lightning's FSDP precision plugin does not clip by norm."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         projector, lm = [], []
         for name, p in self.model.named_parameters():

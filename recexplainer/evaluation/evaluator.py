@@ -153,13 +153,22 @@ class EvaluatorModule(L.LightningModule):
         self._metric(name).update([r["metrics"] for r in records])
         self.store.write(records)
 
+    def on_test_epoch_end(self) -> None:
+        # computed here, on every process while the states are still on the device: after the Trainer's
+        # teardown the module is back on the CPU, and NCCL cannot gather CPU tensors
+        self._results = self._compute()
+
     def on_test_end(self) -> None:
         self.store.close()
 
-    def results(self) -> dict[str, float]:
-        """Metric means per task (synced across processes), ``<prefix>/<metric>``, plus counts."""
+    def _compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for name, _, prefix in self.tasks:
             for key, value in self._metric(name).compute().items():
                 out[f"{prefix}/{key}"] = value
         return out
+
+    def results(self) -> dict[str, float]:
+        """Metric means per task (synced across processes), ``<prefix>/<metric>``, plus counts."""
+        results = getattr(self, "_results", None)
+        return dict(results) if results is not None else self._compute()

@@ -193,7 +193,7 @@ def evaluate(
     # examples are sharded here (every world-th one per process), so Lightning must not add a
     # DistributedSampler on top: that would drop half of each shard
     trainer = (
-        build_trainer(cfg, out_dir, "evaluate", 1, [], None, use_distributed_sampler=False)
+        build_trainer(cfg, out_dir, "evaluate", 1, [], None, shard=False, use_distributed_sampler=False)
         if prefix == ""
         else None
     )

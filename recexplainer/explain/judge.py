@@ -245,6 +245,7 @@ class LocalJudge(Judge):
         else:
             text = "\n".join(m["content"] for m in messages) + "\nScore:"
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        ids = {k: v.to(self.model.device) for k, v in ids.items()}
         with torch.no_grad():
             out = self.model.generate(
                 **ids,

@@ -31,6 +31,7 @@ from recexplainer.evaluation.evaluator import PredictionStore
 from recexplainer.evaluation.matching import TitleIndex, parse_yes_no
 from recexplainer.explain import faithfulness
 from recexplainer.explain.judge import Judge, JudgeCache, LocalJudge, OpenAIJudge, rubric_prompt
+from recexplainer.training import autocast, inference_device
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def build_judge(cfg: DictConfig, predictor: Any) -> Judge | None:
 
     lm, tokenizer = setup.load_base_llm(cfg.llm, cfg.paths.assets)
     return LocalJudge(
-        lm.eval(),
+        lm.eval().to(inference_device(cfg.trainer)[0]),
         tokenizer,
         cfg.llm.name,
         cache=JudgeCache(cache_dir / f"local_{cfg.llm.name}.jsonl"),
@@ -137,6 +138,9 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     recommender = load_recommender(upstream["recommender"])
     rows = explain_rows(select_pairs(upstream["alignment_data"], ex.split, ex.n_pairs, cfg.seed), cfg, titles)
     predictor = llm_predictor(cfg, upstream, titles, {}, ex.model, ex.split)
+    device, dtype = inference_device(cfg.trainer)
+    predictor.model.to(device)
+    log.info("explain: the LLM runs on %s%s", device, f" ({dtype} autocast)" if dtype else "")
 
     store = PredictionStore(out_dir, "generated")
     done = {r["id"]: r for r in store.load()}
@@ -149,7 +153,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     ) as bar:
         for start in range(0, len(todo), ex.batch_size):
             batch = todo[start : start + ex.batch_size]
-            outputs = predictor.explain(batch, ex.max_new_tokens, ex.answer_prefix)
+            with autocast(device, dtype):
+                outputs = predictor.explain(batch, ex.max_new_tokens, ex.answer_prefix)
             records = [
                 {"id": r["id"], "p_yes": p, "text": text} for r, (p, text) in zip(batch, outputs, strict=True)
             ]
@@ -157,6 +162,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             done.update({r["id"]: r for r in records})
             bar.update(len(batch))
     store.close()
+    predictor.model.to("cpu")  # frees the GPU for the judge's model
 
     records = []
     for row in rows:

@@ -70,7 +70,9 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     )
     timer = EpochTimer()
     callbacks = [checkpoint, EarlyStopping(rc.train.monitor, mode="max", patience=rc.train.patience), timer]
-    trainer = build_trainer(cfg, out_dir, "recommender", rc.train.max_epochs, callbacks, rc.train.grad_clip)
+    trainer = build_trainer(
+        cfg, out_dir, "recommender", rc.train.max_epochs, callbacks, rc.train.grad_clip, shard=False
+    )
     last = ckpt_dir / "last.ckpt"
     if last.is_file():
         log.info("resuming recommender training from %s", last)
