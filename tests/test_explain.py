@@ -136,6 +136,9 @@ def test_explain_with_an_openai_compatible_judge_and_resume(make_cfg, monkeypatc
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["explain/judge_n"] == 5 and metrics["explain/judge_mean"] == 2.0  # one unparsable
         assert metrics["explain/judge_unparsable"] == 1 and metrics["explain/judge_dist_2"] == 1.0
+        records = [json.loads(line) for line in (folder / "explanations.jsonl").open()]
+        failed = [r for r in records if r["judge_error"]]
+        assert len(failed) == 1 and failed[0]["judge_reply"] == "bad"  # what the judge said is kept
         assert (folder / "judge_scores.png").stat().st_size > 1000
         cached = len(server.requests)
         artifacts.clear_complete(folder)

@@ -4,10 +4,12 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from recexplainer.explain.judge import JudgeCache, OpenAIJudge, parse_score, rubric_prompt
+from recexplainer.explain.judge import JudgeCache, LocalJudge, OpenAIJudge, parse_score, rubric_prompt
 
 
 class FakeServer:
@@ -129,3 +131,44 @@ def test_timeouts_and_unparsable_replies_are_counted(server_factory, tmp_path):
     unparsable = judge.judge_one("p3")  # 'maybe', reminder, 'maybe'
     assert unparsable.score is None and unparsable.error == "unparsable reply"
     assert judge.stats["unparsable"] == 1
+
+
+class _FakeLM(torch.nn.Module):
+    """Next-token logits favouring one token; ``generate`` appends fixed tokens."""
+
+    def __init__(self, vocab: int, favoured: int, generated: list[int]):
+        super().__init__()
+        self.vocab, self.favoured, self.generated = vocab, favoured, generated
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = torch.zeros(1, input_ids.shape[1], self.vocab)
+        logits[0, -1, self.favoured] = 5.0
+        return SimpleNamespace(logits=logits)
+
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        return torch.cat([input_ids, torch.tensor([self.generated])], dim=1)
+
+
+def test_local_judge_scores_by_digit_tokens_or_parses_free_text(tmp_path):
+    from recexplainer.llm.loading import test_tokenizer
+
+    tokenizer = test_tokenizer()
+    two = tokenizer("2", add_special_tokens=False)["input_ids"][0]
+    garbage = tokenizer(" The explanation is", add_special_tokens=False)["input_ids"]
+    prompt = rubric_prompt(True, ["A", "B"], "C", "Yes, because it is like A.")
+
+    lm = _FakeLM(len(tokenizer), favoured=two, generated=garbage)
+    digits = LocalJudge(lm, tokenizer, "fake", cache=JudgeCache(tmp_path / "local.jsonl"))
+    judgment = digits.judge_one(prompt)
+    assert judgment.score == 2 and digits.name == "local:fake:digits"
+
+    free = LocalJudge(lm, tokenizer, "fake", constrained=False, cache=None)
+    judgment = free.judge_one(prompt)  # the free reply is not a score: one reminder, then counted
+    assert judgment.score is None and judgment.error == "unparsable reply"
+    assert judgment.reply.strip() == "The explanation is"
+    assert free.stats["unparsable"] == 1 and free.stats["requests"] == 2 and free.name == "local:fake"

@@ -143,3 +143,37 @@ def test_plateau_schedule_is_optional():
     scheduler = out["lr_scheduler"]["scheduler"]
     assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert out["lr_scheduler"]["monitor"] == "valid/ndcg@10" and scheduler.factor == 0.5
+
+
+def test_cpu_dropout_rate_scale_gradient_and_eval_identity():
+    from recexplainer.recommender.sasrec import Dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(400, 500, requires_grad=True)
+    drop = Dropout(0.35).train()
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.35) < 0.01
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.65), atol=1e-3)  # kept values scaled by 1/(1-p)
+    assert abs(y.mean().item() - 1.0) < 0.02  # unbiased
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, y == 0)  # the gradient flows through the kept entries only
+    assert not torch.equal(drop(x), drop(x))  # a fresh mask per call
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    with pytest.raises(ValueError, match="dropout"):
+        Dropout(1.0)
+
+
+def test_keep_freed_memory_restores_and_computes_the_same():
+    from recexplainer.training import keep_freed_memory
+
+    a = torch.randn(300, 400)
+    expected = (a @ a.T).sum()
+    with keep_freed_memory():
+        inside = (a @ a.T).sum()
+        big = torch.empty(5_000_000)  # 20 MB: a block glibc would otherwise mmap
+        del big
+    assert torch.equal(inside, expected)
+    assert torch.equal((a @ a.T).sum(), expected)

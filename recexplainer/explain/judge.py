@@ -229,13 +229,28 @@ class OpenAIJudge(Judge):
 
 
 class LocalJudge(Judge):
-    """A Hugging Face causal LM in this process, greedy decoding (reported as ``local:<name>``)."""
+    """A Hugging Face causal LM in this process (reported as ``local:<name>``).
 
-    def __init__(self, model: Any, tokenizer: Any, name: str, max_new_tokens: int = 4, **kwargs: Any):
+    ``constrained`` (default): the score is the most probable of the four digit tokens 0-3 as the reply's
+    first token (reported as ``local:<name>:digits``), so a small model that does not follow the format
+    still gives a score; otherwise greedy decoding of ``max_new_tokens`` parsed strictly, as for an endpoint.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str,
+        max_new_tokens: int = 4,
+        constrained: bool = True,
+        **kwargs: Any,
+    ):
         kwargs["concurrency"] = 1  # one model, one thread
         super().__init__(**kwargs)
         self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
-        self.name = f"local:{name}"
+        self.constrained = constrained
+        self.name = f"local:{name}" + (":digits" if constrained else "")
+        self._digit_ids = [tokenizer(d, add_special_tokens=False)["input_ids"][0] for d in "0123"]
 
     def complete(self, messages: list[dict[str, str]]) -> str:
         import torch
@@ -247,6 +262,9 @@ class LocalJudge(Judge):
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         ids = {k: v.to(self.model.device) for k, v in ids.items()}
         with torch.no_grad():
+            if self.constrained:
+                logits = self.model(**ids).logits[0, -1]
+                return str(int(torch.argmax(logits[self._digit_ids])))
             out = self.model.generate(
                 **ids,
                 max_new_tokens=self.max_new_tokens,

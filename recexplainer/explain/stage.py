@@ -45,6 +45,8 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     judge = OmegaConf.to_container(cfg.judge, resolve=True)
     for transient in ("concurrency", "max_retries", "backoff_s", "timeout_s", "cache_dir", "api_key_env"):
         judge.pop(transient, None)  # how the judge is reached does not change its scores
+    if judge.get("name") != "local":
+        judge.pop("constrained", None)  # a local-judge setting
     fields = {
         "explain": OmegaConf.to_container(cfg.explain, resolve=True),
         "judge": judge,
@@ -122,6 +124,7 @@ def build_judge(cfg: DictConfig, predictor: Any) -> Judge | None:
         lm.eval().to(inference_device(cfg.trainer)[0]),
         tokenizer,
         cfg.llm.name,
+        constrained=jc.constrained,
         cache=JudgeCache(cache_dir / f"local_{cfg.llm.name}.jsonl"),
         **common,
     )
@@ -205,6 +208,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             judgments = judge.judge_all(prompts, progress=bar.update)
         for record, judgment in zip(records, judgments, strict=True):
             record["judge_score"], record["judge_error"] = judgment.score, judgment.error
+            if judgment.error:  # what the judge said, to read the failures
+                record["judge_reply"] = (judgment.reply or "")[:500]
 
     metrics = explanation_metrics(records) | predictor_metrics
     if judge is not None:

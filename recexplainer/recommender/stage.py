@@ -17,7 +17,7 @@ from recexplainer.data.dataset import SequentialData
 from recexplainer.recommender import build_model, model_kwargs
 from recexplainer.recommender.datamodule import SequenceDataModule
 from recexplainer.recommender.module import RecommenderModule
-from recexplainer.training import EpochTimer, build_trainer, peak_rss_mb
+from recexplainer.training import EpochTimer, build_trainer, keep_freed_memory, peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,10 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     log.info(
         "training %s (%d parameters) on %d users / %d items", rc.name, n_params, data.n_users, data.n_items
     )
-    trainer.fit(
-        module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None, weights_only=True
-    )
+    with keep_freed_memory():
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None, weights_only=True
+        )
 
     best_path = checkpoint.best_model_path or str(last)
     state = torch.load(best_path, map_location="cpu", weights_only=True)
