@@ -286,9 +286,8 @@ class JudgeConfig:
     backoff_s: float = 1.0
     timeout_s: float = 60.0
     cache_dir: str | None = None  # judgment cache; null: <paths.artifacts>/judge_cache
-    constrained: bool = (
-        True  # local: score = the most probable digit token 0-3; false: free text, strict parse
-    )
+    # local: score = the most probable digit token 0-3; false: free text, parsed strictly
+    constrained: bool = True
 
 
 @dataclass

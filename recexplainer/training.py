@@ -127,8 +127,6 @@ def inference_device(trainer_cfg: DictConfig):
 
 def autocast(device, dtype):
     """``torch.autocast`` on ``device`` to ``dtype``, or a no-op context when ``dtype`` is None."""
-    import contextlib
-
     import torch
 
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
