@@ -135,7 +135,7 @@ def autocast(device, dtype):
 @contextlib.contextmanager
 def keep_freed_memory():
     """Keep freed memory in the process (glibc: no ``mmap`` for large blocks, no trimming) while the block
-    runs, then restore glibc's defaults. PyTorch has no caching allocator on the CPU: each training step
+    runs, then set glibc's default values back (its dynamic mmap threshold stays off). PyTorch has no caching allocator on the CPU: each training step
     allocates and frees its large tensors (SASRec's 5,000 x 1,683 logits and their gradients: 34 MB each),
     and glibc serves blocks of that size with fresh ``mmap`` pages that fault in again every step. On the
     2-core CPU this cut SASRec's ml-100k epoch by about 15 % (benchmarks/README.md). Elsewhere (no glibc)

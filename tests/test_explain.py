@@ -155,3 +155,22 @@ def test_explanations_and_predictions_log_to_wandb_offline(make_cfg, monkeypatch
     runs = list((folder / "wandb").glob("offline-run-*"))
     assert runs and all(list(r.glob("*.wandb")) for r in runs)
     assert "explain/n" in json.loads((folder / "metrics.json").read_text())
+
+
+def test_local_judge_of_the_unaligned_model_reuses_its_llm(make_cfg, monkeypatch):
+    from recexplainer.aligner import setup
+
+    calls = {"n": 0}
+    original = setup.load_base_llm
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(setup, "load_base_llm", counting)
+    cfg = make_cfg(*EXPLAIN, "explain.model=unaligned", "judge=local")
+    folder = run(cfg)
+    assert calls["n"] == 1  # the explaining model is the judge: loaded once
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["explain/judge_n"] + metrics["explain/judge_unparsable"] == 6
+    assert metrics["explain/judge_unparsable"] == 0  # digit scoring always gives a score

@@ -42,5 +42,5 @@ def test_unsharded_stages_run_sharding_strategies_as_ddp(make_cfg, tmp_path, str
     trainer = build_trainer(cfg, tmp_path, "recommender", 1, [], None, shard=False)
     assert isinstance(trainer.strategy, DDPStrategy)
     # the aligner keeps the configured strategy (here it cannot start without a GPU: Lightning says so)
-    with pytest.raises(Exception, match="(?i)gpu|cuda|deepspeed"):
+    with pytest.raises(Exception, match="(?i)(fsdp.*requires a gpu|deepspeed.*installed)"):
         build_trainer(cfg, tmp_path, "aligner", 1, [], 1.0, shard=True)

@@ -117,9 +117,12 @@ def build_judge(cfg: DictConfig, predictor: Any) -> Judge | None:
             cache=JudgeCache(cache_dir / f"openai_{slug}.jsonl"),
             **common,
         )
-    from recexplainer.aligner import setup
+    if predictor.aligned:  # the judge is the base LLM, without the aligner's adapters
+        from recexplainer.aligner import setup
 
-    lm, tokenizer = setup.load_base_llm(cfg.llm, cfg.paths.assets)
+        lm, tokenizer = setup.load_base_llm(cfg.llm, cfg.paths.assets)
+    else:  # explain.model=unaligned: the explaining model is the base LLM already
+        lm, tokenizer = predictor.model, predictor.tokenizer
     return LocalJudge(
         lm.eval().to(inference_device(cfg.trainer)[0]),
         tokenizer,
