@@ -73,9 +73,10 @@ bench-evaluation: setup ## evaluation examples/s per task, batched vs one at a t
 bench: bench-recommender bench-alignment-data bench-aligner bench-evaluation ## every benchmark (run alone on an idle machine)
 
 GPU_OUT ?= benchmarks/gpu-check
-gpu-check: ## on a GPU machine (<10 min): GPU/bf16/DDP/FSDP/DeepSpeed code paths + bf16 tokens/s of 135M / 1B shapes; files in $(GPU_OUT)/
+gpu-check: ## on a GPU machine (<15 min): GPU/bf16/DDP/FSDP/DeepSpeed code paths, bf16 tokens/s of 135M / 1B shapes, evaluation batched vs single; files in $(GPU_OUT)/
 	OUT=$(GPU_OUT) PY=$(if $(wildcard $(PY)),$(PY),python3) bash experiments/gpu_check.sh
 	OUT=$(GPU_OUT) PY=$(if $(wildcard $(PY)),$(PY),python3) bash experiments/gpu_check_aligner.sh
+	OUT=$(GPU_OUT) PY=$(if $(wildcard $(PY)),$(PY),python3) bash experiments/gpu_check_evaluation.sh
 
 clean: ## delete artifacts and caches (not the venv, not the asset cache)
 	rm -rf $(ARTIFACTS) outputs multirun .pytest_cache .ruff_cache

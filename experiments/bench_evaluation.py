@@ -3,9 +3,18 @@
 Uses the evaluate stage's own predictor (SmolLM2-135M-Instruct, fp32 CPU): beam search (5) for task 1,
 greedy for the title tasks, one forward pass for the yes/no tasks. The model is the trained aligner of
 the given config when one exists (``--aligned``), else the unaligned LLM on the same prompts; both
-decode with the same bounded length, so the comparison is about batching only. Peak RSS is reported.
+decode with the same bounded length, so the comparison is about batching only. Peak RSS is reported
+(and the peak GPU memory on ``--device cuda``).
+
+On a lent GPU machine the real weights are not at hand: ``--random-weights smollm2_135m`` decodes with a
+randomly initialised Llama of SmolLM2-135M's shape (the test tokenizer, SmolLM2's vocabulary) and the
+tiny_random LLM config for the upstream stages. A random model never emits the end token, so every
+example decodes to the length bound in both modes: the same work on each side, a fair batching
+comparison (not a quality one).
 
     python experiments/bench_evaluation.py --per-task 16 --batch 16 --out benchmarks/evaluation.json
+    python experiments/bench_evaluation.py --device cuda --precision bf16 --random-weights smollm2_135m \
+        --per-task 32 --batch 32 paths.artifacts=/tmp/gc-eval
 """
 
 from __future__ import annotations
@@ -18,6 +27,11 @@ import time
 from pathlib import Path
 
 TASKS = ("retrieval", "ranking", "interest", "history", "item_recovery")
+# random-weight model shapes (--random-weights): Llama configs for tiny_random_llama
+SHAPES = {
+    "tiny": dict(n_layers=2, hidden_size=64, n_heads=4, n_kv_heads=2, intermediate_size=128),
+    "smollm2_135m": dict(n_layers=30, hidden_size=576, n_heads=9, n_kv_heads=3, intermediate_size=1536),
+}
 
 
 def main() -> None:
@@ -28,13 +42,27 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--aligned", action="store_true", help="use the trained aligner of the config")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (GPU runs)"
+    )
+    parser.add_argument(
+        "--random-weights",
+        choices=sorted(SHAPES),
+        help="decode with a randomly initialised model of this shape (composes llm=tiny_random first)",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (e.g. alignment=hybrid)")
     args = parser.parse_args()
+    if args.random_weights and args.aligned:
+        raise SystemExit("--random-weights replaces the model: it cannot be combined with --aligned")
 
     import torch
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
     from hydra import compose, initialize_config_dir
 
     from recexplainer.artifacts import is_complete
@@ -42,7 +70,9 @@ def main() -> None:
     from recexplainer.config import register_configs
     from recexplainer.data.dataset import SequentialData
     from recexplainer.evaluation import stage
+    from recexplainer.evaluation.decoding import Decoder
     from recexplainer.pipeline import stage_folder
+    from recexplainer.training import autocast
 
     register_configs()
     model = "aligned" if args.aligned else "unaligned"
@@ -50,6 +80,8 @@ def main() -> None:
         cfg = compose(
             config_name="config",
             overrides=[
+                # a random model needs no real weights upstream: the tiny_random LLM config (overridable)
+                *(["llm=tiny_random"] if args.random_weights else []),
                 *args.overrides,
                 f"evaluation.model={model}",
                 f"evaluation.max_examples={args.per_task}",
@@ -71,19 +103,33 @@ def main() -> None:
     data = SequentialData.load(upstream["data"])
     examples = stage.select_examples(upstream["alignment_data"], cfg)
     predictor = stage._predictors(cfg, upstream, data)[0][1]
+    if args.random_weights:
+        from recexplainer.llm.loading import tiny_random_llama
+
+        predictor.model = tiny_random_llama(predictor.tokenizer, **SHAPES[args.random_weights])
+    predictor.model.to(device)
+    predictor.decoder = Decoder(predictor.model, predictor.tokenizer)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     results: dict[str, dict[str, float]] = {}
     for task, rows in examples.items():
         kind = rows[0]["kind"]
         rows = sorted(rows, key=predictor.prompt_length)
-        predictor.predict(kind, rows[:2])  # warm-up
-        start = time.perf_counter()
-        for i in range(0, len(rows), args.batch):
-            predictor.predict(kind, rows[i : i + args.batch])
-        batched = time.perf_counter() - start
-        start = time.perf_counter()
-        for row in rows:
-            predictor.predict(kind, [row])
-        single = time.perf_counter() - start
+        with autocast(device, dtype):
+            predictor.predict(kind, rows[:2])  # warm-up
+            start = clock()
+            for i in range(0, len(rows), args.batch):
+                predictor.predict(kind, rows[i : i + args.batch])
+            batched = clock() - start
+            start = clock()
+            for row in rows:
+                predictor.predict(kind, [row])
+            single = clock() - start
         results[task] = {
             "examples": len(rows),
             "batched_examples_per_s": len(rows) / batched,
@@ -97,17 +143,22 @@ def main() -> None:
         )
     summary = {
         "model": model,
-        "llm": cfg.llm.name,
+        "llm": f"random:{args.random_weights}" if args.random_weights else cfg.llm.name,
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "precision": args.precision,
         "batch_size": args.batch,
         "threads": args.threads,
         "tasks": results,
         "median_speedup": statistics.median(r["speedup"] for r in results.values()),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **(
+            {"peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20} if device.type == "cuda" else {}
+        ),
         "command": "python experiments/bench_evaluation.py "
         + " ".join(
             f"--{k.replace('_', '-')} {v}"
             for k, v in vars(args).items()
-            if k not in ("out", "overrides", "aligned")
+            if k not in ("out", "overrides", "aligned") and v is not None
         )
         + (" --aligned" if args.aligned else "")
         + (" " + " ".join(args.overrides) if args.overrides else ""),

@@ -301,3 +301,35 @@ def test_distilled_student_learns_the_teachers_top1(make_cfg):
     assert stats["train_top1_agreement"] > 10 * chance
     scores = scorer(student, 5)([1, 2, 3])
     assert scores.shape == (data.n_items + 1,) and torch.isinf(scores[0])
+
+
+def test_bench_evaluation_runs_a_random_weight_model(evaluated, tmp_path, monkeypatch):
+    """experiments/bench_evaluation.py --random-weights (the GPU check's path: no real weights needed)
+    times batched and one-at-a-time decoding on the cached upstream stages and writes its summary."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from .conftest import TINY, TINY_SASREC
+
+    cfg, _ = evaluated
+    out = tmp_path / "bench.json"
+    overrides = [f"paths.artifacts={cfg.paths.artifacts}", *TINY, *TINY_SASREC, *EVAL]
+    script = Path(__file__).resolve().parents[1] / "experiments" / "bench_evaluation.py"
+    argv = ["bench_evaluation.py", "--per-task", "2", "--batch", "2", "--threads", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--random-weights", "tiny", "--out", str(out), *overrides])
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    summary = json.loads(out.read_text())
+    assert (summary["llm"], summary["device"], summary["precision"]) == ("random:tiny", "cpu", "fp32")
+    assert {"interest", "retrieval"} <= set(summary["tasks"])
+    for task in summary["tasks"].values():
+        assert task["examples"] >= 1 and task["batched_examples_per_s"] > 0 and task["speedup"] > 0
+    assert "--random-weights tiny" in summary["command"]
+    # a real model cannot be swapped for a random one and still be called aligned
+    monkeypatch.setattr(sys, "argv", [*argv, "--random-weights", "tiny", "--aligned", *overrides])
+    with pytest.raises(SystemExit, match="cannot be combined"):
+        runpy.run_path(str(script), run_name="__main__")
