@@ -4,17 +4,7 @@
 # Expects: wheels of missing pure-Python packages in .whl/, the ml-100k asset in .devcache/assets/ml-100k.
 # Files in $OUT: gpu.txt, log.txt, metrics.jsonl (one line per run). GPU_CHECK_DEADLINE (epoch seconds,
 # optional) bounds the whole check: runs get what time is left and are skipped past it.
-set -uo pipefail
-PY=${PY:-python3}   # make gpu-check passes the venv python
-OUT=${OUT:-/tmp/gpu-check-out}; mkdir -p "$OUT"
-DEADLINE=${GPU_CHECK_DEADLINE:-$(( $(date +%s) + 3600 ))}
-budget() { local left=$(( DEADLINE - $(date +%s) - 10 )); [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-[ -d .devcache ] && export RECEXPLAINER_CACHE=${RECEXPLAINER_CACHE:-$PWD/.devcache}
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_common.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 "$PY" -c "import torch, lightning, torchmetrics; print('torch', torch.__version__, 'lightning', lightning.__version__, 'torchmetrics', torchmetrics.__version__)" | tee -a "$OUT/gpu.txt"
 i=0

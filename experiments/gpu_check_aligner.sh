@@ -6,17 +6,7 @@
 # experiments/bench_gpu_aligner.py), and that trainer=fsdp and trainer=deepspeed start and take steps.
 # Files in $OUT: log.txt, metrics.jsonl (one line per pipeline run), throughput.jsonl. GPU_CHECK_DEADLINE
 # (epoch seconds, optional) bounds the whole check: steps get what time is left and are skipped past it.
-set -uo pipefail
-PY=${PY:-python3}   # make gpu-check passes the venv python
-OUT=${OUT:-/tmp/gpu-check-out}; mkdir -p "$OUT"
-DEADLINE=${GPU_CHECK_DEADLINE:-$(( $(date +%s) + 3600 ))}
-budget() { local left=$(( DEADLINE - $(date +%s) - 10 )); [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-[ -d .devcache ] && export RECEXPLAINER_CACHE=${RECEXPLAINER_CACHE:-$PWD/.devcache}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source "$(dirname "$0")/gpu_common.sh"
 "$PY" -c "import torch, transformers, peft, lightning; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/log.txt"
 TINY="dataset=synthetic llm=tiny_random llm.tiny_layers=4 llm.tiny_hidden=256 recommender.train.max_epochs=5
   aligner.batch_size=16 aligner.accumulate_grad_batches=1 aligner.max_epochs=2 evaluation.max_examples=32

@@ -6,17 +6,7 @@
 # Files in $OUT: evaluation-gpu-bf16.json, evaluation-gpu-fp32.json, log-evaluation.txt. GPU_CHECK_DEADLINE
 # (epoch seconds, optional) bounds the whole check. A CPU dry run of the script itself:
 #   EVAL_DEVICE=cpu EVAL_TRAINER=cpu EVAL_PER_TASK=4 EVAL_SHAPE=tiny EVAL_EXTRA=dataset=synthetic bash experiments/gpu_check_evaluation.sh
-set -uo pipefail
-PY=${PY:-python3}   # make gpu-check passes the venv python
-OUT=${OUT:-/tmp/gpu-check-out}; mkdir -p "$OUT"
-DEADLINE=${GPU_CHECK_DEADLINE:-$(( $(date +%s) + 3600 ))}
-budget() { local left=$(( DEADLINE - $(date +%s) - 10 )); [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-[ -d .devcache ] && export RECEXPLAINER_CACHE=${RECEXPLAINER_CACHE:-$PWD/.devcache}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source "$(dirname "$0")/gpu_common.sh"
 LOG="$OUT/log-evaluation.txt"
 ART=${EVAL_ARTIFACTS:-/tmp/gc-eval}
 DEVICE=${EVAL_DEVICE:-cuda}; TRAINER=${EVAL_TRAINER:-gpu}; N=${EVAL_PER_TASK:-32}; SHAPE=${EVAL_SHAPE:-smollm2_135m}
