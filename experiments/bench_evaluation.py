@@ -117,6 +117,42 @@ def main() -> None:
         return time.perf_counter()
 
     results: dict[str, dict[str, float]] = {}
+
+    def summarize() -> dict:
+        return {
+            "model": model,
+            "llm": f"random:{args.random_weights}" if args.random_weights else cfg.llm.name,
+            "device": str(device)
+            + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+            "precision": args.precision,
+            "batch_size": args.batch,
+            "threads": args.threads,
+            "tasks": results,
+            "complete": len(results) == len(examples),
+            "median_speedup": statistics.median(r["speedup"] for r in results.values()),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **(
+                {"peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+                if device.type == "cuda"
+                else {}
+            ),
+            "command": "python experiments/bench_evaluation.py "
+            + " ".join(
+                f"--{k.replace('_', '-')} {v}"
+                for k, v in vars(args).items()
+                if k not in ("out", "overrides", "aligned") and v is not None
+            )
+            + (" --aligned" if args.aligned else "")
+            + (" " + " ".join(args.overrides) if args.overrides else ""),
+        }
+
+    def write(summary: dict) -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(summary, indent=1) + "\n")
+            tmp.replace(args.out)
+
     for task, rows in examples.items():
         kind = rows[0]["kind"]
         rows = sorted(rows, key=predictor.prompt_length)
@@ -141,32 +177,10 @@ def main() -> None:
             f"one-at-a-time {len(rows) / single:7.2f} ex/s  speedup {single / batched:5.2f}x",
             flush=True,
         )
-    summary = {
-        "model": model,
-        "llm": f"random:{args.random_weights}" if args.random_weights else cfg.llm.name,
-        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-        "precision": args.precision,
-        "batch_size": args.batch,
-        "threads": args.threads,
-        "tasks": results,
-        "median_speedup": statistics.median(r["speedup"] for r in results.values()),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        **(
-            {"peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20} if device.type == "cuda" else {}
-        ),
-        "command": "python experiments/bench_evaluation.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {v}"
-            for k, v in vars(args).items()
-            if k not in ("out", "overrides", "aligned") and v is not None
-        )
-        + (" --aligned" if args.aligned else "")
-        + (" " + " ".join(args.overrides) if args.overrides else ""),
-    }
+        write(summarize())  # after every task: a run stopped by a time limit keeps what it measured
+    summary = summarize()
     print(json.dumps({k: v for k, v in summary.items() if k != "tasks"}, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    write(summary)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,14 @@
 source "$(dirname "$0")/gpu_common.sh"
 LOG="$OUT/log-evaluation.txt"
 ART=${EVAL_ARTIFACTS:-/tmp/gc-eval}
-DEVICE=${EVAL_DEVICE:-cuda}; TRAINER=${EVAL_TRAINER:-gpu}; N=${EVAL_PER_TASK:-32}; SHAPE=${EVAL_SHAPE:-smollm2_135m}
+DEVICE=${EVAL_DEVICE:-cuda}; TRAINER=${EVAL_TRAINER:-gpu}; N=${EVAL_PER_TASK:-16}; SHAPE=${EVAL_SHAPE:-smollm2_135m}
 UP="trainer=$TRAINER llm=tiny_random paths.artifacts=$ART trainer.enable_progress_bar=false num_threads=null ${EVAL_EXTRA:-}"
 echo "== upstream: alignment data (ml-100k, recommender on the GPU)" | tee -a "$LOG"
 SECONDS=0
 timeout "$(budget 180)" "$PY" -m recexplainer.cli stage=alignment_data $UP >> "$LOG" 2>&1
 echo "rc=$? wall_s=$SECONDS" | tee -a "$LOG"
 for p in bf16 fp32; do
-  b=$(budget 200)
+  b=$(budget 240)
   [ "$b" -lt 30 ] && { echo "== $p skipped (deadline)" | tee -a "$LOG"; continue; }
   echo "== bench_evaluation $DEVICE $p" | tee -a "$LOG"
   SECONDS=0
