@@ -89,3 +89,13 @@ def test_history_coverage_and_valid_ratio():
     assert history_coverage([1, 2, None, 9], [1, 2, 3, 4]) == 0.5
     assert history_coverage([], []) == 0.0
     assert valid_ratio([1, None, 3, None]) == 0.5 and valid_ratio([]) == 0.0
+
+
+def test_titles_ending_in_punctuation_match_after_parsing():
+    """parse_list strips trailing punctuation; the index must still find "Airplane!" and "Escape from L.A.",
+    and a title spelled exactly like the stripped form keeps its own id."""
+    index = TitleIndex(["<pad>", "Airplane!", "Escape from L.A.", "Crash!", "Crash"])
+    parsed = parse_list("1. Airplane!; Escape from L.A.; Crash!; Crash")
+    assert parsed == ["Airplane", "Escape from L.A", "Crash", "Crash"]
+    assert [index.match(t) for t in parsed] == [1, 2, 4, 4]
+    assert index.match("Airplane!") == 1 and index.match("Crash!") == 3

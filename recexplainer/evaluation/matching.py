@@ -15,6 +15,7 @@ _SPACES = re.compile(r"\s+")
 _NUMBERING = re.compile(r"^\s*(?:\(?\d{1,3}[.):]|[-*\u2022])\s*")
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
 _SUFFIX = re.compile(r" \[\d+\]$")  # the data stage's suffix for repeated titles
+_TRAILING = ".,;:!"  # stripped from parsed titles, so catalog titles are also indexed without it
 
 
 def normalize(title: str) -> str:
@@ -29,7 +30,7 @@ def parse_list(text: str, separator: str = ";", limit: int | None = None) -> lis
     for line in text.replace("\r", "\n").split("\n"):
         for piece in line.split(separator) if separator else [line]:
             piece = _NUMBERING.sub("", piece).strip().strip(_QUOTES).strip()
-            piece = piece.rstrip(".,;:!").strip().strip(_QUOTES).strip()
+            piece = piece.rstrip(_TRAILING).strip().strip(_QUOTES).strip()
             if piece:
                 pieces.append(piece)
     return pieces[:limit] if limit is not None else pieces
@@ -53,6 +54,12 @@ class TitleIndex:
         for item, title in enumerate(self.titles[1:], start=1):
             for key in {normalize(title), normalize(_SUFFIX.sub("", title))}:
                 self.exact.setdefault(key, item)  # first item wins for a repeated title
+        # parse_list drops trailing punctuation ("Airplane!", "Escape from L.A."): match that form too,
+        # unless another title is spelled exactly so
+        for key, item in list(self.exact.items()):
+            stripped = key.rstrip(_TRAILING).strip()
+            if stripped:
+                self.exact.setdefault(stripped, item)
         self._keys = list(self.exact)
 
     def match(self, text: str) -> int | None:
