@@ -11,7 +11,7 @@ LOG="$OUT/log-evaluation.txt"
 ART=${EVAL_ARTIFACTS:-/tmp/gc-eval}
 DEVICE=${EVAL_DEVICE:-cuda}; TRAINER=${EVAL_TRAINER:-gpu}; N=${EVAL_PER_TASK:-16}; SHAPE=${EVAL_SHAPE:-smollm2_135m}
 UP="trainer=$TRAINER llm=tiny_random paths.artifacts=$ART trainer.enable_progress_bar=false num_threads=null ${EVAL_EXTRA:-}"
-echo "== upstream: alignment data (ml-100k, recommender on the GPU)" | tee -a "$LOG"
+echo "== upstream: alignment data (recommender with trainer=$TRAINER)" | tee -a "$LOG"
 SECONDS=0
 timeout "$(budget 180)" "$PY" -m recexplainer.cli stage=alignment_data $UP >> "$LOG" 2>&1
 echo "rc=$? wall_s=$SECONDS" | tee -a "$LOG"
