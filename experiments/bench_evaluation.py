@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 TASKS = ("retrieval", "ranking", "interest", "history", "item_recovery")
-# random-weight model shapes (--random-weights): Llama configs for tiny_random_llama
+# random-weight model shapes (--random-weights): Llama configs for tiny_random_llama (smollm2_135m: the
+# same sizes as experiments/bench_gpu_aligner.py ARCHS, SmolLM2-135M-Instruct's config.json)
 SHAPES = {
     "tiny": dict(n_layers=2, hidden_size=64, n_heads=4, n_kv_heads=2, intermediate_size=128),
     "smollm2_135m": dict(n_layers=30, hidden_size=576, n_heads=9, n_kv_heads=3, intermediate_size=1536),
@@ -65,7 +66,7 @@ def main() -> None:
         raise SystemExit(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
     from hydra import compose, initialize_config_dir
 
-    from recexplainer.artifacts import is_complete
+    from recexplainer.artifacts import is_complete, write_json
     from recexplainer.cli import CONF_DIR
     from recexplainer.config import register_configs
     from recexplainer.data.dataset import SequentialData
@@ -148,10 +149,7 @@ def main() -> None:
 
     def write(summary: dict) -> None:
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(summary, indent=1) + "\n")
-            tmp.replace(args.out)
+            write_json(args.out, summary)  # atomic: a killed run never leaves half a file
 
     for task, rows in examples.items():
         kind = rows[0]["kind"]
