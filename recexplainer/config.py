@@ -222,7 +222,9 @@ class AlignerConfig:
         "example"  # token: mean over answer tokens | example: mean per example, then over examples
     )
     projector_init: str = (
-        "title_lsq"  # random | title_lsq: closed-form fit so projected vectors start near title embeddings
+        # random | title_lsq: closed-form fit so projected vectors start near title embeddings (users: of
+        # their history) | title_lsq_top1: the same, users near the title of the recommender's top-1 item
+        "title_lsq"
     )
 
 
@@ -244,7 +246,10 @@ class EvaluationConfig:
     max_examples: int | None = 100  # per-task cap (seeded sample); null: all
     max_examples_per_task: dict[str, int] = field(default_factory=dict)  # overrides the cap per task
     batch_size: int = 16
-    num_beams: int = 5  # task 1 beam width (= candidates returned), as the public code
+    num_beams: int = 5  # task 1 candidates (beam width 5, 5 returned sequences, as the public code)
+    # task 1 search width; null: num_beams (the paper). Wider: the num_beams best *distinct* titles of the
+    # wider search are the candidates (a beam search of width 5 often returns one title twice)
+    beam_width: int | None = None
     constrained: bool = False  # decode only catalog titles (prefix trie); report as its own setting
     max_new_tokens_margin: int = 8  # generation bound = titles asked x longest title + separators + margin
     fuzzy_cutoff: float = 0.85  # difflib ratio for the separately reported fuzzy match
@@ -335,7 +340,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "aligner.injection": ("add", "replace"),
     "aligner.projector": ("mlp2x_gelu", "linear", "identity"),
     "aligner.loss_weighting": ("token", "example"),
-    "aligner.projector_init": ("random", "title_lsq"),
+    "aligner.projector_init": ("random", "title_lsq", "title_lsq_top1"),
     "llm.source": ("smollm2_gguf", "tiny_random", "pretrained"),
     "llm.dtype": ("float32", "bfloat16", "float16"),
     "logger.mode": ("offline", "online", "disabled"),
@@ -423,6 +428,11 @@ def _validate_evaluation(cfg: DictConfig) -> None:
         raise ConfigError(f"evaluation.max_examples={ev.max_examples} must be positive (or null for all)")
     if not 0 < ev.fuzzy_cutoff <= 1:
         raise ConfigError(f"evaluation.fuzzy_cutoff={ev.fuzzy_cutoff} must be in (0, 1]")
+    if ev.beam_width is not None and ev.beam_width < ev.num_beams:
+        raise ConfigError(
+            f"evaluation.beam_width={ev.beam_width} must be >= evaluation.num_beams={ev.num_beams} "
+            "(the candidates are the best distinct titles of the search), or null for num_beams"
+        )
     if ev.model == "none" and not ev.baselines:
         raise ConfigError("evaluation.model=none needs at least one entry in evaluation.baselines")
     for name in ("{user}", "{item}"):

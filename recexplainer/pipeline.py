@@ -45,6 +45,7 @@ STAGES: dict[str, Stage] = {
             "recexplainer.evaluation.stage",
             requires=("data", "alignment_data", "aligner"),
             distributed=True,
+            version=2,  # 2: task-1 candidates are distinct titles; constrained beam search without early stop
         ),
         Stage(
             "explain",

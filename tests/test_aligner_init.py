@@ -3,7 +3,12 @@
 import torch
 
 from recexplainer.aligner import setup
-from recexplainer.aligner.init import fit_last_layer, init_projectors_from_titles, title_embeddings
+from recexplainer.aligner.init import (
+    fit_last_layer,
+    init_projectors_from_titles,
+    title_embeddings,
+    top1_items,
+)
 from recexplainer.aligner.model import RecExplainerLM
 from recexplainer.aligner.projector import build_projector
 from recexplainer.llm import loading
@@ -42,6 +47,29 @@ def test_projected_items_start_near_their_title_embeddings():
     assert (
         sims.argmax(1) == torch.arange(len(titles) - 1)
     ).float().mean() > 0.7  # each lands nearest its own title
+
+
+def test_top1_items_skip_padding_and_history():
+    items = torch.tensor([[9.0, 9.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])  # row 0: padding
+    users = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert top1_items(users, items, [[], [1], [2, 3]]).tolist() == [1, 3, 1]
+
+
+def test_users_start_near_their_top1_title_with_title_lsq_top1():
+    torch.manual_seed(0)
+    tokenizer = loading.test_tokenizer()
+    lm = loading.tiny_random_llama(tokenizer, n_layers=1, hidden_size=64)
+    user_id, item_id = setup.add_placeholder_tokens(lm, tokenizer, "<user>", "<item>")
+    titles = ["", "Heat", "Fargo", "Casino", "Alien"]
+    model = RecExplainerLM(lm, user_id, item_id, D_REC, "linear", "add")
+    items = torch.randn(len(titles), D_REC)
+    users = items[[1, 2, 3, 4, 1, 2]] * 3  # each user's top-1 is "its" item (no history)
+    stats = init_projectors_from_titles(model, tokenizer, titles, items, users, [[]] * 6, user_target="top1")
+    assert stats["init/user_residual"] < 0.1
+    target = title_embeddings(lm, tokenizer, titles)
+    injected = model.placeholder_embeddings[0] + model.user_projector(users)
+    sims = torch.nn.functional.cosine_similarity(injected[:, None], target[None, 1:], dim=-1)
+    assert sims.argmax(1).tolist() == [0, 1, 2, 3, 0, 1]
 
 
 def test_example_loss_weighting_averages_per_example():

@@ -11,7 +11,7 @@ from recexplainer.cli import run
 from recexplainer.evaluation import stage as eval_stage
 from recexplainer.evaluation.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
 from recexplainer.evaluation.evaluator import ExampleMeans, PredictionStore
-from recexplainer.evaluation.predictors import BaselinePredictor, LLMPredictor
+from recexplainer.evaluation.predictors import BaselinePredictor, LLMPredictor, distinct_titles
 from recexplainer.evaluation.tasks import answer_diversity, score
 from recexplainer.llm import loading
 from recexplainer.pipeline import stage_folder
@@ -45,6 +45,13 @@ def test_retrieval_score_counts_the_top1_among_five_distinct_candidates():
     assert score("retrieval", row, {"items": []})["valid_ratio"] == 0.0
     fuzzy = score("retrieval", row, {"items": [None], "items_fuzzy": [7]})
     assert (fuzzy["hr@5"], fuzzy["hr@5_fuzzy"]) == (0.0, 1.0)
+
+
+def test_beam_candidates_are_the_first_distinct_titles():
+    beams = ["Fargo", "Heat", "fargo ", "", "Star Wars", "", "Heat", "Contact"]
+    assert distinct_titles(beams, 5) == ["Fargo", "Heat", "", "Star Wars", ""]  # misses stay misses
+    assert distinct_titles(beams, 3) == ["Fargo", "Heat", ""]
+    assert distinct_titles(["Heat", "Heat"], 5) == ["Heat"]
 
 
 def test_ranking_history_and_recovery_scores():
@@ -138,6 +145,22 @@ def test_batched_left_padded_scoring_equals_one_at_a_time(tokenizer):
     assert decoder.generate(enc, 6) == [decoder.generate([e], 6)[0] for e in enc]
 
 
+def test_constrained_beam_search_returns_distinct_titles_of_every_length(tokenizer):
+    # five short titles (1-2 tokens) and a long one: after two steps four beams can only end; Hugging Face
+    # keeps them alive as filler copies (score ~ -1e9), which must not fill the finished hypotheses and stop
+    # the search before the long title finishes (with early_stopping=True: 4 distinct titles, one twice)
+    titles = ["Heat", "Fargo", "Alien", "Up", "Casino", "Star Wars Episode Four A New Hope"]
+    trie = TitleTrie(titles, tokenizer, tokenizer.eos_token_id)
+    empty = torch.empty(0, 4)
+    prompts = ("a b", "c d e", "hello there", "x")
+    enc = [{"input_ids": tokenizer(t)["input_ids"], "users": empty, "items": empty} for t in prompts]
+    for seed in range(3):
+        torch.manual_seed(seed)
+        lm = loading.tiny_random_llama(tokenizer, n_layers=2, hidden_size=64).eval()
+        for beams in Decoder(lm, tokenizer).generate(enc, 12, num_beams=5, num_return_sequences=5, trie=trie):
+            assert len({b.strip() for b in beams}) == 5 and {b.strip() for b in beams} <= set(titles)
+
+
 # -- baselines --------------------------------------------------------------------------------------
 def _rows(kind, n, **labels):
     return [
@@ -196,7 +219,8 @@ def test_evaluate_stage_writes_metrics_protocol_and_predictions(evaluated):
     records = [json.loads(line) for line in (folder / "predictions" / "aligned.jsonl").open()]
     assert {r["task"] for r in records} >= {"retrieval", "ranking", "interest", "history"}
     first = next(r for r in records if r["task"] == "retrieval")
-    assert len(first["outputs"]) == cfg.evaluation.num_beams and len(first["items"]) == len(first["titles"])
+    assert len(first["outputs"]) == cfg.evaluation.num_beams  # every beam's raw text is kept
+    assert len(first["items"]) == len(first["titles"]) <= cfg.evaluation.num_beams
     # the mean of the per-example values is the reported metric
     hr = [r["metrics"]["hr@5"] for r in records if r["task"] == "retrieval"]
     assert metrics["task1/hr@5"] == pytest.approx(sum(hr) / len(hr))
@@ -214,12 +238,19 @@ def test_constrained_decoding_only_outputs_catalog_titles(evaluated, tmp_path):
             *TINY_SASREC,
             *EVAL,
             "evaluation.constrained=true",
+            "evaluation.beam_width=8",
             "evaluation.baselines=[]",
         ]
     )
-    metrics = json.loads((run(cfg2) / "metrics.json").read_text())
+    folder = run(cfg2)
+    metrics = json.loads((folder / "metrics.json").read_text())
     for prefix in ("task1", "task2", "task6", "item_recovery"):
         assert metrics[f"{prefix}/valid_ratio"] == 1.0
+    # a wider search (8 beams): the candidates are its first num_beams distinct titles
+    records = [json.loads(line) for line in (folder / "predictions" / "aligned.jsonl").open()]
+    for r in (r for r in records if r["task"] == "retrieval"):
+        assert len(r["outputs"]) == 8
+        assert len(r["titles"]) == len({t.lower() for t in r["titles"]}) <= cfg2.evaluation.num_beams
 
 
 def test_killed_evaluation_resumes_without_recomputing(evaluated, monkeypatch):

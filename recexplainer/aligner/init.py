@@ -3,7 +3,9 @@
 ``title_lsq``: the item projector is fit (ridge least squares on its last linear layer, the layers before
 it kept at their random initialisation) so that a projected item vector lands near the LLM's own
 embedding of that item's title (mean of the title's token embeddings); the user projector so that a
-projected user vector lands near the mean title embedding of the user's history. With ``add`` injection
+projected user vector lands near the mean title embedding of the user's history (``title_lsq``) or near the
+title embedding of the recommender's top-1 item for that user (``title_lsq_top1``: the argmax of the user
+vector's dot product with the item vectors, history excluded, the task-1 answer). With ``add`` injection
 the placeholder row is subtracted from the target, so that row + projection ~ title embedding. No LLM
 training is needed: one linear solve per projector.
 """
@@ -58,6 +60,20 @@ def fit_last_layer(
     return float(residual / (targets - targets.mean(0)).norm().clamp(min=1e-12))
 
 
+@torch.no_grad()
+def top1_items(
+    user_vectors: torch.Tensor, item_vectors: torch.Tensor, histories: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """(U,) the recommender's top-1 item per user: argmax of u . e_i over the catalog, padding row 0 and
+    the user's history excluded (the task-1 label, recomputed from the vectors)."""
+    scores = user_vectors.float() @ item_vectors.float().T  # (U, N + 1)
+    scores[:, 0] = -torch.inf
+    for r, history in enumerate(histories):
+        if len(history):
+            scores[r, list(history)] = -torch.inf
+    return scores.argmax(1)
+
+
 def init_projectors_from_titles(
     model: Any,
     tokenizer: Any,
@@ -65,12 +81,16 @@ def init_projectors_from_titles(
     item_vectors: torch.Tensor,
     user_vectors: torch.Tensor | None = None,
     user_histories: Sequence[Sequence[int]] = (),
+    user_target: str = "history",
 ) -> dict[str, float]:
     """Fit both projectors of a RecExplainerLM in closed form; returns the relative residuals.
 
     ``item_vectors``: (N + 1, d_rec), row i = item i (row 0 padding, skipped); ``user_vectors[r]`` belongs
-    to ``user_histories[r]``.
+    to ``user_histories[r]``. ``user_target``: ``history`` (mean title embedding of the history) or
+    ``top1`` (title embedding of the recommender's top-1 item, history excluded).
     """
+    if user_target not in ("history", "top1"):
+        raise ValueError(f"user_target must be 'history' or 'top1', got {user_target!r}")
     base = base_model(model.lm)
     targets = title_embeddings(base, tokenizer, titles)  # (N + 1, H)
     rows = model.placeholder_embeddings.detach().float()  # (2, H): user, item
@@ -80,10 +100,13 @@ def init_projectors_from_titles(
     item_target = targets[items] - (rows[1] if add else 0.0)
     stats["init/item_residual"] = fit_last_layer(model.item_projector, item_vectors[items], item_target)
     if user_vectors is not None and len(user_histories):
-        user_target = torch.stack(
-            [targets[list(h)].mean(0) if len(h) else targets[1:].mean(0) for h in user_histories]
-        )
-        user_target = user_target - (rows[0] if add else 0.0)
+        if user_target == "top1":
+            goal = targets[top1_items(user_vectors, item_vectors, user_histories)]
+        else:
+            goal = torch.stack(
+                [targets[list(h)].mean(0) if len(h) else targets[1:].mean(0) for h in user_histories]
+            )
+        user_target = goal - (rows[0] if add else 0.0)
         stats["init/user_residual"] = fit_last_layer(model.user_projector, user_vectors, user_target)
     log.info("projectors initialised from title embeddings: %s", {k: round(v, 3) for k, v in stats.items()})
     return stats

@@ -54,7 +54,7 @@ def _loader(
 
 
 def _init_projectors(cfg: DictConfig, model: Any, tokenizer: Any, folder: Path) -> dict[str, float]:
-    """Closed-form projector initialisation from title embeddings (aligner.projector_init=title_lsq)."""
+    """Closed-form projector initialisation from title embeddings (aligner.projector_init=title_lsq*)."""
     import json
 
     from safetensors.torch import load_file
@@ -73,7 +73,13 @@ def _init_projectors(cfg: DictConfig, model: Any, tokenizer: Any, folder: Path) 
     rows = sorted(histories)
     users = vectors["users_train"][rows] if rows else None
     return init_projectors_from_titles(
-        model, tokenizer, titles, vectors["items"], users, [histories[r] for r in rows]
+        model,
+        tokenizer,
+        titles,
+        vectors["items"],
+        users,
+        [histories[r] for r in rows],
+        user_target="top1" if cfg.aligner.projector_init == "title_lsq_top1" else "history",
     )
 
 
@@ -90,7 +96,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     use_vectors = cfg.alignment.mode != "behavior"
     init_stats = (
         _init_projectors(cfg, model, tokenizer, folder)
-        if ac.projector_init == "title_lsq" and use_vectors
+        if ac.projector_init in ("title_lsq", "title_lsq_top1") and use_vectors
         else {}
     )
     tasks = list(ac.train_tasks) if ac.train_tasks else None

@@ -137,7 +137,12 @@ class Decoder:
             eos_token_id=self.eos_id,
         )
         if num_beams > 1:
-            kwargs["early_stopping"] = True
+            # True: stop once num_beams hypotheses are finished. Not with a trie: where fewer continuations
+            # are allowed than beams are live, Hugging Face's vectorized beam search fills the beams with
+            # copies of finished ones (score ~ -1e9), those count as finished hypotheses and end the search
+            # before longer titles finish (measured: task 1 HR@5 0.375 -> 0.44, 5 distinct titles instead of
+            # 4.4, +11 % time). False is the canonical stopping rule: stop when no live beam can still win.
+            kwargs["early_stopping"] = trie is None
         if trie is not None:
             kwargs["prefix_allowed_tokens_fn"] = lambda _b, ids: trie.allowed(ids.tolist())
         if self.aligned:

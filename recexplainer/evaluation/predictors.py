@@ -24,6 +24,27 @@ from recexplainer.evaluation.tasks import KINDS, titles_asked
 SEPARATOR = ";"  # how list answers separate titles (the alignment-data targets use "; ")
 
 
+def distinct_titles(titles: Sequence[str], k: int) -> list[str]:
+    """The first ``k`` distinct titles (after strip + lower-case), in beam order.
+
+    Beam search returns one title several times: different token paths decode to the same text, and when
+    a constrained search has fewer live candidates than beams, Hugging Face fills the beams with copies of
+    the surviving ones. A repeated title would only take a candidate slot; an empty one (unparsable beam)
+    is kept as a miss so that the beam count stays visible.
+    """
+    seen: set[str] = set()
+    out = []
+    for title in titles:
+        key = title.strip().lower()
+        if key and key in seen:
+            continue
+        seen.add(key)
+        out.append(title)
+        if len(out) == k:
+            break
+    return out
+
+
 class LLMPredictor:
     """Answers with an LLM: beam search for retrieval, greedy decoding for the other title tasks,
     next-token yes/no probability for the interest tasks.
@@ -44,6 +65,7 @@ class LLMPredictor:
         aligned: bool,
         placeholders: tuple[str, str],
         num_beams: int = 5,
+        beam_width: int | None = None,
         constrained: bool = False,
         max_new_tokens_margin: int = 8,
         fuzzy_cutoff: float = 0.85,
@@ -53,6 +75,7 @@ class LLMPredictor:
         self.index, self.aligned, self.placeholders = index, aligned, placeholders
         self.items, self.users = vectors["items"], vectors["users"]
         self.num_beams, self.constrained = num_beams, constrained
+        self.beam_width = max(beam_width or num_beams, num_beams)
         self.margin, self.fuzzy_cutoff = max_new_tokens_margin, fuzzy_cutoff
         self.shots = shots or {}
         self.decoder = Decoder(model, tokenizer)
@@ -121,7 +144,7 @@ class LLMPredictor:
             p_yes = yes_probability(self.decoder.next_token_logits(encoded), self.yes_ids, self.no_ids)
             return [{"outputs": [], "titles": [], "items": [], "p_yes": float(p)} for p in p_yes]
         n_titles = max(titles_asked(kind, r) for r in rows)
-        beams = self.num_beams if kind == "retrieval" else 1
+        beams = self.beam_width if kind == "retrieval" else 1
         outputs = self.decoder.generate(
             encoded,
             self.max_new_tokens(n_titles),
@@ -132,12 +155,14 @@ class LLMPredictor:
         predictions = []
         for texts in outputs:
             if kind == "retrieval":  # one title per beam, in beam order
-                titles = [(parse_list(t, SEPARATOR, limit=1) or [""])[0] for t in texts]
+                titles = distinct_titles(
+                    [(parse_list(t, SEPARATOR, limit=1) or [""])[0] for t in texts], self.num_beams
+                )
             else:
                 titles = parse_list(texts[0], SEPARATOR)
             predictions.append(
                 {
-                    "outputs": texts,
+                    "outputs": texts,  # every returned sequence (retrieval: beam_width of them)
                     "titles": titles,
                     "items": [self.index.match(t) for t in titles],
                     "items_fuzzy": [self.index.fuzzy(t, self.fuzzy_cutoff) for t in titles],

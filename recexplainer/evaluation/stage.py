@@ -167,6 +167,7 @@ def llm_predictor(
         aligned=aligned,
         placeholders=(cfg.alignment.user_placeholder, cfg.alignment.item_placeholder),
         num_beams=ev.num_beams,
+        beam_width=ev.beam_width,
         constrained=ev.constrained,
         max_new_tokens_margin=ev.max_new_tokens_margin,
         fuzzy_cutoff=ev.fuzzy_cutoff,
@@ -276,10 +277,12 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         "predictors": [getattr(p, "name", "model") for _, p in predictors],
         "examples_per_task": {t: len(rows) for t, rows in examples.items()},
         "decoding": {
-            "retrieval": f"beam search, {ev.num_beams} beams, {ev.num_beams} returned sequences, one title each",
+            "retrieval": f"beam search, {ev.beam_width or ev.num_beams} beams, as many returned sequences, "
+            f"one title each; candidates: the first {ev.num_beams} distinct titles",
             "titles": "greedy (num_beams 1)",
             "yes_no": "next-token probability of yes vs no (sum over spellings yes/Yes/ yes/ Yes)",
             "constrained": ev.constrained,
+            "beam_early_stopping": not ev.constrained,
             "max_new_tokens": "titles asked x longest catalog title + separators + "
             f"{ev.max_new_tokens_margin}",
             "batch_size": ev.batch_size,
