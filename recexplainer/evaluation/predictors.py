@@ -27,10 +27,10 @@ SEPARATOR = ";"  # how list answers separate titles (the alignment-data targets 
 def distinct_titles(titles: Sequence[str], k: int) -> list[str]:
     """The first ``k`` distinct titles (after strip + lower-case), in beam order.
 
-    Beam search returns one title several times: different token paths decode to the same text, and when
-    a constrained search has fewer live candidates than beams, Hugging Face fills the beams with copies of
-    the surviving ones. A repeated title would only take a candidate slot; an empty one (unparsable beam)
-    is kept as a miss so that the beam count stays visible.
+    Beam search can return one title several times (different token paths that decode or parse to the same
+    title, e.g. with and without a trailing period); a repeat would only take a candidate slot, so the
+    candidates are the first ``k`` distinct ones (a wider search, ``evaluation.beam_width``, fills all ``k``).
+    An empty title (an unparsable beam) is kept as a miss, so that the beam count stays visible.
     """
     seen: set[str] = set()
     out = []
