@@ -27,12 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def hr_at_5(scores: torch.Tensor, rows: list[dict]) -> float:
-    hits = 0
+    """Task-1 HR@5 (the evaluator's metric) of the 5 best-scored items, padding and history excluded."""
+    from recexplainer.evaluation.metrics import retrieval_scores
+
+    hits = 0.0
     for s, row in zip(scores, rows, strict=True):
         s = s.clone()
         s[0] = -torch.inf
         s[row["history"]] = -torch.inf
-        hits += row["labels"]["item"] in s.topk(5).indices.tolist()
+        hits += retrieval_scores(s.topk(5).indices.tolist(), row["labels"]["item"])[0]
     return hits / len(rows)
 
 

@@ -65,7 +65,8 @@ def top1_items(
     user_vectors: torch.Tensor, item_vectors: torch.Tensor, histories: Sequence[Sequence[int]]
 ) -> torch.Tensor:
     """(U,) the recommender's top-1 item per user: argmax of u . e_i over the catalog, padding row 0 and
-    the user's history excluded (the task-1 label, recomputed from the vectors)."""
+    the user's history excluded (the task-1 label, recomputed from the saved vectors the way
+    ``Recommender.score_user_vectors`` scores, without loading the recommender)."""
     scores = user_vectors.float() @ item_vectors.float().T  # (U, N + 1)
     scores[:, 0] = -torch.inf
     for r, history in enumerate(histories):
