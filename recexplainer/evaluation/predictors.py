@@ -18,14 +18,14 @@ import torch
 
 from recexplainer.aligner.data import ChatFormatter, encode
 from recexplainer.evaluation.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
-from recexplainer.evaluation.matching import TitleIndex, parse_list
+from recexplainer.evaluation.matching import TitleIndex, normalize, parse_list
 from recexplainer.evaluation.tasks import KINDS, titles_asked
 
 SEPARATOR = ";"  # how list answers separate titles (the alignment-data targets use "; ")
 
 
 def distinct_titles(titles: Sequence[str], k: int) -> list[str]:
-    """The first ``k`` distinct titles (after strip + lower-case), in beam order.
+    """The first ``k`` distinct titles (after the matcher's ``normalize``), in beam order.
 
     Beam search can return one title several times (different token paths that decode or parse to the same
     title, e.g. with and without a trailing period); a repeat would only take a candidate slot, so the
@@ -35,7 +35,7 @@ def distinct_titles(titles: Sequence[str], k: int) -> list[str]:
     seen: set[str] = set()
     out = []
     for title in titles:
-        key = title.strip().lower()
+        key = normalize(title)
         if key and key in seen:
             continue
         seen.add(key)
