@@ -9,7 +9,7 @@ ARGS ?=
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-evaluation bench gpu-check evaluate quick paper-table report clean
+.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-evaluation bench gpu-wheels gpu-check evaluate quick paper-table report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -71,6 +71,19 @@ bench-evaluation: setup ## evaluation examples/s per task, batched vs one at a t
 	$(PY) experiments/bench_evaluation.py --out benchmarks/evaluation.json $(ARGS)
 
 bench: bench-recommender bench-alignment-data bench-aligner bench-evaluation ## every benchmark (run alone on an idle machine)
+
+# Wheels for a lent GPU machine without network (Python 3.12, CUDA torch of its own): the pure-Python packages it
+# lacks (hydra-core, omegaconf, antlr4, platformdirs) and DeepSpeed with its missing dependencies, built here
+# with DS_BUILD_OPS=0 (ops are JIT-compiled there when needed). The GPU scripts install .whl/*.whl into /tmp/site.
+GPU_PY ?= 3.12
+gpu-wheels: setup ## fetch / build the wheels the offline GPU machine needs into .whl/ (carry .whl there)
+	mkdir -p .whl
+	$(PY) -m pip download -q -d .whl --no-deps --only-binary=:all: 'hydra-core>=1.3.2,<1.4' 'omegaconf>=2.3,<2.4' antlr4-python3-runtime==4.9.3 platformdirs
+	$(PY) -m pip download -q -d .whl --only-binary=:all: --python-version $(GPU_PY) \
+	    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+	    hjson pydantic   # with their dependencies, for the GPU machine's Python
+	DS_BUILD_OPS=0 $(PY) -m pip wheel -q -w .whl --no-deps --no-build-isolation --no-binary deepspeed deepspeed
+	ls -la .whl
 
 GPU_OUT ?= benchmarks/gpu-check
 gpu-check: ## on a GPU machine (<15 min): GPU/bf16/DDP/FSDP/DeepSpeed code paths, bf16 tokens/s of 135M / 1B shapes, evaluation batched vs single; files in $(GPU_OUT)/

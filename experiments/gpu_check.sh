@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU code-path check, run on a lent GPU machine (see benchmarks/README.md). Trains the benchmark SASRec on
 # ml-100k with trainer=gpu (fp32 and bf16-mixed) and trainer=ddp, and records metrics and throughput.
-# Expects: wheels of missing pure-Python packages in .whl/, the ml-100k asset in .devcache/assets/ml-100k.
+# Expects: wheels of the packages the machine lacks in .whl/ (`make gpu-wheels`, DeepSpeed included), the
+# ml-100k asset in .devcache/assets/ml-100k.
 # Files in $OUT: gpu.txt, log.txt, metrics.jsonl (one line per run). GPU_CHECK_DEADLINE (epoch seconds,
 # optional) bounds the whole check: runs get what time is left and are skipped past it.
 source "$(dirname "$0")/gpu_common.sh"

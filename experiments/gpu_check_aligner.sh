@@ -43,7 +43,7 @@ done
 
 echo "== strategies: fsdp and deepspeed ZeRO-2 start and train 2 steps (1 device)" | tee -a "$OUT/log.txt"
 "$PY" -c "import deepspeed" 2>/dev/null || "$PY" -m pip install -q --no-index --find-links .whl deepspeed \
-  >> "$OUT/log.txt" 2>&1 || echo "deepspeed not installable here (add its wheel to .whl/)" | tee -a "$OUT/log.txt"
+  >> "$OUT/log.txt" 2>&1 || echo "deepspeed not installable here (make gpu-wheels puts its wheel in .whl/)" | tee -a "$OUT/log.txt"
 for t in fsdp deepspeed; do
   b=$(budget 120); SECONDS=0
   [ "$b" -lt 20 ] && { echo "trainer=$t skipped (deadline)" | tee -a "$OUT/log.txt"; continue; }

@@ -250,3 +250,39 @@ def test_every_mode_trains_through_the_same_path_and_overfits_a_tiny_set(tmp_pat
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+
+
+def test_training_runs_in_train_mode_so_gradient_checkpointing_acts(tmp_path, monkeypatch):
+    """from_pretrained returns the LM in eval mode and Lightning keeps module modes: without the module's
+    on_fit_start the decoder layers stayed in eval mode, where Hugging Face skips gradient checkpointing
+    (and any dropout of the base model; LoRA's own new modules were in training mode)."""
+    from .conftest import TINY, TINY_SASREC, compose_config
+
+    cfg = compose_config(
+        [
+            f"paths.artifacts={tmp_path}",
+            *TINY,
+            *TINY_SASREC,
+            *ALIGN,
+            "aligner.max_steps=1",
+            "aligner.gradient_checkpointing=true",
+        ]
+    )
+    original = AlignerModule.training_step
+    modes: list[list[str]] = []
+
+    def record(self, batch, batch_idx):
+        modes.append([name for name, m in self.model.named_modules() if not m.training])
+        return original(self, batch, batch_idx)
+
+    load = setup.load_base_llm
+
+    def load_in_eval_mode(*args, **kwargs):  # as from_pretrained returns the real models
+        lm, tokenizer = load(*args, **kwargs)
+        return lm.eval(), tokenizer
+
+    monkeypatch.setattr(setup, "load_base_llm", load_in_eval_mode)
+    monkeypatch.setattr(AlignerModule, "training_step", record)
+    folder = run(cfg)
+    assert modes and all(not in_eval for in_eval in modes), modes[0][:5]
+    assert artifacts.is_complete(folder)

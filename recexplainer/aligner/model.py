@@ -129,7 +129,9 @@ class RecExplainerLM(nn.Module):
         if labels is None:
             return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
         base = base_model(self.lm)
-        hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        hidden = base.get_decoder()(
+            inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state  # no KV cache in training
         targets = labels[:, 1:]  # position t predicts token t + 1
         keep = targets != IGNORE_INDEX
         logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)

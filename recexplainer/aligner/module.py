@@ -77,6 +77,12 @@ class AlignerModule(L.LightningModule):
         self.log("train/tokens_per_s", self._tokens / max(elapsed, 1e-9), prog_bar=True)
         return out.loss
 
+    def on_fit_start(self) -> None:
+        """Training mode for the whole model: Hugging Face loads it in eval mode and Lightning (>= 2.2) keeps
+        each module's mode, which would silently turn off LoRA dropout and gradient checkpointing (both act
+        only in training mode). Validation still runs in eval mode (Lightning switches and restores)."""
+        self.model.train()
+
     def on_train_epoch_start(self) -> None:
         self._tokens, self._t0 = 0, time.perf_counter()
 
