@@ -78,7 +78,7 @@ bench: bench-recommender bench-alignment-data bench-aligner bench-evaluation ## 
 GPU_PY ?= 3.12
 gpu-wheels: setup ## fetch / build the wheels the offline GPU machine needs into .whl/ (carry .whl there)
 	mkdir -p .whl
-	$(PY) -m pip download -q -d .whl --no-deps --only-binary=:all: 'hydra-core>=1.3.2,<1.4' 'omegaconf>=2.3,<2.4' antlr4-python3-runtime==4.9.3 platformdirs
+	$(PY) -m pip wheel -q -w .whl --no-deps 'hydra-core>=1.3.2,<1.4' 'omegaconf>=2.3,<2.4' antlr4-python3-runtime==4.9.3 platformdirs
 	$(PY) -m pip download -q -d .whl --only-binary=:all: --python-version $(GPU_PY) \
 	    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
 	    hjson pydantic   # with their dependencies, for the GPU machine's Python

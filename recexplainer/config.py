@@ -207,6 +207,9 @@ class AlignerConfig:
     max_length: int = 512
     batch_size: int = 4
     accumulate_grad_batches: int = 4
+    length_group_mega: int = (
+        50  # batches sorted by length within mega-batches of this many batches; 1: random
+    )
     lr: float = 5e-4
     projector_lr: float = 2e-3
     weight_decay: float = 0.0
@@ -361,6 +364,8 @@ POSITIVE: tuple[str, ...] = (
     "dataset.preprocess.min_seq_len",
     "alignment.max_hist_len",
     "aligner.batch_size",
+    "aligner.accumulate_grad_batches",
+    "aligner.length_group_mega",
     "aligner.max_length",
     "aligner.lora_r",
     "evaluation.batch_size",

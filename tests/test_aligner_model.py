@@ -171,6 +171,19 @@ def test_length_grouped_sampler_covers_everything_once_and_groups_lengths():
     }
 
 
+def test_mega_one_gives_mixed_batches_as_accumulated_micro_batches_do():
+    """Two prompt lengths (two tasks): the default groups them apart, mega=1 mixes them in most batches."""
+    lengths = [30] * 100 + [40] * 100
+    grouped = list(LengthGroupedSampler(lengths, batch_size=16, seed=0))
+    mixed = list(LengthGroupedSampler(lengths, batch_size=16, seed=0, mega=1))
+    assert sorted(i for b in mixed for i in b) == list(range(200))
+
+    def n_mixed(batches):
+        return sum(len({lengths[i] for i in b}) > 1 for b in batches)
+
+    assert n_mixed(grouped) <= 1 and n_mixed(mixed) >= 10
+
+
 def test_response_only_loss_equals_the_full_lm_loss():
     model = RecExplainerLM(tiny_lm(), USER, ITEM, D_REC)
     ids = torch.tensor([[5, USER, 6, ITEM, 7, 8], [9, 10, USER, 11, 12, 13]])

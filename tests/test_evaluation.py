@@ -51,7 +51,14 @@ def test_beam_candidates_are_the_first_distinct_titles():
     beams = ["Fargo", "Heat", "fargo ", "", "Star Wars", "", "Heat", "Star  wars", "Contact"]
     assert distinct_titles(beams, 5) == ["Fargo", "Heat", "", "Star Wars", ""]  # misses stay misses
     assert distinct_titles(beams, 3) == ["Fargo", "Heat", ""]
-    assert distinct_titles(beams, 10) == ["Fargo", "Heat", "", "Star Wars", "", "Contact"]  # spaces collapse too
+    assert distinct_titles(beams, 10) == [
+        "Fargo",
+        "Heat",
+        "",
+        "Star Wars",
+        "",
+        "Contact",
+    ]  # spaces collapse too
     assert distinct_titles(["Heat", "Heat"], 5) == ["Heat"]
 
 

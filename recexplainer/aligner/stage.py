@@ -39,6 +39,7 @@ def _loader(
     num_workers: int,
     world_size: int,
     rank: int,
+    mega: int = 50,
 ) -> DataLoader:
     sampler = LengthGroupedSampler(
         dataset.lengths(),
@@ -46,7 +47,7 @@ def _loader(
         seed=seed,
         num_replicas=world_size,
         rank=rank,
-        mega=50 if shuffle else 1,
+        mega=mega if shuffle else 1,
     )
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=partial(collate, pad_id=pad_id), num_workers=num_workers
@@ -146,7 +147,15 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_loader = _loader(
-        train, ac.batch_size, pad_id, cfg.seed, True, ac.num_workers, trainer.world_size, trainer.global_rank
+        train,
+        ac.batch_size,
+        pad_id,
+        cfg.seed,
+        True,
+        ac.num_workers,
+        trainer.world_size,
+        trainer.global_rank,
+        ac.length_group_mega,
     )
     valid_loader = (
         _loader(
