@@ -79,8 +79,9 @@ class AlignerModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Training mode for the whole model: Hugging Face loads it in eval mode and Lightning (>= 2.2) keeps
-        each module's mode, which would silently turn off LoRA dropout and gradient checkpointing (both act
-        only in training mode). Validation still runs in eval mode (Lightning switches and restores)."""
+        each module's mode, which silently turned off gradient checkpointing and any dropout of the base model
+        (both act only in training mode; LoRA's own new modules start in training mode). Validation still
+        runs in eval mode (Lightning switches and restores)."""
         self.model.train()
 
     def on_train_epoch_start(self) -> None:
