@@ -7,7 +7,8 @@ optimizer step every `--step-examples` examples (gradient accumulation), alterna
 of the config (`recexplainer stage=alignment_data ...`) and the SmolLM2 asset. Session 14 (2-core CPU, idle):
 
     python experiments/bench_aligner_microbatch.py --rounds 4 recommender.train.patience=10
-    # micro-batch 4: 101 tokens/s, 8: 141, 16: 148 (34-token intention prompts; padding < 1 %)
+    # micro-batch 4: 101 tokens/s, 8: 141, 16: 148 (34-token intention prompts; padding < 1 %);
+    # rerun: 88 / 106 / 132 (1.50x), benchmarks/targets-2026-11-26/microbatch_rerun.json
 
 Short prompts are overhead-bound on this CPU (small matrices, per-operator cost); long ones are compute-bound
 and gain little, while activation memory grows with the batch (16 x 203 tokens: 8.7 GB peak vs 3.0 GB for 4).
@@ -58,8 +59,12 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     if any(args.step_examples % b or args.block % b for b in sizes):
         raise SystemExit("every size must divide --step-examples and --block")
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "vectors.safetensors"), "pt") as handle:
+        d_rec = handle.get_slice("items").get_shape()[1]
     torch.manual_seed(0)
-    model, tokenizer, formatter = setup.build(cfg, 64)
+    model, tokenizer, formatter = setup.build(cfg, d_rec)
     model.train()
     tasks = list(cfg.aligner.train_tasks) if cfg.aligner.train_tasks else None
     ds = AlignmentDataset.for_model(
