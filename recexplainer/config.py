@@ -186,6 +186,9 @@ class LLMConfig:
 
 @dataclass
 class AlignerConfig:
+    # seeds the aligner alone (LoRA / projector initialisation, the training sample, batch order); null: the
+    # top-level seed. Replicates on a fixed recommender and alignment data: aligner.seed=1,2,3 (-m)
+    seed: int | None = None
     projector: str = "mlp2x_gelu"
     injection: str = "add"
     lora_r: int = 16

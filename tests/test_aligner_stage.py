@@ -286,3 +286,39 @@ def test_training_runs_in_train_mode_so_gradient_checkpointing_acts(tmp_path, mo
     folder = run(cfg)
     assert modes and all(not in_eval for in_eval in modes), modes[0][:5]
     assert artifacts.is_complete(folder)
+
+
+def test_aligner_seed_reseeds_training_alone_and_keeps_older_keys(tmp_path, monkeypatch):
+    """aligner.seed: replicates of the aligner on one recommender and one alignment data folder. It seeds the
+    training sample and the run; the validation sample stays on the top-level seed; null keys as before."""
+    from recexplainer.aligner import stage as aligner_stage
+
+    from .conftest import TINY, TINY_SASREC, compose_config
+
+    base = [f"paths.artifacts={tmp_path}", *TINY, *TINY_SASREC, *ALIGN, "seed=7"]
+    default, reseeded = compose_config(base), compose_config([*base, "aligner.seed=3"])
+    assert "seed" not in aligner_stage.key_fields(default)["aligner"]  # cached aligners keep their keys
+    for upstream in ("recommender", "alignment_data"):
+        assert stage_folder(default, upstream) == stage_folder(reseeded, upstream)
+    assert stage_folder(default, "aligner") != stage_folder(reseeded, "aligner")
+    assert stage_folder(default, "evaluate") != stage_folder(reseeded, "evaluate")
+    assert aligner_stage.training_seed(default) == 7 and aligner_stage.training_seed(reseeded) == 3
+
+    seeds: dict[str, int] = {}
+    everything: list[int] = []
+
+    class Built(Exception):
+        pass
+
+    def record(folder, split, *args, **kwargs):
+        seeds[split] = kwargs["seed"]
+        if split == "valid":
+            raise Built  # the wiring is what is tested: stop before training
+        return original(folder, split, *args, **kwargs)
+
+    original = AlignmentDataset.for_model
+    monkeypatch.setattr(aligner_stage.AlignmentDataset, "for_model", record)
+    monkeypatch.setattr(aligner_stage.L, "seed_everything", lambda s, **kw: everything.append(s))
+    with pytest.raises(Built):
+        run(reseeded)
+    assert seeds == {"train": 3, "valid": 7} and everything[-1] == 3

@@ -22,12 +22,20 @@ log = logging.getLogger(__name__)
 
 
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
+    aligner = OmegaConf.to_container(cfg.aligner, resolve=True)
+    if aligner.get("seed") is None:  # null = the top-level seed (already keyed): keys from before the knob hold
+        aligner.pop("seed", None)
     return {
         "llm": OmegaConf.to_container(cfg.llm, resolve=True),
-        "aligner": OmegaConf.to_container(cfg.aligner, resolve=True),
+        "aligner": aligner,
         "seed": cfg.seed,
         "precision": cfg.trainer.precision,
     }
+
+
+def training_seed(cfg: DictConfig) -> int:
+    """The aligner's seed (initialisation, training sample, batch order): ``aligner.seed``, else ``seed``."""
+    return cfg.seed if cfg.aligner.get("seed") is None else int(cfg.aligner.seed)
 
 
 def _loader(
@@ -87,7 +95,8 @@ def _init_projectors(cfg: DictConfig, model: Any, tokenizer: Any, folder: Path) 
 def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, float]:
     ac = cfg.aligner
     folder = upstream["alignment_data"]
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    seed = training_seed(cfg)
+    L.seed_everything(seed, workers=True, verbose=False)
     from safetensors import safe_open
 
     with safe_open(str(folder / "vectors.safetensors"), "pt") as handle:
@@ -111,12 +120,13 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
                 folder.name,
                 cfg.alignment.mode,
             )
-    common = dict(max_length=ac.max_length, tasks=tasks, seed=cfg.seed)
+    common = dict(max_length=ac.max_length, tasks=tasks)
     train = AlignmentDataset.for_model(
-        folder, "train", model, tokenizer, formatter, limit=ac.max_train_examples, **common
+        folder, "train", model, tokenizer, formatter, limit=ac.max_train_examples, seed=seed, **common
     )
+    # the validation sample follows the top-level seed: replicates (aligner.seed) share it
     valid = AlignmentDataset.for_model(
-        folder, "valid", model, tokenizer, formatter, limit=ac.max_valid_examples, **common
+        folder, "valid", model, tokenizer, formatter, limit=ac.max_valid_examples, seed=cfg.seed, **common
     )
     if len(train) == 0:
         raise ValueError(
@@ -150,7 +160,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         train,
         ac.batch_size,
         pad_id,
-        cfg.seed,
+        seed,
         True,
         ac.num_workers,
         trainer.world_size,

@@ -1,0 +1,90 @@
+"""What the aligner's micro-batches hold: padding overhead and task mix for each `aligner.length_group_mega`.
+
+Encodes the configured training split exactly as the aligner stage does (same tokenizer, chat format, tasks,
+example cap and seed) and replays the stage's `LengthGroupedSampler` for the first epoch, without training.
+For each mega-batch factor it prints the padded / real token ratio (compute spent on padding), the share of
+micro-batches that hold a single task, and the mean share of a batch taken by its most frequent task (a random
+batch's value is the reference). Needs the alignment data of the config; loads the LLM once (seconds).
+
+    python experiments/batch_composition.py --megas 1,4,8,50 recommender.train.patience=10
+    python experiments/batch_composition.py alignment=hybrid recommender.train.patience=10
+
+Overrides follow `experiment=targets alignment=intention` (the first positional arguments win).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--megas", default="1,4,8,50", help="length_group_mega values, comma-separated")
+    parser.add_argument("--out", default=None, help="write the table as JSON here")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides")
+    args = parser.parse_args()
+
+    from hydra import compose, initialize_config_dir
+    from safetensors import safe_open
+
+    from recexplainer.aligner import setup
+    from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler
+    from recexplainer.artifacts import is_complete
+    from recexplainer.cli import CONF_DIR
+    from recexplainer.config import register_configs
+    from recexplainer.pipeline import stage_folder
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=targets", "alignment=intention", *args.overrides])
+    folder = stage_folder(cfg, "alignment_data")
+    if not is_complete(folder):
+        raise SystemExit(f"no alignment data at {folder}: run `recexplainer stage=alignment_data ...` first")
+    with safe_open(str(folder / "vectors.safetensors"), "pt") as handle:
+        d_rec = handle.get_slice("items").get_shape()[1]
+    model, tokenizer, formatter = setup.build(cfg, d_rec)
+    ac = cfg.aligner
+    ds = AlignmentDataset.for_model(
+        folder,
+        "train",
+        model,
+        tokenizer,
+        formatter,
+        ac.max_length,
+        tasks=list(ac.train_tasks) if ac.train_tasks else None,
+        limit=ac.max_train_examples,
+        seed=cfg.seed,
+    )
+    lengths = ds.lengths()
+    tasks = [ds.examples[i].example_id.split("/")[0] for i in range(len(ds))]
+    counts = collections.Counter(tasks)
+    print(f"{folder.name}: {len(ds)} examples, {sum(lengths)} tokens, tasks {dict(counts)}")
+    table = {}
+    for mega in (int(m) for m in args.megas.split(",")):
+        sampler = LengthGroupedSampler(lengths, ac.batch_size, seed=cfg.seed, mega=mega)
+        real = padded = single = 0
+        majority = []
+        batches = list(sampler)
+        for batch in batches:
+            real += sum(lengths[i] for i in batch)
+            padded += max(lengths[i] for i in batch) * len(batch)
+            mix = collections.Counter(tasks[i] for i in batch)
+            single += len(mix) == 1
+            majority.append(max(mix.values()) / len(batch))
+        table[mega] = {
+            "padded_over_real": round(padded / real, 3),
+            "single_task_batches": round(single / len(batches), 3),
+            "mean_majority_share": round(statistics.mean(majority), 3),
+        }
+        print(f"mega {mega:>3}: " + ", ".join(f"{k} {v}" for k, v in table[mega].items()), flush=True)
+    if args.out:
+        meta = {"alignment_data": folder.name, "batch_size": ac.batch_size, "examples": len(ds)}
+        with open(args.out, "w") as handle:
+            json.dump({"config": meta, "tasks": dict(counts), "megas": table}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
