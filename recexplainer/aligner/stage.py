@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
     aligner = OmegaConf.to_container(cfg.aligner, resolve=True)
-    if aligner.get("seed") is None:  # null = the top-level seed (already keyed): keys from before the knob hold
+    # null = the top-level seed (keyed below): keys from before the knob existed still hold
+    if aligner.get("seed") is None:
         aligner.pop("seed", None)
     return {
         "llm": OmegaConf.to_container(cfg.llm, resolve=True),
