@@ -8,6 +8,7 @@ batch's value is the reference). Needs the alignment data of the config; loads t
 
     python experiments/batch_composition.py --megas 1,4,8,50 recommender.train.patience=10
     python experiments/batch_composition.py alignment=hybrid recommender.train.patience=10
+    python experiments/batch_composition.py --merge interest+interest_hard recommender.train.patience=10
 
 Overrides follow `experiment=targets alignment=intention` (the first positional arguments win).
 """
@@ -23,6 +24,11 @@ import statistics
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--megas", default="1,4,8,50", help="length_group_mega values, comma-separated")
+    parser.add_argument(
+        "--merge",
+        default=None,
+        help="count tasks joined by '+' as one, e.g. interest+interest_hard (same answer kind and template)",
+    )
     parser.add_argument("--out", default=None, help="write the table as JSON here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides")
     args = parser.parse_args()
@@ -60,6 +66,9 @@ def main() -> None:
     )
     lengths = ds.lengths()
     tasks = [ds.examples[i].example_id.split("/")[0] for i in range(len(ds))]
+    for group in args.merge.split(",") if args.merge else []:
+        members = set(group.split("+"))
+        tasks = [group if t in members else t for t in tasks]
     counts = collections.Counter(tasks)
     print(f"{folder.name}: {len(ds)} examples, {sum(lengths)} tokens, tasks {dict(counts)}")
     table = {}
@@ -82,6 +91,7 @@ def main() -> None:
         print(f"mega {mega:>3}: " + ", ".join(f"{k} {v}" for k, v in table[mega].items()), flush=True)
     if args.out:
         meta = {"alignment_data": folder.name, "batch_size": ac.batch_size, "examples": len(ds)}
+        meta.update(merge=args.merge, overrides=args.overrides, seed=cfg.seed)
         with open(args.out, "w") as handle:
             json.dump({"config": meta, "tasks": dict(counts), "megas": table}, handle, indent=2)
 
