@@ -33,37 +33,16 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides")
     args = parser.parse_args()
 
-    from hydra import compose, initialize_config_dir
-    from safetensors import safe_open
+    from _aligner_inputs import aligner_inputs
 
-    from recexplainer.aligner import setup
-    from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler
-    from recexplainer.artifacts import is_complete
-    from recexplainer.cli import CONF_DIR
-    from recexplainer.config import register_configs
-    from recexplainer.pipeline import stage_folder
+    from recexplainer.aligner.data import LengthGroupedSampler
+    from recexplainer.aligner.stage import encoded_split
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=targets", "alignment=intention", *args.overrides])
-    folder = stage_folder(cfg, "alignment_data")
-    if not is_complete(folder):
-        raise SystemExit(f"no alignment data at {folder}: run `recexplainer stage=alignment_data ...` first")
-    with safe_open(str(folder / "vectors.safetensors"), "pt") as handle:
-        d_rec = handle.get_slice("items").get_shape()[1]
-    model, tokenizer, formatter = setup.build(cfg, d_rec)
-    ac = cfg.aligner
-    ds = AlignmentDataset.for_model(
-        folder,
-        "train",
-        model,
-        tokenizer,
-        formatter,
-        ac.max_length,
-        tasks=list(ac.train_tasks) if ac.train_tasks else None,
-        limit=ac.max_train_examples,
-        seed=cfg.seed,
+    cfg, folder, model, tokenizer, formatter = aligner_inputs(
+        ["experiment=targets", "alignment=intention", *args.overrides]
     )
+    ac = cfg.aligner
+    ds = encoded_split(cfg, folder, "train", model, tokenizer, formatter)
     lengths = ds.lengths()
     tasks = [ds.examples[i].example_id.split("/")[0] for i in range(len(ds))]
     for group in args.merge.split(",") if args.merge else []:

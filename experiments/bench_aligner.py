@@ -40,6 +40,7 @@ def child(mode: str, examples: int, steps: int, batch: int, threads: int) -> dic
 
     from recexplainer.aligner import setup
     from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate
+    from recexplainer.aligner.stage import recommender_dim
     from recexplainer.artifacts import is_complete
     from recexplainer.cli import CONF_DIR
     from recexplainer.config import register_configs
@@ -52,7 +53,7 @@ def child(mode: str, examples: int, steps: int, batch: int, threads: int) -> dic
     if not is_complete(folder):
         sys.exit(f"no alignment data at {folder}: run `recexplainer stage=alignment_data` first")
     torch.manual_seed(0)
-    model, tokenizer, formatter = setup.build(cfg, 64)
+    model, tokenizer, formatter = setup.build(cfg, recommender_dim(folder))
     ds = AlignmentDataset.for_model(
         folder,
         "train",

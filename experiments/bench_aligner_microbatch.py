@@ -41,30 +41,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from hydra import compose, initialize_config_dir
-
-    from recexplainer.aligner import setup
-    from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate
-    from recexplainer.artifacts import is_complete
-    from recexplainer.cli import CONF_DIR
-    from recexplainer.config import register_configs
-    from recexplainer.pipeline import stage_folder
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=targets", "alignment=intention", *args.overrides])
-    folder = stage_folder(cfg, "alignment_data")
-    if not is_complete(folder):
-        raise SystemExit(f"no alignment data at {folder}: run `recexplainer stage=alignment_data ...` first")
     sizes = [int(s) for s in args.sizes.split(",")]
     if any(args.step_examples % b or args.block % b for b in sizes):
         raise SystemExit("every size must divide --step-examples and --block")
-    from safetensors import safe_open
+    from _aligner_inputs import aligner_inputs
 
-    with safe_open(str(folder / "vectors.safetensors"), "pt") as handle:
-        d_rec = handle.get_slice("items").get_shape()[1]
+    from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate
+
     torch.manual_seed(0)
-    model, tokenizer, formatter = setup.build(cfg, d_rec)
+    cfg, folder, model, tokenizer, formatter = aligner_inputs(
+        ["experiment=targets", "alignment=intention", *args.overrides]
+    )
     model.train()
     tasks = list(cfg.aligner.train_tasks) if cfg.aligner.train_tasks else None
     ds = AlignmentDataset.for_model(

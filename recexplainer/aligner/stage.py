@@ -39,6 +39,35 @@ def training_seed(cfg: DictConfig) -> int:
     return cfg.seed if cfg.aligner.get("seed") is None else int(cfg.aligner.seed)
 
 
+def recommender_dim(folder: Path) -> int:
+    """d_rec: the width of the recommender's vectors in an alignment-data folder (read without loading them)."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "vectors.safetensors"), "pt") as handle:
+        return handle.get_slice("items").get_shape()[1]
+
+
+def encoded_split(
+    cfg: DictConfig, folder: Path, split: str, model: Any, tokenizer: Any, formatter: Any
+) -> AlignmentDataset:
+    """A split of the alignment data encoded exactly as the stage trains / validates on it: the configured
+    tasks, length bound and cap; the training sample follows the aligner's seed, the validation sample the
+    top-level seed (so replicates with ``aligner.seed`` share it)."""
+    ac = cfg.aligner
+    train = split == "train"
+    return AlignmentDataset.for_model(
+        folder,
+        split,
+        model,
+        tokenizer,
+        formatter,
+        max_length=ac.max_length,
+        tasks=list(ac.train_tasks) if ac.train_tasks else None,
+        limit=ac.max_train_examples if train else ac.max_valid_examples,
+        seed=training_seed(cfg) if train else cfg.seed,
+    )
+
+
 def _loader(
     dataset: AlignmentDataset,
     batch_size: int,
@@ -98,10 +127,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     folder = upstream["alignment_data"]
     seed = training_seed(cfg)
     L.seed_everything(seed, workers=True, verbose=False)
-    from safetensors import safe_open
-
-    with safe_open(str(folder / "vectors.safetensors"), "pt") as handle:
-        d_rec = handle.get_slice("items").get_shape()[1]
+    d_rec = recommender_dim(folder)
     model, tokenizer, formatter = setup.build(cfg, d_rec)
     # behavior prompts carry no placeholders: the projectors never see a vector, so nothing to initialise
     use_vectors = cfg.alignment.mode != "behavior"
@@ -121,14 +147,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
                 folder.name,
                 cfg.alignment.mode,
             )
-    common = dict(max_length=ac.max_length, tasks=tasks)
-    train = AlignmentDataset.for_model(
-        folder, "train", model, tokenizer, formatter, limit=ac.max_train_examples, seed=seed, **common
-    )
-    # the validation sample follows the top-level seed: replicates (aligner.seed) share it
-    valid = AlignmentDataset.for_model(
-        folder, "valid", model, tokenizer, formatter, limit=ac.max_valid_examples, seed=cfg.seed, **common
-    )
+    train = encoded_split(cfg, folder, "train", model, tokenizer, formatter)
+    valid = encoded_split(cfg, folder, "valid", model, tokenizer, formatter)
     if len(train) == 0:
         raise ValueError(
             f"no training examples in {folder} for tasks {tasks or 'all'} (max_length {ac.max_length})"
