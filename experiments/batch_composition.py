@@ -10,7 +10,7 @@ batch's value is the reference). Needs the alignment data of the config; loads t
     python experiments/batch_composition.py alignment=hybrid recommender.train.patience=10
     python experiments/batch_composition.py --merge interest+interest_hard recommender.train.patience=10
 
-Overrides follow `experiment=targets alignment=intention` (the first positional arguments win).
+Overrides are applied after `experiment=targets alignment=intention` (so they win).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main() -> None:
     from _aligner_inputs import aligner_inputs
 
     from recexplainer.aligner.data import LengthGroupedSampler
-    from recexplainer.aligner.stage import encoded_split
+    from recexplainer.aligner.stage import encoded_split, training_seed
 
     cfg, folder, model, tokenizer, formatter = aligner_inputs(
         ["experiment=targets", "alignment=intention", *args.overrides]
@@ -52,7 +52,7 @@ def main() -> None:
     print(f"{folder.name}: {len(ds)} examples, {sum(lengths)} tokens, tasks {dict(counts)}")
     table = {}
     for mega in (int(m) for m in args.megas.split(",")):
-        sampler = LengthGroupedSampler(lengths, ac.batch_size, seed=cfg.seed, mega=mega)
+        sampler = LengthGroupedSampler(lengths, ac.batch_size, seed=training_seed(cfg), mega=mega)
         real = padded = single = 0
         majority = []
         batches = list(sampler)
@@ -70,7 +70,7 @@ def main() -> None:
         print(f"mega {mega:>3}: " + ", ".join(f"{k} {v}" for k, v in table[mega].items()), flush=True)
     if args.out:
         meta = {"alignment_data": folder.name, "batch_size": ac.batch_size, "examples": len(ds)}
-        meta.update(merge=args.merge, overrides=args.overrides, seed=cfg.seed)
+        meta.update(merge=args.merge, overrides=args.overrides, seed=training_seed(cfg))
         with open(args.out, "w") as handle:
             json.dump({"config": meta, "tasks": dict(counts), "megas": table}, handle, indent=2)
 

@@ -415,6 +415,10 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
         raise ConfigError(
             f"recommender.hidden_size={rec.hidden_size} must be divisible by recommender.n_heads={rec.n_heads}"
         )
+    for key in ("seed", "aligner.seed"):  # the bounds of numpy / Lightning seeding
+        value = _select(cfg, key)
+        if value is not None and not 0 <= value < 2**32:
+            raise ConfigError(f"{key}={value} must be in [0, 2**32)")
     _validate_alignment(cfg)
     _validate_evaluation(cfg)
     if cfg.dataset.format == "recbole_atomic" and not (cfg.dataset.path or cfg.dataset.asset):

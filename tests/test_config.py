@@ -98,6 +98,7 @@ def test_misspelled_key_in_a_user_yaml_fails(tmp_path: Path):
         ("stage=trian", "stage"),
         ("evaluation.beam_width=3", "evaluation.beam_width"),
         ("aligner.length_group_mega=0", "aligner.length_group_mega"),
+        ("aligner.seed=-1", "aligner.seed"),
     ],
 )
 def test_invalid_values_fail_at_start_up_naming_the_key(override, key):
