@@ -152,6 +152,7 @@ class AlignmentConfig:
     item_format: str = MISSING  # how an item fills {item} / candidates: fields {placeholder} and {title}
     title_separator: str = "; "
     max_hist_len: int = 9  # the last N history items form a prefix (the paper: 9 / 13 / 16)
+    text_hist_len: int | None = None  # {titles} shows the last N items of a prefix; null: all (the paper)
 
 
 @dataclass
@@ -366,6 +367,7 @@ POSITIVE: tuple[str, ...] = (
     "recommender.train.max_epochs",
     "dataset.preprocess.min_seq_len",
     "alignment.max_hist_len",
+    "alignment.text_hist_len",
     "aligner.batch_size",
     "aligner.accumulate_grad_batches",
     "aligner.length_group_mega",
@@ -473,3 +475,9 @@ def _validate_alignment(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from None
     if cfg.alignment.user_placeholder == cfg.alignment.item_placeholder:
         raise ConfigError("alignment.user_placeholder and alignment.item_placeholder must differ")
+    shown = cfg.alignment.get("text_hist_len")
+    if shown is not None and shown > cfg.alignment.max_hist_len:
+        raise ConfigError(
+            f"alignment.text_hist_len={shown} exceeds alignment.max_hist_len={cfg.alignment.max_hist_len}: "
+            "a prefix holds at most max_hist_len items (null shows them all)"
+        )

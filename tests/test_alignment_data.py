@@ -303,3 +303,42 @@ def test_item_tasks_repeat_items_with_varied_templates(root):
     assert all(len(v) == 3 for v in per_item.values())
     assert len({r["id"] for r in rows}) == len(rows)
     assert len({r["template_id"] for r in rows}) > 1
+
+
+def test_text_hist_len_shortens_the_titles_but_not_the_vectors_or_labels(root, context, hybrid):
+    """alignment.text_hist_len=2: a hybrid user shows its last two titles; the user's history, labels and
+    vector rows are those of the whole prefix; null keeps the stage key of before the knob."""
+    from recexplainer.alignment import stage as alignment_stage
+
+    data, _ = context
+    default = compose_config([f"paths.artifacts={root}", *TINY, "alignment=hybrid"])
+    assert "text_hist_len" not in alignment_stage.key_fields(default)["alignment"]
+    short = build(root, "hybrid", "alignment.text_hist_len=2")
+    assert short != hybrid
+    protocol = json.loads((short / "protocol.json").read_text())
+    assert protocol["prefix_text"].startswith("the last 2 items")
+    checked = 0
+    for task in ("retrieval", "interest", "ranking"):
+        full = {r["id"]: r for r in examples(hybrid, task, "train")}
+        for row in examples(short, task, "train"):
+            assert row["labels"] == full[row["id"]]["labels"] and row["history"] == full[row["id"]]["history"]
+            titles = [data.titles[i] for i in row["history"]]
+            assert f"<user> {'; '.join(titles[-2:])}" in row["prompt"]
+            if len(titles) > 2:
+                assert "; ".join(titles[-3:]) not in row["prompt"]
+                assert f"<user> {'; '.join(titles)}" in full[row["id"]]["prompt"]
+                checked += 1
+    assert checked > 50
+    assert torch.equal(
+        load_file(short / "vectors.safetensors")["users_train"],
+        load_file(hybrid / "vectors.safetensors")["users_train"],
+    )
+
+
+def test_text_hist_len_above_the_prefix_is_refused():
+    cfg = compose_config(["alignment=hybrid", "alignment.max_hist_len=5", "alignment.text_hist_len=6"])
+    with pytest.raises(ConfigError, match="text_hist_len=6 exceeds alignment.max_hist_len=5"):
+        validate(cfg, tuple(STAGES))
+    cfg = compose_config(["alignment=hybrid", "alignment.text_hist_len=0"])
+    with pytest.raises(ConfigError, match="text_hist_len=0 must be positive"):
+        validate(cfg, tuple(STAGES))

@@ -41,8 +41,12 @@ def active_tasks(cfg: DictConfig) -> dict[str, Any]:
 
 
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
+    alignment = OmegaConf.to_container(cfg.alignment, resolve=True)
+    # null = every title of the prefix: keys from before the knob existed still hold
+    if alignment.get("text_hist_len") is None:
+        alignment.pop("text_hist_len", None)
     return {
-        "alignment": OmegaConf.to_container(cfg.alignment, resolve=True),
+        "alignment": alignment,
         "tasks": OmegaConf.to_container(cfg.tasks, resolve=True),
         "seed": cfg.seed,
     }
@@ -155,6 +159,11 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         {
             "labels": "from the recommender's ranking of all items for each prefix, the prefix's items masked",
             "prefix": f"the last {cfg.alignment.max_hist_len} items before the position",
+            "prefix_text": (
+                "every item of the prefix"
+                if cfg.alignment.get("text_hist_len") is None
+                else f"the last {cfg.alignment.text_hist_len} items of the prefix (vectors and labels: all)"
+            ),
             "splits": "train: prefixes ending inside the training part; valid / test: each user's held-out positions",
             "item_tasks": "items held out of item-task training form the valid / test split",
             "mode": cfg.alignment.mode,

@@ -120,11 +120,15 @@ class SlotRenderer:
         self.user_placeholder = alignment.user_placeholder
         self.item_placeholder = alignment.item_placeholder
         self.separator = alignment.title_separator
+        self.text_hist_len = getattr(alignment, "text_hist_len", None)  # None: every item of the prefix
         self.titles = titles
         self._items: dict[int, str] = {}
 
     def user(self, history: Sequence[int], user_format: str | None = None) -> str:
-        titles = self.separator.join(self.titles[i] for i in history)
+        """A user as text: ``{titles}`` holds the last ``text_hist_len`` items of ``history`` (all if None);
+        the user's vector, and every label, still come from the whole prefix."""
+        shown = history if self.text_hist_len is None else history[len(history) - self.text_hist_len :]
+        titles = self.separator.join(self.titles[i] for i in shown)
         return render(
             user_format or self.user_format, {"placeholder": self.user_placeholder, "titles": titles}
         )
