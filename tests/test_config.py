@@ -105,3 +105,17 @@ def test_invalid_values_fail_at_start_up_naming_the_key(override, key):
     cfg = compose_config([override])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg, tuple(STAGES))
+
+
+def test_targets_hybrid_preset_is_the_measured_command_line():
+    """experiment=targets_hybrid composes exactly the measured run: targets, hybrid, one title, mega 8."""
+    measured = compose_config(
+        ["experiment=targets", "alignment=hybrid", "alignment.text_hist_len=1", "aligner.length_group_mega=8"]
+    )
+    preset = compose_config(["experiment=targets_hybrid"])
+    assert OmegaConf.to_container(preset, resolve=True) == OmegaConf.to_container(measured, resolve=True)
+    assert preset.alignment.mode == "hybrid" and preset.aligner.train_tasks == [
+        "retrieval",
+        "interest",
+        "interest_hard",
+    ]
