@@ -342,3 +342,14 @@ def test_text_hist_len_above_the_prefix_is_refused():
     cfg = compose_config(["alignment=hybrid", "alignment.text_hist_len=0"])
     with pytest.raises(ConfigError, match="text_hist_len=0 must be positive"):
         validate(cfg, tuple(STAGES))
+
+
+@pytest.mark.parametrize("history", [[1, 2, 3, 4], [3, 4], [4], []])
+def test_renderer_shows_the_last_titles_of_short_and_long_histories(history):
+    from recexplainer.alignment.templates import SlotRenderer
+
+    titles = ["pad", "A", "B", "C", "D"]
+    alignment = OmegaConf.create(compose_config(["alignment=hybrid", "alignment.text_hist_len=3"]).alignment)
+    expected = "; ".join(titles[i] for i in history[-3:])
+    assert SlotRenderer(alignment, titles).user(history) == f"<user> {expected}"
+    assert SlotRenderer(alignment, titles).user(np.array(history, dtype=np.int64)) == f"<user> {expected}"
