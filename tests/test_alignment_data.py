@@ -313,6 +313,12 @@ def test_text_hist_len_shortens_the_titles_but_not_the_vectors_or_labels(root, c
     data, _ = context
     default = compose_config([f"paths.artifacts={root}", *TINY, "alignment=hybrid"])
     assert "text_hist_len" not in alignment_stage.key_fields(default)["alignment"]
+    # intention renders no titles: the knob changes neither its examples nor its key
+    intention = compose_config([f"paths.artifacts={root}", *TINY, "alignment=intention"])
+    cut = compose_config(
+        [f"paths.artifacts={root}", *TINY, "alignment=intention", "alignment.text_hist_len=1"]
+    )
+    assert stage_folder(cut, "alignment_data") == stage_folder(intention, "alignment_data")
     short = build(root, "hybrid", "alignment.text_hist_len=2")
     assert short != hybrid
     protocol = json.loads((short / "protocol.json").read_text())

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from recexplainer.alignment.build import EXAMPLES_PER_PREFIX, ITEM_KINDS, USER_KINDS, TaskBuilder, read_replay
 from recexplainer.alignment.labels import iter_scored_prefixes, most_similar_items, sample_prefixes, task_rng
-from recexplainer.alignment.templates import SlotRenderer
+from recexplainer.alignment.templates import SlotRenderer, template_fields
 from recexplainer.artifacts import atomic_path, write_json
 from recexplainer.data.dataset import SequentialData
 from recexplainer.recommender import load_recommender
@@ -40,11 +40,22 @@ def active_tasks(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def shown_history(cfg: DictConfig) -> int | None:
+    """``alignment.text_hist_len`` where a user format renders ``{titles}``; None (every title) otherwise, so
+    the knob cannot change an intention run's examples or cache key."""
+    n = cfg.alignment.get("text_hist_len")
+    formats = [cfg.alignment.user_format] + [
+        t.user_format for t in cfg.tasks.values() if t.get("user_format")
+    ]
+    return n if n is not None and any("titles" in template_fields(f) for f in formats) else None
+
+
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
     alignment = OmegaConf.to_container(cfg.alignment, resolve=True)
-    # null = every title of the prefix: keys from before the knob existed still hold
-    if alignment.get("text_hist_len") is None:
-        alignment.pop("text_hist_len", None)
+    # null (every title) is left out: keys from before the knob existed still hold
+    alignment.pop("text_hist_len", None)
+    if shown_history(cfg) is not None:
+        alignment["text_hist_len"] = shown_history(cfg)
     return {
         "alignment": alignment,
         "tasks": OmegaConf.to_container(cfg.tasks, resolve=True),
@@ -161,8 +172,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             "prefix": f"the last {cfg.alignment.max_hist_len} items before the position",
             "prefix_text": (
                 "every item of the prefix"
-                if cfg.alignment.get("text_hist_len") is None
-                else f"the last {cfg.alignment.text_hist_len} items of the prefix (vectors and labels: all)"
+                if shown_history(cfg) is None
+                else f"the last {shown_history(cfg)} items of the prefix (vectors and labels: all)"
             ),
             "splits": "train: prefixes ending inside the training part; valid / test: each user's held-out positions",
             "item_tasks": "items held out of item-task training form the valid / test split",

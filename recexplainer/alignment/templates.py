@@ -127,9 +127,7 @@ class SlotRenderer:
     def user(self, history: Sequence[int], user_format: str | None = None) -> str:
         """A user as text: ``{titles}`` holds the last ``text_hist_len`` items of ``history`` (all if None);
         the user's vector, and every label, still come from the whole prefix."""
-        shown = (
-            history if self.text_hist_len is None else history[max(0, len(history) - self.text_hist_len) :]
-        )
+        shown = history if self.text_hist_len is None else history[-self.text_hist_len :]  # validated >= 1
         titles = self.separator.join(self.titles[i] for i in shown)
         return render(
             user_format or self.user_format, {"placeholder": self.user_placeholder, "titles": titles}
