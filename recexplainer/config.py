@@ -126,6 +126,7 @@ class TrainerConfig:
     devices: Any = 1
     strategy: str = "auto"
     precision: str = "32-true"
+    recommender_precision: str | None = None  # the recommender stage's precision; None: `precision`
     num_nodes: int = 1
     deterministic: bool = False
     enable_progress_bar: bool = True

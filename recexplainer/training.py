@@ -103,25 +103,78 @@ def process_rank() -> int:
     return local if node == 0 else max(1, local + node)  # only zero / non-zero matters to the pipeline
 
 
+_PRECISION_ADVICE_GIVEN: set[str] = set()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX tiles). Where it does, bf16 is
+    several times faster than fp32 (measured on a 2-core Xeon with AMX: matrix products 10x, a SmolLM2-135M
+    forward pass 2.6x under autocast, a LoRA training step 1.7x); where it does not, PyTorch emulates bf16 and
+    it is slower than fp32 (measured: 5x slower on a 2-core AVX2 EPYC)."""
+    import torch
+
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(torch.cpu, probe, None)
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # a private probe that changed between torch versions: assume no
+            continue
+    return False
+
+
+def stage_precision(trainer_cfg: DictConfig, stage: str) -> str:
+    """The numeric precision a stage runs with: ``trainer.recommender_precision`` for the recommender where
+    set (so that ``trainer=cpu_bf16`` keeps the fp32 recommender, and with it the labels and every stage
+    built on them), ``trainer.precision`` otherwise."""
+    if stage == "recommender" and trainer_cfg.get("recommender_precision"):
+        return str(trainer_cfg.recommender_precision)
+    return str(trainer_cfg.get("precision", "32-true"))
+
+
+def advise_cpu_precision(trainer_cfg: DictConfig, precision: str) -> None:
+    """Log once per process where a CPU run's precision does not suit the CPU: bf16 without native bf16
+    (slow), or fp32 where bf16 is native (``trainer=cpu_bf16`` would be faster)."""
+    if str(trainer_cfg.get("accelerator", "cpu")) != "cpu":
+        return
+    bf16 = precision.startswith("bf16")
+    advice = None
+    if bf16 and not cpu_has_bf16():
+        advice = (
+            f"trainer.precision={precision} on a CPU without native bf16 (no AVX512-BF16 / AMX): PyTorch "
+            "emulates bf16 here and it is slower than fp32 (measured 5x); use trainer=cpu"
+        )
+    elif not bf16 and precision in ("32-true", "32") and cpu_has_bf16():
+        advice = (
+            "this CPU has native bf16 (AVX512-BF16 / AMX): trainer=cpu_bf16 runs the LLM stages about "
+            "1.7x (training) to 2.6x (inference) faster, with bf16 numerics (the recommender stays fp32)"
+        )
+    if advice and advice not in _PRECISION_ADVICE_GIVEN:
+        _PRECISION_ADVICE_GIVEN.add(advice)
+        (log.warning if bf16 else log.info)(advice)
+
+
 def inference_device(trainer_cfg: DictConfig):
     """(device, autocast dtype or None) for the stages that run a model outside a Trainer (explain, the
     local judge): the GPU when ``trainer.accelerator`` asks for one (gpu / cuda / auto) and CUDA is there,
-    with bf16 autocast under a ``bf16`` precision; the CPU otherwise. A GPU asked for but missing is an
+    with bf16 autocast under a ``bf16`` precision; the CPU otherwise (bf16 autocast there too under a ``bf16``
+    precision, as the Trainer's ``bf16-mixed`` does on the CPU). A GPU asked for but missing is an
     error (as a Trainer would raise), not a silent 50x slower run."""
     import torch
 
     accelerator = str(trainer_cfg.get("accelerator", "cpu"))
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    cpu = torch.device("cpu"), (torch.bfloat16 if precision.startswith("bf16") else None)
     if accelerator not in ("gpu", "cuda", "auto"):
-        return torch.device("cpu"), None
+        return cpu
     if not torch.cuda.is_available():
         if accelerator == "auto":
-            return torch.device("cpu"), None
+            return cpu
         raise RuntimeError(
             f"trainer.accelerator={accelerator} but torch sees no CUDA device "
             f"(torch {torch.__version__}); use trainer=cpu or install a CUDA build of torch"
         )
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    precision = str(trainer_cfg.get("precision", "32-true"))
     return device, (torch.bfloat16 if precision.startswith("bf16") else None)
 
 
@@ -205,15 +258,19 @@ def build_trainer(
     callbacks: list,
     grad_clip: float | None,
     shard: bool = True,
+    precision: str | None = None,
     **kwargs,
 ) -> L.Trainer:
     """A Trainer for the configured hardware; ``kwargs`` go to ``L.Trainer`` (stage-specific settings).
 
     ``shard=False`` (the recommender, the evaluation): a sharding strategy (``fsdp``, ``deepspeed*``) is
     replaced by ``ddp``: those stages' models fit one device, and the evaluation calls the model outside
-    the strategy's wrapper, which needs whole (unsharded) weights on every process."""
+    the strategy's wrapper, which needs whole (unsharded) weights on every process. ``precision``: the
+    stage's own (:func:`stage_precision`), ``trainer.precision`` when None."""
     quiet_lightning_logging()
     t = cfg.trainer
+    precision = precision or str(t.precision)
+    advise_cpu_precision(t, precision)
     strategy = t.strategy
     if not shard and isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed")):
         log.info("%s: trainer.strategy=%s is for the aligner; this stage runs with ddp", name, strategy)
@@ -222,7 +279,7 @@ def build_trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         strategy=strategy,
-        precision=t.precision,
+        precision=precision,
         num_nodes=t.num_nodes,
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,

@@ -322,3 +322,31 @@ def test_aligner_seed_reseeds_training_alone_and_keeps_older_keys(tmp_path, monk
     with pytest.raises(Built):
         run(reseeded)
     assert seeds == {"train": 3, "valid": 7} and everything[-1] == 3
+
+
+def test_cpu_bf16_trains_and_evaluates_with_fp32_weights_saved(tmp_path):
+    """trainer=cpu_bf16: the aligner trains under bf16 autocast (loss finite), saves fp32 weights, and the
+    evaluation runs the aligned model under bf16 autocast on the same upstream folders as trainer=cpu."""
+    from safetensors.torch import load_file
+
+    from .conftest import TINY, TINY_SASREC, compose_config
+
+    base = [f"paths.artifacts={tmp_path}", *TINY, *TINY_SASREC, *ALIGN, "trainer=cpu_bf16"]
+    cfg = compose_config(base)
+    folder = run(cfg)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["aligner/optimizer_steps"] == 3 and 0 < metrics["train/loss"] < float("inf")
+    for name in ("adapter/adapter_model.safetensors", "projectors.safetensors"):
+        assert {t.dtype for t in load_file(folder / name).values()} == {torch.float32}, name
+    evaluated = run(
+        compose_config(
+            [*base, "stage=evaluate", "evaluation.max_examples=2", "evaluation.baselines=[]"]
+            + [
+                f"evaluation.max_examples_per_task.{t}=2"
+                for t in ("interest", "interest_hard", "ranking", "history")
+            ]
+        )
+    )
+    assert json.loads((evaluated / "protocol.json").read_text())["precision"] == "bf16-mixed"
+    results = json.loads((evaluated / "metrics.json").read_text())
+    assert 0.0 <= results["task3/acc"] <= 1.0 and 0.0 <= results["task1/hr@5"] <= 1.0

@@ -5,15 +5,19 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
 
-from recexplainer.training import autocast, build_trainer, inference_device
+from recexplainer import training
+from recexplainer.training import autocast, build_trainer, inference_device, stage_precision
 
 
 def test_inference_device_follows_the_trainer_config(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cpu = OmegaConf.create({"accelerator": "cpu", "precision": "bf16-mixed"})
-    assert inference_device(cpu) == (torch.device("cpu"), None)  # bf16 on a CPU is never chosen
+    # bf16 autocast on the CPU too, as the Trainer's bf16-mixed does there (trainer=cpu_bf16)
+    assert inference_device(cpu) == (torch.device("cpu"), torch.bfloat16)
+    cpu32 = OmegaConf.create({"accelerator": "cpu", "precision": "32-true"})
+    assert inference_device(cpu32) == (torch.device("cpu"), None)
     auto = OmegaConf.create({"accelerator": "auto", "precision": "bf16-mixed"})
-    assert inference_device(auto) == (torch.device("cpu"), None)
+    assert inference_device(auto) == (torch.device("cpu"), torch.bfloat16)
     gpu = OmegaConf.create({"accelerator": "gpu", "precision": "bf16-mixed"})
     with pytest.raises(RuntimeError, match="no CUDA device"):
         inference_device(gpu)
@@ -44,3 +48,77 @@ def test_unsharded_stages_run_sharding_strategies_as_ddp(make_cfg, tmp_path, str
     # the aligner keeps the configured strategy (here it cannot start without a GPU: Lightning says so)
     with pytest.raises(Exception, match="(?i)(fsdp.*requires a gpu|deepspeed.*installed)"):
         build_trainer(cfg, tmp_path, "aligner", 1, [], 1.0, shard=True)
+
+
+def test_cpu_bf16_keeps_the_fp32_recommender_and_its_downstream_keys(make_cfg):
+    """trainer=cpu_bf16: bf16 for the LLM stages, the recommender (and so labels and alignment data) stays
+    the fp32 one of trainer=cpu: same cached folders up to the alignment data, new ones from the aligner."""
+    from recexplainer.pipeline import stage_folder
+
+    fp32, bf16 = make_cfg("trainer=cpu"), make_cfg("trainer=cpu_bf16")
+    assert bf16.trainer.precision == "bf16-mixed" and bf16.trainer.accelerator == "cpu"
+    assert stage_precision(bf16.trainer, "recommender") == "32-true"
+    assert stage_precision(bf16.trainer, "aligner") == "bf16-mixed"
+    assert stage_precision(fp32.trainer, "recommender") == "32-true"
+    for stage in ("data", "recommender", "alignment_data"):
+        assert stage_folder(fp32, stage) == stage_folder(bf16, stage)
+    for stage in ("aligner", "evaluate"):
+        assert stage_folder(fp32, stage) != stage_folder(bf16, stage)
+    # without recommender_precision every stage follows trainer.precision (the GPU presets)
+    both = make_cfg("trainer=cpu", "trainer.precision=bf16-mixed")
+    assert stage_precision(both.trainer, "recommender") == "bf16-mixed"
+    assert stage_folder(both, "recommender") != stage_folder(fp32, "recommender")
+
+
+def test_the_recommender_trainer_runs_at_its_own_precision(make_cfg, tmp_path):
+    cfg = make_cfg("trainer=cpu_bf16")
+    trainer = build_trainer(
+        cfg,
+        tmp_path,
+        "recommender",
+        1,
+        [],
+        None,
+        shard=False,
+        precision=stage_precision(cfg.trainer, "recommender"),
+    )
+    assert trainer.precision == "32-true"
+    assert build_trainer(cfg, tmp_path, "aligner", 1, [], None).precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize(
+    ("native", "precision", "level", "says"),
+    [
+        (False, "bf16-mixed", "WARNING", "slower than fp32"),
+        (True, "32-true", "INFO", "trainer=cpu_bf16"),
+        (True, "bf16-mixed", None, None),
+        (False, "32-true", None, None),
+    ],
+)
+def test_cpu_precision_advice_fits_the_cpu(monkeypatch, caplog, native, precision, level, says):
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(training, "_PRECISION_ADVICE_GIVEN", set())
+    cfg = OmegaConf.create({"accelerator": "cpu", "precision": precision})
+    with caplog.at_level("INFO", logger="recexplainer.training"):
+        training.advise_cpu_precision(cfg, precision)
+        training.advise_cpu_precision(cfg, precision)  # once per process, not once per stage
+    records = [r for r in caplog.records if r.name == "recexplainer.training"]
+    if level is None:
+        assert records == []
+    else:
+        assert len(records) == 1 and records[0].levelname == level and says in records[0].getMessage()
+    gpu = OmegaConf.create({"accelerator": "gpu", "precision": precision})
+    caplog.clear()
+    training.advise_cpu_precision(gpu, precision)
+    assert [r for r in caplog.records if r.name == "recexplainer.training"] == []
+
+
+def test_cpu_has_bf16_is_a_bool_and_survives_a_broken_probe(monkeypatch):
+    assert isinstance(training.cpu_has_bf16(), bool)
+
+    def broken():
+        raise RuntimeError("probe changed")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", broken, raising=False)
+    assert training.cpu_has_bf16() is False

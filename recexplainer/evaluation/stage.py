@@ -276,6 +276,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         "model": ev.model,
         "predictors": [getattr(p, "name", "model") for _, p in predictors],
         "examples_per_task": {t: len(rows) for t, rows in examples.items()},
+        # the LLM's numerics (trainer=cpu_bf16 / gpu: bf16 autocast), None for baselines only
+        "precision": str(cfg.trainer.precision) if ev.model != "none" else None,
         "decoding": {
             "retrieval": f"beam search, {ev.beam_width or ev.num_beams} beams, as many returned sequences, "
             f"one title each; candidates: the first {ev.num_beams} distinct titles",

@@ -17,7 +17,13 @@ from recexplainer.data.dataset import SequentialData
 from recexplainer.recommender import build_model, model_kwargs
 from recexplainer.recommender.datamodule import SequenceDataModule
 from recexplainer.recommender.module import RecommenderModule
-from recexplainer.training import EpochTimer, build_trainer, keep_freed_memory, peak_rss_mb
+from recexplainer.training import (
+    EpochTimer,
+    build_trainer,
+    keep_freed_memory,
+    peak_rss_mb,
+    stage_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +33,7 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     return {
         "recommender": OmegaConf.to_container(cfg.recommender, resolve=True),
         "seed": cfg.seed,
-        "precision": cfg.trainer.precision,
+        "precision": stage_precision(cfg.trainer, "recommender"),
     }
 
 
@@ -71,7 +77,14 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     timer = EpochTimer()
     callbacks = [checkpoint, EarlyStopping(rc.train.monitor, mode="max", patience=rc.train.patience), timer]
     trainer = build_trainer(
-        cfg, out_dir, "recommender", rc.train.max_epochs, callbacks, rc.train.grad_clip, shard=False
+        cfg,
+        out_dir,
+        "recommender",
+        rc.train.max_epochs,
+        callbacks,
+        rc.train.grad_clip,
+        shard=False,
+        precision=stage_precision(cfg.trainer, "recommender"),
     )
     last = ckpt_dir / "last.ckpt"
     if last.is_file():
