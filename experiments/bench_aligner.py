@@ -1,7 +1,8 @@
 """Aligner training throughput vs a plain baseline, side by side in one run (make bench-aligner).
 
 Both train SmolLM2-135M-Instruct with LoRA (r 16, alpha 32, q/k/v/o) on the same tokenized alignment
-examples, same batch size and number of optimizer steps, fp32 on the CPU:
+examples, same batch size and number of optimizer steps, on the CPU at each ``--precision`` (fp32 by default;
+``32-true,bf16-mixed`` compares bf16 autocast, for CPUs with AMX / AVX512-BF16, in the same run):
 
 - ``recexplainer``: the aligner's own path (length-grouped batches, LM head on response tokens only,
   vectors injected at the placeholders), driven by the same Lightning Trainer as the stage;
@@ -32,7 +33,7 @@ OVERRIDES = [
 ]
 
 
-def child(mode: str, examples: int, steps: int, batch: int, threads: int) -> dict:
+def child(mode: str, examples: int, steps: int, batch: int, threads: int, precision: str = "32-true") -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -76,6 +77,7 @@ def child(mode: str, examples: int, steps: int, batch: int, threads: int) -> dic
         module = AlignerModule(model, total_steps=steps)
         trainer = L.Trainer(
             accelerator="cpu",
+            precision=precision,
             max_steps=steps,
             logger=False,
             enable_checkpointing=False,
@@ -117,6 +119,7 @@ def child(mode: str, examples: int, steps: int, batch: int, threads: int) -> dic
             save_strategy="no",
             logging_steps=1000,
             use_cpu=True,
+            bf16=precision.startswith("bf16"),  # torch.autocast on the CPU, as Lightning's bf16-mixed
             dataloader_num_workers=0,
             seed=0,
         )
@@ -128,6 +131,7 @@ def child(mode: str, examples: int, steps: int, batch: int, threads: int) -> dic
         padded = sum(pad_batch(rows[k : k + batch])["input_ids"].numel() for k in range(0, n, batch))
     return {
         "mode": mode,
+        "precision": precision,
         "seconds": seconds,
         "tokens": tokens,
         "padded_tokens": padded,
@@ -143,11 +147,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="alternate the two modes this many times")
+    parser.add_argument(
+        "--precision",
+        default="32-true",
+        help="comma-separated Lightning precisions, each run for both modes (bf16-mixed: CPUs with AMX / "
+        "AVX512-BF16, as trainer=cpu_bf16), e.g. 32-true,bf16-mixed",
+    )
     parser.add_argument("--out", default="benchmarks/aligner.json")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.examples, args.steps, args.batch, args.threads)))
+        print(
+            json.dumps(child(args.child, args.examples, args.steps, args.batch, args.threads, args.precision))
+        )
         return
     exe = Path(sys.executable).with_name("recexplainer")
     prep = subprocess.run(
@@ -158,8 +170,10 @@ def main() -> None:
     if prep.returncode != 0:
         sys.exit(f"building the alignment data failed:\n{prep.stderr[-3000:]}")
     runs = []
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    modes = [(m, p) for p in precisions for m in ("baseline", "recexplainer")]
     for _ in range(args.repeats):
-        for mode in ("baseline", "recexplainer"):
+        for mode, precision in modes:
             cmd = [
                 sys.executable,
                 __file__,
@@ -173,6 +187,8 @@ def main() -> None:
                 str(args.batch),
                 "--threads",
                 str(args.threads),
+                "--precision",
+                precision,
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -181,10 +197,16 @@ def main() -> None:
             print(json.dumps(runs[-1]))
     import statistics
 
-    med = {
-        m: statistics.median(r["tokens_per_s"] for r in runs if r["mode"] == m)
-        for m in ("baseline", "recexplainer")
-    }
+    from recexplainer.training import cpu_description
+
+    def median(mode: str, precision: str) -> float:
+        return statistics.median(
+            r["tokens_per_s"] for r in runs if r["mode"] == mode and r["precision"] == precision
+        )
+
+    # the first precision under the plain names (as before), every precision as mode@precision
+    med = {m: median(m, precisions[0]) for m in ("baseline", "recexplainer")}
+    med |= {f"{m}@{p}": median(m, p) for m, p in modes}
     result = {
         "command": " ".join(
             [
@@ -194,19 +216,27 @@ def main() -> None:
                 f"--batch {args.batch}",
                 f"--threads {args.threads}",
                 f"--repeats {args.repeats}",
+                f"--precision {args.precision}",
             ]
         ),
+        "cpu": cpu_description(),
         "date": time.strftime("%Y-%m-%d"),
         "runs": runs,
         "median_tokens_per_s": med,
         "speedup": med["recexplainer"] / med["baseline"],
+        "speedup_per_precision": {p: median("recexplainer", p) / median("baseline", p) for p in precisions},
+        "precision_speedup": {  # recexplainer at each precision vs recexplainer at the first one
+            p: median("recexplainer", p) / median("recexplainer", precisions[0]) for p in precisions
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        f"wrote {args.out}: recexplainer {med['recexplainer']:.0f} tokens/s vs baseline {med['baseline']:.0f} "
-        f"({result['speedup']:.2f}x)"
-    )
+    for p in precisions:
+        print(
+            f"{p}: recexplainer {median('recexplainer', p):.0f} tokens/s vs baseline "
+            f"{median('baseline', p):.0f} ({result['speedup_per_precision'][p]:.2f}x)"
+        )
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Evaluation speed: examples/s per task, batched (the stage's way) vs one example at a time, side by side.
 
-Uses the evaluate stage's own predictor (SmolLM2-135M-Instruct, fp32 CPU): beam search (5) for task 1,
+Uses the evaluate stage's own predictor (SmolLM2-135M-Instruct, fp32 CPU unless ``--precision``): beam search (5) for task 1,
 greedy for the title tasks, one forward pass for the yes/no tasks. The model is the trained aligner of
 the given config when one exists (``--aligned``), else the unaligned LLM on the same prompts; both
 decode with the same bounded length, so the comparison is about batching only. Peak RSS is reported
@@ -13,6 +13,7 @@ example decodes to the length bound in both modes: the same work on each side, a
 comparison (not a quality one).
 
     python experiments/bench_evaluation.py --per-task 16 --batch 16 --out benchmarks/evaluation.json
+    python experiments/bench_evaluation.py --precision bf16 ...    # CPUs with AMX / AVX512-BF16
     python experiments/bench_evaluation.py --device cuda --precision bf16 --random-weights smollm2_135m \
         --per-task 32 --batch 32 paths.artifacts=/tmp/gc-eval
 """
@@ -45,7 +46,11 @@ def main() -> None:
     parser.add_argument("--aligned", action="store_true", help="use the trained aligner of the config")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument(
-        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (GPU runs)"
+        "--precision",
+        choices=("fp32", "bf16", "bf16-true"),
+        default="fp32",
+        help="bf16: autocast (trainer.precision=bf16-mixed: trainer=gpu, trainer=cpu_bf16); "
+        "bf16-true: weights cast to bf16 (trainer.precision=bf16-true)",
     )
     parser.add_argument(
         "--random-weights",
@@ -73,7 +78,7 @@ def main() -> None:
     from recexplainer.evaluation import stage
     from recexplainer.evaluation.decoding import Decoder
     from recexplainer.pipeline import stage_folder
-    from recexplainer.training import autocast
+    from recexplainer.training import autocast, cpu_description
 
     register_configs()
     model = "aligned" if args.aligned else "unaligned"
@@ -111,6 +116,8 @@ def main() -> None:
     predictor.model.to(device)
     predictor.decoder = Decoder(predictor.model, predictor.tokenizer)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
+    if args.precision == "bf16-true":
+        predictor.model.to(torch.bfloat16)
 
     def clock() -> float:
         if device.type == "cuda":
@@ -126,6 +133,7 @@ def main() -> None:
             "device": str(device)
             + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "precision": args.precision,
+            "cpu": cpu_description(),
             "batch_size": args.batch,
             "threads": args.threads,
             "tasks": results,

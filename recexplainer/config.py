@@ -262,6 +262,9 @@ class EvaluationConfig:
     max_new_tokens_margin: int = 8  # generation bound = titles asked x longest title + separators + margin
     fuzzy_cutoff: float = 0.85  # difflib ratio for the separately reported fuzzy match
     few_shot: int = 0  # unaligned model: training examples shown as earlier turns
+    # the LLM's numerics in this stage; None: trainer.precision. E.g. bf16-mixed (autocast) or bf16-true
+    # (weights cast) to evaluate an aligner trained in fp32 faster on a GPU or a CPU with native bf16
+    precision: str | None = None
     baselines: list[str] = field(
         default_factory=lambda: ["random", "popularity", "top1_frequency", "item_knn", "student"]
     )

@@ -123,6 +123,21 @@ def cpu_has_bf16() -> bool:
     return False
 
 
+def cpu_description() -> str:
+    """The CPU's model name and whether it has native bf16, for benchmark records: figures from machines
+    with and without it differ severalfold."""
+    name = "unknown CPU"
+    try:
+        name = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    return f"{name} ({'native bf16' if cpu_has_bf16() else 'no native bf16'})"
+
+
 def stage_precision(trainer_cfg: DictConfig, stage: str) -> str:
     """The numeric precision a stage runs with: ``trainer.recommender_precision`` for the recommender where
     set (so that ``trainer=cpu_bf16`` keeps the fp32 recommender, and with it the labels and every stage
@@ -269,8 +284,10 @@ def build_trainer(
     stage's own (:func:`stage_precision`), ``trainer.precision`` when None."""
     quiet_lightning_logging()
     t = cfg.trainer
+    advise_cpu_precision(
+        t, str(t.precision)
+    )  # the configured one: a fp32 recommender under cpu_bf16 is meant
     precision = precision or str(t.precision)
-    advise_cpu_precision(t, precision)
     strategy = t.strategy
     if not shard and isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed")):
         log.info("%s: trainer.strategy=%s is for the aligner; this stage runs with ddp", name, strategy)

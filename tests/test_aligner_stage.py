@@ -350,3 +350,38 @@ def test_cpu_bf16_trains_and_evaluates_with_fp32_weights_saved(tmp_path):
     assert json.loads((evaluated / "protocol.json").read_text())["precision"] == "bf16-mixed"
     results = json.loads((evaluated / "metrics.json").read_text())
     assert 0.0 <= results["task3/acc"] <= 1.0 and 0.0 <= results["task1/hr@5"] <= 1.0
+
+
+def test_evaluation_precision_evaluates_an_fp32_aligner_in_bf16(trained, monkeypatch):
+    """evaluation.precision: the fp32 aligner evaluated with bf16 weights (bf16-true) without retraining;
+    null or the trainer's own precision keeps the evaluate key of before."""
+    from .conftest import TINY, TINY_SASREC, compose_config
+
+    cfg, aligner_folder = trained
+    base = [f"paths.artifacts={cfg.paths.artifacts}", *TINY, *TINY_SASREC, *ALIGN, "stage=evaluate"]
+    base += ["evaluation.max_examples=2", "evaluation.baselines=[]"]
+    base += [
+        f"evaluation.max_examples_per_task.{t}=2" for t in ("interest", "interest_hard", "ranking", "history")
+    ]
+    default, same = compose_config(base), compose_config([*base, "evaluation.precision=32-true"])
+    bf16 = compose_config([*base, "evaluation.precision=bf16-true"])
+    assert stage_folder(default, "evaluate") == stage_folder(same, "evaluate")
+    assert stage_folder(bf16, "evaluate") != stage_folder(default, "evaluate")
+    assert stage_folder(bf16, "aligner") == aligner_folder  # no retraining
+    from recexplainer.evaluation.predictors import LLMPredictor
+
+    dtypes = set()
+    predict = LLMPredictor.predict
+
+    def spy(self, kind, rows):
+        dtypes.add(next(self.model.parameters()).dtype)
+        return predict(self, kind, rows)
+
+    monkeypatch.setattr(LLMPredictor, "predict", spy)
+    folder = run(bf16)
+    assert dtypes == {torch.bfloat16}  # the weights themselves, cast by Lightning's bf16-true
+    assert json.loads((folder / "protocol.json").read_text())["precision"] == "bf16-true"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert 0.0 <= metrics["task3/acc"] <= 1.0 and metrics["task1/valid_ratio"] >= 0.0
+    records = [json.loads(x) for x in (folder / "predictions" / "aligned.jsonl").read_text().splitlines()]
+    assert records and all(0.0 <= r["p_yes"] <= 1.0 for r in records if r["task"] == "interest")

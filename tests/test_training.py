@@ -70,19 +70,24 @@ def test_cpu_bf16_keeps_the_fp32_recommender_and_its_downstream_keys(make_cfg):
     assert stage_folder(both, "recommender") != stage_folder(fp32, "recommender")
 
 
-def test_the_recommender_trainer_runs_at_its_own_precision(make_cfg, tmp_path):
+def test_the_recommender_trainer_runs_at_its_own_precision(make_cfg, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(training, "_PRECISION_ADVICE_GIVEN", set())
     cfg = make_cfg("trainer=cpu_bf16")
-    trainer = build_trainer(
-        cfg,
-        tmp_path,
-        "recommender",
-        1,
-        [],
-        None,
-        shard=False,
-        precision=stage_precision(cfg.trainer, "recommender"),
-    )
+    with caplog.at_level("INFO", logger="recexplainer.training"):
+        trainer = build_trainer(
+            cfg,
+            tmp_path,
+            "recommender",
+            1,
+            [],
+            None,
+            shard=False,
+            precision=stage_precision(cfg.trainer, "recommender"),
+        )
     assert trainer.precision == "32-true"
+    # the fp32 recommender is what cpu_bf16 asks for: no advice to switch to cpu_bf16
+    assert not [r for r in caplog.records if "cpu_bf16" in r.getMessage()]
     assert build_trainer(cfg, tmp_path, "aligner", 1, [], None).precision == "bf16-mixed"
 
 

@@ -44,12 +44,19 @@ def requires(cfg: DictConfig) -> tuple[str, ...]:
     return tuple(stages)
 
 
+def llm_precision(cfg: DictConfig) -> str:
+    """The precision the LLM is evaluated at: ``evaluation.precision``, else ``trainer.precision``."""
+    return str(cfg.evaluation.get("precision") or cfg.trainer.precision)
+
+
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
-    fields = {"evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True), "seed": cfg.seed}
+    evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    evaluation.pop("precision", None)  # in the key as the effective "precision" below (older keys hold)
+    fields = {"evaluation": evaluation, "seed": cfg.seed}
     if cfg.evaluation.model == "unaligned":  # the aligned model's LLM is part of the aligner's key
         fields["llm"] = OmegaConf.to_container(cfg.llm, resolve=True)
     if cfg.evaluation.model != "none":
-        fields["precision"] = cfg.trainer.precision
+        fields["precision"] = llm_precision(cfg)
     return fields
 
 
@@ -194,7 +201,17 @@ def evaluate(
     # examples are sharded here (every world-th one per process), so Lightning must not add a
     # DistributedSampler on top: that would drop half of each shard
     trainer = (
-        build_trainer(cfg, out_dir, "evaluate", 1, [], None, shard=False, use_distributed_sampler=False)
+        build_trainer(
+            cfg,
+            out_dir,
+            "evaluate",
+            1,
+            [],
+            None,
+            shard=False,
+            precision=llm_precision(cfg),
+            use_distributed_sampler=False,
+        )
         if prefix == ""
         else None
     )
@@ -277,7 +294,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         "predictors": [getattr(p, "name", "model") for _, p in predictors],
         "examples_per_task": {t: len(rows) for t, rows in examples.items()},
         # the LLM's numerics (trainer=cpu_bf16 / gpu: bf16 autocast), None for baselines only
-        "precision": str(cfg.trainer.precision) if ev.model != "none" else None,
+        "precision": llm_precision(cfg) if ev.model != "none" else None,
         "decoding": {
             "retrieval": f"beam search, {ev.beam_width or ev.num_beams} beams, as many returned sequences, "
             f"one title each; candidates: the first {ev.num_beams} distinct titles",
