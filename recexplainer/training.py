@@ -138,6 +138,22 @@ def cpu_description() -> str:
     return f"{name} ({'native bf16' if cpu_has_bf16() else 'no native bf16'})"
 
 
+def environment() -> dict[str, str]:
+    """Package versions and hardware that shaped a run's numbers (recorded, not keyed)."""
+    import importlib.metadata
+
+    import torch
+
+    versions = {}
+    for package in ("torch", "transformers", "peft", "lightning", "torchmetrics"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {**versions, "cpu": cpu_description(), **({"gpu": gpu} if gpu else {})}
+
+
 def stage_precision(trainer_cfg: DictConfig, stage: str) -> str:
     """The numeric precision a stage runs with: ``trainer.recommender_precision`` for the recommender where
     set (so that ``trainer=cpu_bf16`` keeps the fp32 recommender, and with it the labels and every stage

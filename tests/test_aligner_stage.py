@@ -347,7 +347,9 @@ def test_cpu_bf16_trains_and_evaluates_with_fp32_weights_saved(tmp_path):
             ]
         )
     )
-    assert json.loads((evaluated / "protocol.json").read_text())["precision"] == "bf16-mixed"
+    protocol = json.loads((evaluated / "protocol.json").read_text())
+    assert protocol["precision"] == "bf16-mixed"
+    assert protocol["environment"]["torch"] == torch.__version__ and "bf16" in protocol["environment"]["cpu"]
     results = json.loads((evaluated / "metrics.json").read_text())
     assert 0.0 <= results["task3/acc"] <= 1.0 and 0.0 <= results["task1/hr@5"] <= 1.0
 

@@ -105,7 +105,45 @@ def test_example_means_merge_two_shards_exactly():
     assert whole.compute()["acc"] == pytest.approx(4 / 11) and whole.compute()["n"] == 11
 
 
+def test_example_means_keep_float64_sums_when_the_module_is_cast_to_bf16():
+    """Lightning's bf16-true casts the whole evaluator with .to(bfloat16): the metric sums must stay float64
+    (in bf16, 256 + 1 == 256: 400 examples would count as 256 and the mean would be wrong)."""
+    from torch import nn
+
+    from recexplainer.evaluation.evaluator import EvaluatorModule
+
+    metric = ExampleMeans(["acc"])
+    holder = nn.ModuleDict({"m": metric}).to(torch.bfloat16)
+    metric = holder["m"]
+    metric.update([{"acc": float(i % 4 == 0)} for i in range(401)])
+    assert metric.total.dtype == metric.count.dtype == torch.float64
+    assert metric.compute() == {"acc": 101 / 401, "n": 401.0}
+    metric.reset()  # the defaults stay float64 too
+    assert metric.total.dtype == torch.float64 and metric.compute() == {"n": 0.0}
+    module = EvaluatorModule(object(), [("interest", "interest", "task3")], store=None).to(torch.bfloat16)
+    assert module._metric("interest").total.dtype == torch.float64
+
+
 # -- decoding ---------------------------------------------------------------------------------------
+def test_lm_head_gets_a_contiguous_input_once_per_model():
+    """generate() runs the LM head on a strided (B, 1, H) view; with bf16 weights on the CPU that view made
+    PyTorch copy the whole weight per batch row. The head must see a contiguous input, outputs unchanged."""
+    from recexplainer.evaluation.decoding import contiguous_lm_head
+    from recexplainer.llm.loading import test_tokenizer, tiny_random_llama
+
+    lm = tiny_random_llama(test_tokenizer())
+    head = lm.get_output_embeddings()
+    hidden = torch.randn(3, 7, head.in_features)[:, -1:, :]  # the strided view generate() passes
+    assert not hidden.is_contiguous()
+    expected = head(hidden)
+    seen = []
+    head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    contiguous_lm_head(lm)
+    contiguous_lm_head(lm)  # idempotent: one pre-hook
+    assert len(head._forward_pre_hooks) == 1
+    assert torch.equal(head(hidden), expected) and seen[-1] is True
+
+
 TITLES = ["Star Wars", "Star Trek", "Heat", "Fargo", "The Star Chamber"]
 
 

@@ -40,6 +40,16 @@ class ExampleMeans(Metric):
             "count", default=torch.zeros(len(self.names), dtype=torch.float64), dist_reduce_fx="sum"
         )
 
+    def _apply(self, fn: Any, exclude_state: Sequence[str] = ()) -> nn.Module:
+        """Device moves apply to the states; dtype changes do not. ``module.to(torch.bfloat16)`` (Lightning's
+        ``bf16-true`` converts the whole evaluator) would otherwise turn the float64 sums into bf16, where
+        256 + 1 == 256: counts stall and means come out wrong (measured: task 3 accuracy 1.0)."""
+        this = super()._apply(fn, exclude_state)
+        for key in ("total", "count"):
+            this._defaults[key] = this._defaults[key].to(torch.float64)
+            setattr(this, key, getattr(this, key).to(torch.float64))
+        return this
+
     def update(self, values: Sequence[dict[str, float]]) -> None:  # type: ignore[override]
         for row in values:
             for i, name in enumerate(self.names):

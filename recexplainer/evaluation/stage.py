@@ -28,7 +28,7 @@ from recexplainer.evaluation.evaluator import EvaluatorModule, PredictionStore
 from recexplainer.evaluation.matching import TitleIndex
 from recexplainer.evaluation.predictors import BaselinePredictor, LLMPredictor
 from recexplainer.evaluation.tasks import KINDS, answer_diversity, metric_prefix
-from recexplainer.training import build_trainer, process_rank
+from recexplainer.training import build_trainer, environment, process_rank
 
 log = logging.getLogger(__name__)
 WANDB_TABLE_ROWS = 500  # predictions logged as a W&B table (all of them are in predictions/*.jsonl)
@@ -314,6 +314,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         },
         "baselines": list(ev.baselines),
         "threshold_rules": "popularity / item_knn interest thresholds fit on the training interest examples",
+        # figures differ across CPU types and package versions (benchmarks/README.md, "The same key on two CPUs")
+        "environment": environment(),
     }
     write_json(out_dir / "protocol.json", protocol)
     _log_table(metrics)
