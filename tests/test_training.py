@@ -86,8 +86,8 @@ def test_the_recommender_trainer_runs_at_its_own_precision(make_cfg, tmp_path, m
             precision=stage_precision(cfg.trainer, "recommender"),
         )
     assert trainer.precision == "32-true"
-    # the fp32 recommender is what cpu_bf16 asks for: no advice to switch to cpu_bf16
-    assert not [r for r in caplog.records if "cpu_bf16" in r.getMessage()]
+    # the fp32 recommender is what cpu_bf16 asks for: no advice to switch to bf16
+    assert not [r for r in caplog.records if "native bf16" in r.getMessage()]
     assert build_trainer(cfg, tmp_path, "aligner", 1, [], None).precision == "bf16-mixed"
 
 
@@ -95,7 +95,7 @@ def test_the_recommender_trainer_runs_at_its_own_precision(make_cfg, tmp_path, m
     ("native", "precision", "level", "says"),
     [
         (False, "bf16-mixed", "WARNING", "slower than fp32"),
-        (True, "32-true", "INFO", "trainer=cpu_bf16"),
+        (True, "32-true", "INFO", "evaluation.precision=bf16-true"),
         (True, "bf16-mixed", None, None),
         (False, "32-true", None, None),
     ],
