@@ -174,3 +174,21 @@ def test_local_judge_of_the_unaligned_model_reuses_its_llm(make_cfg, monkeypatch
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["explain/judge_n"] + metrics["explain/judge_unparsable"] == 6
     assert metrics["explain/judge_unparsable"] == 0  # digit scoring always gives a score
+
+
+def test_explain_runs_the_llm_under_bf16_autocast_with_cpu_bf16(make_cfg, monkeypatch):
+    """trainer=cpu_bf16: the explain stage's LLM runs under bf16 autocast on the CPU, as the Trainer-driven
+    stages do (bf16-mixed), and writes its explanations."""
+    from recexplainer.evaluation.predictors import LLMPredictor
+
+    seen = []
+    explain = LLMPredictor.explain
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return explain(self, *args, **kwargs)
+
+    monkeypatch.setattr(LLMPredictor, "explain", spy)
+    folder = run(make_cfg(*EXPLAIN, "trainer=cpu_bf16"))
+    assert seen and all(seen)
+    assert len((folder / "explanations.jsonl").read_text().splitlines()) == 6
