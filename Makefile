@@ -64,10 +64,10 @@ bench-recommender: setup ## SASRec on ml-100k (common protocol); writes benchmar
 bench-alignment-data: setup ## alignment data build time on ml-100k (default and paper task sets); benchmarks/alignment_data.json
 	$(PY) experiments/bench_alignment_data.py --out benchmarks/alignment_data.json
 
-bench-aligner: setup ## aligner training tokens/s vs a Hugging Face Trainer + peft baseline; benchmarks/aligner.json
+bench-aligner: setup ## aligner training tokens/s vs a Hugging Face Trainer + peft baseline (ARGS='--precision 32-true,bf16-mixed'); benchmarks/aligner.json
 	$(PY) experiments/bench_aligner.py --out benchmarks/aligner.json $(ARGS)
 
-bench-evaluation: setup ## evaluation examples/s per task, batched vs one at a time; benchmarks/evaluation.json
+bench-evaluation: setup ## evaluation examples/s per task, batched vs one at a time (ARGS='--precision bf16' on CPUs with AMX); benchmarks/evaluation.json
 	$(PY) experiments/bench_evaluation.py --out benchmarks/evaluation.json $(ARGS)
 
 bench: bench-recommender bench-alignment-data bench-aligner bench-evaluation ## every benchmark (run alone on an idle machine)
