@@ -301,9 +301,9 @@ def build_trainer(
     stage's own (:func:`stage_precision`), ``trainer.precision`` when None."""
     quiet_lightning_logging()
     t = cfg.trainer
-    advise_cpu_precision(
-        t, str(t.precision)
-    )  # the configured one: a fp32 recommender under cpu_bf16 is meant
+    # advice on the stage's own precision where it asks for bf16 (evaluation.precision), else on the configured
+    # one (an fp32 recommender under trainer=cpu_bf16 is meant, no reason to advise)
+    advise_cpu_precision(t, precision if precision and precision.startswith("bf16") else str(t.precision))
     precision = precision or str(t.precision)
     strategy = t.strategy
     if not shard and isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed")):

@@ -89,6 +89,13 @@ def test_the_recommender_trainer_runs_at_its_own_precision(make_cfg, tmp_path, m
     # the fp32 recommender is what cpu_bf16 asks for: no advice to switch to bf16
     assert not [r for r in caplog.records if "native bf16" in r.getMessage()]
     assert build_trainer(cfg, tmp_path, "aligner", 1, [], None).precision == "bf16-mixed"
+    # trainer=cpu with evaluation.precision=bf16-true: the evaluation's bf16 is what the advice would suggest
+    caplog.clear()
+    with caplog.at_level("INFO", logger="recexplainer.training"):
+        build_trainer(
+            make_cfg("trainer=cpu"), tmp_path, "evaluate", 1, [], None, shard=False, precision="bf16-true"
+        )
+    assert not [r for r in caplog.records if "native bf16" in r.getMessage()]
 
 
 @pytest.mark.parametrize(
