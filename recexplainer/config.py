@@ -399,6 +399,20 @@ def _select(cfg: DictConfig, key: str) -> Any:
     return node
 
 
+def _validate_precisions(cfg: DictConfig) -> None:
+    """Lightning's precision names for trainer.precision and the per-stage overrides (Lightning's own error
+    would not name our key)."""
+    import typing
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR
+
+    allowed = typing.get_args(_PRECISION_INPUT_STR)
+    for key in ("trainer.precision", "trainer.recommender_precision", "evaluation.precision"):
+        value = _select(cfg, key)
+        if value is not None and str(value) not in allowed and str(value) not in ("32", "64", "16", "bf16"):
+            raise ConfigError(f"{key}={value!r} is not a precision; choose one of {', '.join(allowed)}")
+
+
 def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     """Check choices and ranges that types cannot express; raise ConfigError naming the key."""
     if cfg.stage not in stages:
@@ -425,6 +439,7 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
         value = _select(cfg, key)
         if value is not None and not 0 <= value < 2**32:
             raise ConfigError(f"{key}={value} must be in [0, 2**32)")
+    _validate_precisions(cfg)
     _validate_alignment(cfg)
     _validate_evaluation(cfg)
     if cfg.dataset.format == "recbole_atomic" and not (cfg.dataset.path or cfg.dataset.asset):

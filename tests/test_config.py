@@ -99,6 +99,9 @@ def test_misspelled_key_in_a_user_yaml_fails(tmp_path: Path):
         ("evaluation.beam_width=3", "evaluation.beam_width"),
         ("aligner.length_group_mega=0", "aligner.length_group_mega"),
         ("aligner.seed=-1", "aligner.seed"),
+        ("trainer.precision=bf17-mixed", "trainer.precision"),
+        ("trainer.recommender_precision=fp32", "trainer.recommender_precision"),
+        ("evaluation.precision=half", "evaluation.precision"),
     ],
 )
 def test_invalid_values_fail_at_start_up_naming_the_key(override, key):
