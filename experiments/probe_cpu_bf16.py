@@ -38,8 +38,8 @@ def main() -> None:
 
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
+    from recexplainer.llm.loading import test_tokenizer, tiny_random_llama
     from recexplainer.training import cpu_description, environment
 
     torch.set_num_threads(args.threads)
@@ -53,18 +53,12 @@ def main() -> None:
         out[f"matmul_gflops_{name}"] = flops / median_seconds(lambda: a @ b, 30) / 1e9  # noqa: B023
 
     # 2. forward pass over 8 x 128 tokens
-    cfg = LlamaConfig(
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        vocab_size=49152,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-    )
-    ids = torch.randint(0, cfg.vocab_size, (8, 128))
-    model = LlamaForCausalLM(cfg).eval()
+    # SmolLM2-135M's shape (experiments/bench_gpu_aligner.py ARCHS) with the test tokenizer's vocabulary
+    tokenizer = test_tokenizer()
+    shape = dict(n_layers=30, hidden_size=576, n_heads=9, n_kv_heads=3, intermediate_size=1536)
+    vocab = len(tokenizer)
+    ids = torch.randint(0, vocab, (8, 128))
+    model = tiny_random_llama(tokenizer, **shape)
     with torch.no_grad():
         out["forward_8x128_s_fp32"] = median_seconds(lambda: model.model(input_ids=ids), args.repeats)
 
@@ -77,11 +71,11 @@ def main() -> None:
         out["forward_8x128_s_bf16_weights"] = median_seconds(lambda: model.model(input_ids=ids), args.repeats)
 
     # 3. LoRA training step, 16 x 44 tokens (the targets_hybrid preset's micro-batch), loss on 4 positions
-    ids = torch.randint(0, cfg.vocab_size, (16, 44))
+    ids = torch.randint(0, vocab, (16, 44))
 
     def step_fn(frozen_bf16: bool, autocast: bool) -> Callable[[], None]:
         lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-        peft_model = get_peft_model(LlamaForCausalLM(cfg), lora)
+        peft_model = get_peft_model(tiny_random_llama(tokenizer, **shape), lora)
         if frozen_bf16:
             for module in peft_model.base_model.model.model.modules():
                 if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad:

@@ -109,7 +109,7 @@ _PRECISION_ADVICE_GIVEN: set[str] = set()
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX tiles). Where it does, bf16 is
     faster than fp32 (measured on a 2-core Xeon with AMX, experiments/probe_cpu_bf16.py: matrix products
-    7.6x, a SmolLM2-135M forward pass
+    7.5x, a SmolLM2-135M forward pass
     2.6x under autocast, the evaluation's LLM part 2-2.6x, aligner training 1.08x); where it does not,
     PyTorch emulates bf16 and it is slower than fp32 (measured: 5x slower on a 2-core AVX2 EPYC)."""
     import torch
