@@ -38,7 +38,12 @@ STAGES: dict[str, Stage] = {
     for s in (
         Stage("data", "recexplainer.data.stage"),
         Stage("recommender", "recexplainer.recommender.stage", requires=("data",), distributed=True),
-        Stage("alignment_data", "recexplainer.alignment.stage", requires=("data", "recommender")),
+        Stage(
+            "alignment_data",
+            "recexplainer.alignment.stage",
+            requires=("data", "recommender"),
+            version=2,  # 2: task-2/3 items drawn by item id, not by score position (stable across CPUs)
+        ),
         Stage("aligner", "recexplainer.aligner.stage", requires=("alignment_data",), distributed=True),
         Stage(
             "evaluate",

@@ -359,3 +359,67 @@ def test_renderer_shows_the_last_titles_of_short_and_long_histories(history):
     expected = "; ".join(titles[i] for i in history[-3:])
     assert SlotRenderer(alignment, titles).user(history) == f"<user> {expected}"
     assert SlotRenderer(alignment, titles).user(np.array(history, dtype=np.int64)) == f"<user> {expected}"
+
+
+def _scored(scores: np.ndarray, history: list[int]) -> "Prefixes":
+    """Prefixes from a (P, N + 1) score table as iter_scored_prefixes builds them (column 0: padding)."""
+    from recexplainer.alignment.labels import Prefixes
+
+    scores = scores.copy()
+    scores[:, 0] = -np.inf
+    scores[:, history] = -np.inf
+    order = (torch.argsort(torch.from_numpy(scores[:, 1:]), dim=1, descending=True, stable=True) + 1).numpy()
+    ranks = np.full(scores.shape, order.shape[1], dtype=np.int64)
+    np.put_along_axis(ranks, order, np.arange(order.shape[1])[None, :], axis=1)
+    p = len(scores)
+    return Prefixes(
+        "test", 0, np.arange(p), np.full(p, 9), np.zeros(p, dtype=np.int64),
+        [np.array(history) for _ in range(p)], order, ranks, np.isfinite(scores[:, 1:]).sum(1), scores,
+        torch.zeros(p, 4),
+    )  # fmt: skip
+
+
+def test_drawn_items_do_not_depend_on_near_tie_order_inside_a_band():
+    """Task-2/3 items are drawn by item id: two near-tied items swapping places (another CPU's rounding)
+    inside the top or bottom band change neither the positives, the negatives nor the task-2 candidates."""
+    from recexplainer.alignment.build import TaskBuilder
+    from recexplainer.alignment.templates import SlotRenderer
+
+    cfg = compose_config([*TINY, "alignment=hybrid"])
+    n_items, history = 60, [1, 2]
+    titles = ["[pad]"] + [f"Item {i}" for i in range(1, n_items + 1)]
+    popularity = np.random.default_rng(1).integers(1, 50, n_items + 1)
+    scores = np.random.default_rng(0).standard_normal((40, n_items + 1))
+    swapped = scores.copy()
+    base = _scored(scores, history)
+    for row in range(len(scores)):  # swap the scores of two neighbours inside each band
+        n = int(base.n_valid[row])
+        for a in (1, n - 3):  # inside the top band (top 20 %) and the bottom band (bottom 50 %)
+            i, j = base.order[row, a], base.order[row, a + 1]
+            swapped[row, [i, j]] = scores[row, [j, i]]
+    other = _scored(swapped, history)
+    assert (base.order != other.order).any(axis=1).all()  # every row's ranking did change
+    keep = np.ones(len(scores), dtype=bool)
+    for name in ("interest", "interest_hard", "ranking"):
+        made = [
+            TaskBuilder(name, cfg.tasks[name], "hybrid", SlotRenderer(cfg.alignment, titles), 42, popularity, titles)
+            .from_prefixes(p, keep)
+            for p in (base, other)
+        ]  # fmt: skip
+        assert len(made[0]) == len(made[1]) > 0
+        for a, b in zip(*made, strict=True):
+            if name == "ranking":  # the same candidates; only the swapped pair's order may differ
+                assert sorted(a["labels"]["items"]) == sorted(b["labels"]["items"])
+            else:
+                assert (a["id"], a["labels"]["item"], a["target"]) == (b["id"], b["labels"]["item"], b["target"])
+
+
+def test_pick_draws_once_whatever_the_band():
+    from recexplainer.alignment.labels import pick
+
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert pick(a, np.array([], dtype=np.int64)) is None
+    assert pick(b, np.array([5, 6, 7])) in (5, 6, 7)
+    assert a.random() == b.random()  # the empty band used up the same draw: later rows are unchanged
+    for _ in range(200):
+        assert pick(a, np.array([4, 9])) in (4, 9)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from recexplainer.alignment.labels import Prefixes, band, task_rng
+from recexplainer.alignment.labels import Prefixes, band, pick, task_rng
 from recexplainer.alignment.templates import SlotRenderer, field_order, render, template_fields
 from recexplainer.data.loaders import DataFormatError, json_lines
 
@@ -125,7 +125,10 @@ class TaskBuilder:
     def _ranking(self, p, row, key, user_text, user_slots, base):
         n = int(p.n_valid[row])
         k = min(self.task.n_candidates, n)
-        positions = np.sort(self.label_rng.choice(n, size=k, replace=False))
+        # k of the rankable items drawn by item id (the same distribution as k random rank positions, but
+        # a near-tie swap in the ranking does not change which items are drawn), then the recommender's order
+        chosen = np.sort(p.order[row, :n])[self.label_rng.choice(n, size=k, replace=False)]
+        positions = np.sort(p.ranks[row, chosen])
         ranked = p.order[row, positions].tolist()  # the recommender's order
         shown = [ranked[i] for i in self.label_rng.permutation(k)]
         cand_text = self.renderer.items(shown)
@@ -149,20 +152,17 @@ class TaskBuilder:
         ]
 
     def _interest(self, p, row, key, user_text, user_slots, base, hard: bool = False):
-        top, bottom = band(p, row, self.task.top_fraction, self.task.bottom_fraction)
+        top, bottom = band(p, row, self.task.top_fraction, self.task.bottom_fraction)  # sorted by item id
         rng = self.label_rng
-        pos = int(top[rng.integers(len(top))])
+        pos = pick(rng, top)
         fallback = False
         if hard:
-            pool = bottom[self.popularity[bottom] >= self.popularity[pos]]
-            fallback = len(pool) == 0
-            neg = (
-                int(bottom[np.argmax(self.popularity[bottom])])
-                if fallback
-                else int(pool[rng.integers(len(pool))])
-            )
+            neg = pick(rng, bottom[self.popularity[bottom] >= self.popularity[pos]])
+            fallback = neg is None
+            if fallback:  # nothing in the bottom band is as popular: its most popular item
+                neg = int(bottom[np.argmax(self.popularity[bottom])])
         else:
-            neg = int(bottom[rng.integers(len(bottom))])
+            neg = pick(rng, bottom)
         ranks = p.ranks[row]
         out = []
         for item, answer, tag in ((pos, "yes", "pos"), (neg, "no", "neg")):
