@@ -49,14 +49,20 @@ def draws(order, n_valid, popularity, top_fraction, bottom_fraction, rng, by_id)
         else:
             p = int(top[rng.integers(len(top))])
             pool = bottom[popularity[bottom] >= popularity[p]]
-            hard.append(int(pool[rng.integers(len(pool))]) if len(pool) else int(bottom[np.argmax(popularity[bottom])]))
+            hard.append(
+                int(pool[rng.integers(len(pool))])
+                if len(pool)
+                else int(bottom[np.argmax(popularity[bottom])])
+            )
             neg.append(int(bottom[rng.integers(len(bottom))]))
         pos.append(p)
     return np.array(pos), np.array(neg), np.array(hard), np.array(cands, dtype=object)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("data", type=Path, help="data stage folder")
     parser.add_argument("recommender", type=Path, help="recommender stage folder")
     parser.add_argument("--split", default="test", choices=["train", "valid", "test"])
@@ -99,19 +105,24 @@ def main() -> None:
             "top1_changed": int((order[:, 0] != base_order[:, 0]).sum()),
             "top_band_members_changed": int(
                 sum(
-                    len(set(base_order[r, : int(0.2 * n_valid[r])]) ^ set(order[r, : int(0.2 * n_valid[r])])) // 2
+                    len(set(base_order[r, : int(0.2 * n_valid[r])]) ^ set(order[r, : int(0.2 * n_valid[r])]))
+                    // 2
                     for r in range(len(order))
                 )
             ),
         }
         for by_id, name in ((False, "by_position"), (True, "by_item_id")):
             new = all_draws(order, by_id)
-            for kind, a, b in zip(("pos", "neg", "hard_neg", "ranking_candidates"), reference[by_id], new, strict=True):
+            for kind, a, b in zip(
+                ("pos", "neg", "hard_neg", "ranking_candidates"), reference[by_id], new, strict=True
+            ):
                 row[f"{name}/{kind}_changed"] = int((a != b).sum())
         results.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1))
+        args.out.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1)
+        )
 
 
 if __name__ == "__main__":

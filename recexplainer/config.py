@@ -215,6 +215,7 @@ class AlignerConfig:
     length_group_mega: int = (
         50  # batches sorted by length within mega-batches of this many batches; 1: random
     )
+    pair_batching: bool = False  # the yes and no example of an interest prefix in the same batch
     lr: float = 5e-4
     projector_lr: float = 2e-3
     weight_decay: float = 0.0

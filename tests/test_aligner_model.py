@@ -195,3 +195,57 @@ def test_response_only_loss_equals_the_full_lm_loss():
     full = model.lm(inputs_embeds=model.embed(ids, users, items), labels=labels)
     assert fast.logits.shape == (3, VOCAB)  # only the 3 labelled positions went through the head
     assert torch.allclose(fast.loss, full.loss, atol=1e-5)
+
+
+def _batches_before_groups(lengths, batch_size, seed, mega, epoch=0):
+    """The sampler's batches as written before ``groups`` existed (the reference for groups=None)."""
+    import random
+
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    size, batches = batch_size * mega, []
+    for start in range(0, len(order), size):
+        chunk = sorted(order[start : start + size], key=lambda i: -lengths[i])
+        batches.extend(chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+@pytest.mark.parametrize("mega", [1, 4, 50])
+def test_sampler_without_groups_keeps_its_earlier_batches(mega):
+    lengths = [((i * 37) % 101) + 1 for i in range(230)]
+    assert list(LengthGroupedSampler(lengths, 8, seed=3, mega=mega)) == _batches_before_groups(
+        lengths, 8, 3, mega
+    )
+
+
+@pytest.mark.parametrize("mega", [1, 8])
+def test_paired_batching_puts_both_answers_of_a_prefix_in_one_batch(mega):
+    from recexplainer.aligner.data import pair_key
+
+    ids = [f"interest/train/u{u}-e3-{tag}" for u in range(60) for tag in ("pos", "neg")]
+    ids += [f"retrieval/train/u{u}-e3" for u in range(45)]
+    groups = [pair_key(i) for i in ids]
+    assert groups[0] == groups[1] == "interest/train/u0-e3" and groups[-1] == ids[-1]
+    lengths = [20 + (i * 7) % 13 for i in range(len(ids))]
+    plain = LengthGroupedSampler(lengths, 16, seed=5, mega=mega)
+    paired = LengthGroupedSampler(lengths, 16, seed=5, mega=mega, groups=groups)
+    batches = list(paired)
+    assert len(batches) == len(paired) == len(plain)
+    assert sorted(i for b in batches for i in b) == list(range(len(ids)))
+    where = {i: n for n, b in enumerate(batches) for i in b}
+    split = sum(where[2 * u] != where[2 * u + 1] for u in range(60))
+    assert split <= len(batches) - 1  # a pair is split only at a cut between two batches
+    plain_where = {i: n for n, b in enumerate(plain) for i in b}
+    assert sum(plain_where[2 * u] != plain_where[2 * u + 1] for u in range(60)) > 40  # random: most split
+    with pytest.raises(ValueError, match="group keys"):
+        LengthGroupedSampler(lengths, 16, groups=groups[:-1])
+
+
+def test_pair_batching_is_keyed_only_when_on(make_cfg):
+    from recexplainer.pipeline import stage_folder
+
+    off, default = make_cfg("aligner.pair_batching=false"), make_cfg()
+    on = make_cfg("aligner.pair_batching=true")
+    assert stage_folder(off, "aligner") == stage_folder(default, "aligner") != stage_folder(on, "aligner")

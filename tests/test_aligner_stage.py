@@ -387,3 +387,30 @@ def test_evaluation_precision_evaluates_an_fp32_aligner_in_bf16(trained, monkeyp
     assert 0.0 <= metrics["task3/acc"] <= 1.0 and metrics["task1/valid_ratio"] >= 0.0
     records = [json.loads(x) for x in (folder / "predictions" / "aligned.jsonl").read_text().splitlines()]
     assert records and all(0.0 <= r["p_yes"] <= 1.0 for r in records if r["task"] == "interest")
+
+
+def test_pair_batching_reaches_the_training_sampler(tmp_path, monkeypatch):
+    """aligner.pair_batching=true: the stage hands the sampler the interest pairs' keys (both answers of a
+    prefix in one batch); off, it hands none (the earlier batches)."""
+    from recexplainer.aligner import stage as aligner_stage
+
+    from .conftest import TINY, TINY_SASREC, compose_config
+
+    seen: list = []
+
+    class Spy(aligner_stage.LengthGroupedSampler):
+        def __init__(self, *args, groups=None, **kwargs):
+            super().__init__(*args, groups=groups, **kwargs)
+            seen.append((groups, [list(u) for u in self.units]))
+
+    monkeypatch.setattr(aligner_stage, "LengthGroupedSampler", Spy)
+    base = [f"paths.artifacts={tmp_path}", *TINY, *TINY_SASREC, *ALIGN, "aligner.max_steps=1"]
+    run(compose_config([*base, "aligner.train_tasks=[interest,retrieval]", "aligner.pair_batching=true"]))
+    groups, units = seen[0]  # the training loader's sampler (the validation one follows)
+    assert groups is not None and any(len(u) == 2 for u in units)
+    assert all(
+        groups[u[0]] == groups[u[1]] and groups[u[0]].startswith("interest/") for u in units if len(u) == 2
+    )
+    seen.clear()
+    run(compose_config([*base, "aligner.train_tasks=[interest,retrieval]"]))
+    assert seen[0][0] is None

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from recexplainer.alignment.build import read_replay
+from recexplainer.alignment.labels import Prefixes
 from recexplainer.alignment.templates import TemplateError, render, template_fields, validate_task
 from recexplainer.cli import run
 from recexplainer.config import ConfigError, TaskConfig, validate
@@ -361,10 +362,8 @@ def test_renderer_shows_the_last_titles_of_short_and_long_histories(history):
     assert SlotRenderer(alignment, titles).user(np.array(history, dtype=np.int64)) == f"<user> {expected}"
 
 
-def _scored(scores: np.ndarray, history: list[int]) -> "Prefixes":
+def _scored(scores: np.ndarray, history: list[int]) -> Prefixes:
     """Prefixes from a (P, N + 1) score table as iter_scored_prefixes builds them (column 0: padding)."""
-    from recexplainer.alignment.labels import Prefixes
-
     scores = scores.copy()
     scores[:, 0] = -np.inf
     scores[:, history] = -np.inf
@@ -411,7 +410,11 @@ def test_drawn_items_do_not_depend_on_near_tie_order_inside_a_band():
             if name == "ranking":  # the same candidates; only the swapped pair's order may differ
                 assert sorted(a["labels"]["items"]) == sorted(b["labels"]["items"])
             else:
-                assert (a["id"], a["labels"]["item"], a["target"]) == (b["id"], b["labels"]["item"], b["target"])
+                assert (a["id"], a["labels"]["item"], a["target"]) == (
+                    b["id"],
+                    b["labels"]["item"],
+                    b["target"],
+                )
 
 
 def test_pick_draws_once_whatever_the_band():

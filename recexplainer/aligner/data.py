@@ -183,6 +183,19 @@ class AlignmentDataset(Dataset):
     def lengths(self) -> list[int]:
         return [len(e.input_ids) for e in self.examples]
 
+    def groups(self) -> list[str]:
+        """One key per example: the two answers of an interest prefix (ids ``...-pos`` / ``...-neg``) share
+        theirs, every other example has its own (see ``LengthGroupedSampler(groups=...)``)."""
+        return [pair_key(e.example_id) for e in self.examples]
+
+
+def pair_key(example_id: str) -> str:
+    """``interest/train/u3-e9-pos`` and ``...-neg`` -> ``interest/train/u3-e9``; other ids unchanged."""
+    for suffix in ("-pos", "-neg"):
+        if example_id.endswith(suffix):
+            return example_id[: -len(suffix)]
+    return example_id
+
 
 def collate(batch: list[dict[str, Any]], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Pad to the longest example; vectors are concatenated in row-major placeholder order."""
@@ -208,7 +221,13 @@ def collate(batch: list[dict[str, Any]], pad_id: int, padding_side: str = "right
 class LengthGroupedSampler(Sampler[list[int]]):
     """Batches of similar length: shuffle, cut into mega-batches, sort each by length, cut into batches,
     shuffle the batches. Deterministic per (seed, epoch). Under DDP each of ``num_replicas`` processes takes
-    every ``num_replicas``-th batch (the tail that cannot be shared evenly is dropped)."""
+    every ``num_replicas``-th batch (the tail that cannot be shared evenly is dropped).
+
+    ``groups`` (one key per example, e.g. ``AlignmentDataset.groups()``): examples with the same key move as
+    one unit through the shuffle and the length sort, so they land in the same batch (a unit only straddles
+    the cut between two batches); the batch count is unchanged. ``None``: every example on its own (the same
+    batches as before the option existed).
+    """
 
     def __init__(
         self,
@@ -218,24 +237,41 @@ class LengthGroupedSampler(Sampler[list[int]]):
         mega: int = 50,
         num_replicas: int = 1,
         rank: int = 0,
+        groups: Sequence[Any] | None = None,
     ):
         self.lengths, self.batch_size, self.seed, self.mega = list(lengths), batch_size, seed, mega
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
         self.skip = 0  # batches of the current epoch already trained on before a resume
+        if groups is None:
+            self.units = [[i] for i in range(len(self.lengths))]
+        else:
+            if len(groups) != len(self.lengths):
+                raise ValueError(f"{len(groups)} group keys for {len(self.lengths)} examples")
+            units: dict[Any, list[int]] = {}
+            for i, g in enumerate(groups):
+                units.setdefault(g, []).append(i)
+            self.units = list(units.values())
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
+        units = list(self.units)
+        rng.shuffle(units)
         size = self.batch_size * self.mega
-        batches = []
-        for start in range(0, len(order), size):
-            chunk = sorted(order[start : start + size], key=lambda i: -self.lengths[i])
-            batches.extend(chunk[k : k + self.batch_size] for k in range(0, len(chunk), self.batch_size))
+        order: list[int] = []
+        chunk: list[list[int]] = []
+        filled = 0
+        for k, unit in enumerate(units):  # mega-batches of whole units, each sorted by its longest example
+            chunk.append(unit)
+            filled += len(unit)
+            if filled >= size or k == len(units) - 1:
+                chunk.sort(key=lambda u: -max(self.lengths[i] for i in u))
+                order.extend(i for u in chunk for i in u)
+                chunk, filled = [], 0
+        batches = [order[k : k + self.batch_size] for k in range(0, len(order), self.batch_size)]
         rng.shuffle(batches)
         usable = len(batches) - len(batches) % self.num_replicas
         mine = batches[self.rank : usable : self.num_replicas]

@@ -26,6 +26,8 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     # null = the top-level seed (keyed below): keys from before the knob existed still hold
     if aligner.get("seed") is None:
         aligner.pop("seed", None)
+    if not aligner.get("pair_batching"):  # off: the same batches as before the knob, the same keys
+        aligner.pop("pair_batching", None)
     return {
         "llm": OmegaConf.to_container(cfg.llm, resolve=True),
         "aligner": aligner,
@@ -78,6 +80,7 @@ def _loader(
     world_size: int,
     rank: int,
     mega: int = 50,
+    groups: list[str] | None = None,
 ) -> DataLoader:
     sampler = LengthGroupedSampler(
         dataset.lengths(),
@@ -86,6 +89,7 @@ def _loader(
         num_replicas=world_size,
         rank=rank,
         mega=mega if shuffle else 1,
+        groups=groups,
     )
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=partial(collate, pad_id=pad_id), num_workers=num_workers
@@ -187,6 +191,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         trainer.world_size,
         trainer.global_rank,
         ac.length_group_mega,
+        train.groups() if ac.pair_batching else None,
     )
     valid_loader = (
         _loader(
