@@ -131,8 +131,8 @@ def band(
 def pick(rng: np.random.Generator, items: np.ndarray) -> int | None:
     """One of ``items`` uniformly, or None if empty; always exactly one draw from ``rng``, so a band of
     another length (or an empty one) in one row never shifts the draws of the rows after it."""
-    u = rng.random()
-    return int(items[int(u * len(items))]) if len(items) else None
+    u = rng.random()  # in [0, 1)
+    return int(items[min(int(u * len(items)), len(items) - 1)]) if len(items) else None
 
 
 def most_similar_items(item_embeddings: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
