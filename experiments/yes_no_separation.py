@@ -36,10 +36,9 @@ def separation(p_yes: np.ndarray, is_yes: np.ndarray) -> dict[str, float]:
 
 
 def folder_separation(folder: Path, predictor: str) -> dict[str, dict[str, float]]:
-    path = folder / "predictions" / f"{predictor}.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"no predictions at {path} (is {folder} an evaluate folder? --predictor?)")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    from compare_predictions import load  # sibling script: the same reader and the same error
+
+    rows = list(load(folder, predictor).values())
     out = {}
     for task in sorted({r["task"] for r in rows if "p_yes" in r}):
         mine = [r for r in rows if r["task"] == task and "p_yes" in r]
