@@ -3,13 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CPU build by default (a CPU wheel of this version lies on this machine); GPU users: make setup TORCH_SPEC=torch
+# CPU build of torch by default; GPU users: make setup TORCH_SPEC=torch (or their CUDA build)
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-evaluation bench gpu-wheels gpu-check evaluate quick paper-table report clean
+.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-evaluation bench-explain bench gpu-wheels gpu-check evaluate quick paper-table report report-browser clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ setup: $(VENV)/.installed assets ## create .venv, install the package (torch pin
 assets: $(VENV)/.installed ## fetch the offline assets (MovieLens-100K, SmolLM2 GGUF) into the cache; idempotent
 	$(PY) -m recexplainer.assets fetch
 
-run: setup ## run the main job on the embedded default (MovieLens-100K); extra overrides via ARGS=...
+run: setup ## the whole method on the embedded default (MovieLens-100K), then the report; overrides via ARGS=...
 	$(VENV)/bin/recexplainer $(ARGS)
 
 quick: setup ## the whole pipeline on generated data with SmolLM2 in minutes (a smoke run)
@@ -41,8 +41,12 @@ paper-table: setup ## B / I / H grid + unaligned LLM + baselines on the default 
 evaluate: setup ## whole pipeline up to the evaluate stage (alignment=hybrid by default; ARGS='alignment=intention')
 	$(VENV)/bin/recexplainer stage=evaluate $(ARGS)
 
-report: $(VENV)/.installed ## tables + plots from every evaluate / explain folder into $(ARTIFACTS)/report/; prints the paths
+report: $(VENV)/.installed ## index.html, tables and plots from every stage folder into $(ARTIFACTS)/report/; prints the paths
 	$(PY) -m recexplainer.report --root $(ARTIFACTS)
+
+report-browser: $(VENV)/.installed ## render the HTML report in headless Chromium (installs Debian's chromium if missing; slow test)
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+	$(PY) -m pytest -q -m slow tests/test_report_browser.py
 
 test: $(VENV)/.installed ## fast test suite (offline, a few minutes on 2 cores)
 	$(PY) -m pytest -q
@@ -58,7 +62,7 @@ format: $(VENV)/.installed ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix recexplainer tests experiments
 	$(VENV)/bin/ruff format recexplainer tests experiments
 
-bench-recommender: setup ## SASRec on ml-100k (common protocol); writes benchmarks/recommender.json
+bench-recommender: setup ## SASRec on ml-100k (common protocol; ARGS='--seeds 42 43 44' for three seeds); benchmarks/recommender.json
 	$(PY) experiments/bench_recommender.py --out benchmarks/recommender.json $(ARGS)
 
 bench-alignment-data: setup ## alignment data build time on ml-100k (default and paper task sets); benchmarks/alignment_data.json
@@ -70,13 +74,21 @@ bench-aligner: setup ## aligner training tokens/s vs a Hugging Face Trainer + pe
 bench-evaluation: setup ## evaluation examples/s per task, batched vs one at a time (ARGS='--precision bf16' on CPUs with AMX); benchmarks/evaluation.json
 	$(PY) experiments/bench_evaluation.py --out benchmarks/evaluation.json $(ARGS)
 
-bench: bench-recommender bench-alignment-data bench-aligner bench-evaluation ## every benchmark (run alone on an idle machine)
+bench-explain: setup ## explanations side by side on the same pairs: the aligned LLM, the unaligned LLM, the template ceiling and random floor; report
+	$(VENV)/bin/recexplainer stage=explain $(ARGS)
+	$(VENV)/bin/recexplainer stage=explain explain.model=template $(ARGS)
+	$(VENV)/bin/recexplainer stage=explain explain.model=template_random $(ARGS)
+	$(VENV)/bin/recexplainer stage=explain explain.model=unaligned $(ARGS)
+	$(PY) -m recexplainer.report --root $(ARTIFACTS)
 
-# Wheels for a lent GPU machine without network (Python 3.12, CUDA torch of its own): the pure-Python packages it
+bench: bench-recommender bench-alignment-data bench-aligner bench-evaluation bench-explain ## every benchmark (run alone on an idle machine)
+
+# Wheels for a GPU machine without network (Python 3.12, CUDA torch of its own): the pure-Python packages it
 # lacks (hydra-core, omegaconf, antlr4, platformdirs) and DeepSpeed with its missing dependencies, built here
-# with DS_BUILD_OPS=0 (ops are JIT-compiled there when needed). The GPU scripts install .whl/*.whl into /tmp/site.
+# with DS_BUILD_OPS=0 (ops are JIT-compiled there when needed). The GPU scripts install .whl/*.whl into a
+# temporary site-packages folder.
 GPU_PY ?= 3.12
-gpu-wheels: setup ## fetch / build the wheels the offline GPU machine needs into .whl/ (carry .whl there)
+gpu-wheels: setup ## fetch / build the wheels an offline GPU machine needs into .whl/ (copy .whl/ there)
 	mkdir -p .whl
 	$(PY) -m pip wheel -q -w .whl --no-deps 'hydra-core>=1.3.2,<1.4' 'omegaconf>=2.3,<2.4' antlr4-python3-runtime==4.9.3 platformdirs
 	$(PY) -m pip download -q -d .whl --only-binary=:all: --python-version $(GPU_PY) \

@@ -10,7 +10,7 @@ batch's value is the reference). Needs the alignment data of the config; loads t
     python experiments/batch_composition.py alignment=hybrid recommender.train.patience=10
     python experiments/batch_composition.py --merge interest+interest_hard recommender.train.patience=10
 
-Overrides are applied after `experiment=targets alignment=intention` (so they win).
+Overrides are applied after `alignment=intention` (so they win); `alignment=hybrid` measures hybrid prompts.
 """
 
 from __future__ import annotations
@@ -38,9 +38,7 @@ def main() -> None:
     from recexplainer.aligner.data import LengthGroupedSampler
     from recexplainer.aligner.stage import encoded_split, training_seed
 
-    cfg, folder, model, tokenizer, formatter = aligner_inputs(
-        ["experiment=targets", "alignment=intention", *args.overrides]
-    )
+    cfg, folder, model, tokenizer, formatter = aligner_inputs(["alignment=intention", *args.overrides])
     ac = cfg.aligner
     ds = encoded_split(cfg, folder, "train", model, tokenizer, formatter)
     lengths = ds.lengths()

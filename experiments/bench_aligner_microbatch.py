@@ -1,16 +1,17 @@
 """Aligner training time per example vs micro-batch size, same examples and optimizer-step size, interleaved.
 
-Trains the configured aligner (default: `experiment=targets alignment=intention`, SmolLM2-135M, LoRA on q/k/v/o
-and the MLPs) on the first examples of the alignment data, in length-grouped micro-batches of each size, with an
-optimizer step every `--step-examples` examples (gradient accumulation), alternating the sizes in blocks of
-`--block` examples so that machine noise hits them alike; reports the median per size. Needs the alignment data
-of the config (`recexplainer stage=alignment_data ...`) and the SmolLM2 asset. Session 14 (2-core CPU, idle):
+Trains the configured aligner (default: the default recipe with `alignment=intention`, SmolLM2-135M, LoRA on
+q/k/v/o and the MLPs) on the first examples of the alignment data, in length-grouped micro-batches of each
+size, with an optimizer step every `--step-examples` examples (gradient accumulation), alternating the sizes
+in blocks of `--block` examples so that machine noise hits them alike; reports the median per size. Needs
+the alignment data of the config (`recexplainer stage=alignment_data ...`) and the SmolLM2 asset. On a
+2-vCPU AMD EPYC (AVX2), idle, 2026-11-26:
 
     python experiments/bench_aligner_microbatch.py --rounds 4 recommender.train.patience=10
-    # micro-batch 4: 101 tokens/s, 8: 141, 16: 148 (34-token intention prompts; padding < 1 %);
-    # rerun: 88 / 106 / 132 (1.50x), benchmarks/targets-2026-11-26/microbatch_rerun.json
+    # micro-batch 4 / 8 / 16: 88 / 106 / 132 tokens/s (1.50x; 34-token intention prompts, padding < 1 %):
+    # benchmarks/targets-2026-11-26/microbatch_rerun.json
 
-Short prompts are overhead-bound on this CPU (small matrices, per-operator cost); long ones are compute-bound
+Short prompts are overhead-bound on a 2-core CPU (small matrices, per-operator cost); long ones are compute-bound
 and gain little, while activation memory grows with the batch (16 x 203 tokens: 8.7 GB peak vs 3.0 GB for 4).
 """
 
@@ -35,9 +36,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="write the medians as JSON here")
-    parser.add_argument(
-        "overrides", nargs="*", help="Hydra overrides (after experiment=targets alignment=intention)"
-    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (after alignment=intention)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -49,9 +48,7 @@ def main() -> None:
     from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate
 
     torch.manual_seed(0)
-    cfg, folder, model, tokenizer, formatter = aligner_inputs(
-        ["experiment=targets", "alignment=intention", *args.overrides]
-    )
+    cfg, folder, model, tokenizer, formatter = aligner_inputs(["alignment=intention", *args.overrides])
     model.train()
     tasks = list(cfg.aligner.train_tasks) if cfg.aligner.train_tasks else None
     ds = AlignmentDataset.for_model(

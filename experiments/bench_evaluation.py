@@ -6,7 +6,7 @@ the given config when one exists (``--aligned``), else the unaligned LLM on the 
 decode with the same bounded length, so the comparison is about batching only. Peak RSS is reported
 (and the peak GPU memory on ``--device cuda``).
 
-On a lent GPU machine the real weights are not at hand: ``--random-weights smollm2_135m`` decodes with a
+On a GPU machine without network the real weights may not be at hand: ``--random-weights smollm2_135m`` decodes with a
 randomly initialised Llama of SmolLM2-135M's shape (the test tokenizer, SmolLM2's vocabulary) and the
 tiny_random LLM config for the upstream stages. A random model never emits the end token, so every
 example decodes to the length bound in both modes: the same work on each side, a fair batching

@@ -1,12 +1,11 @@
 """Aligner training throughput for a model *shape*, randomly initialised (part of `make gpu-check`).
 
-Real weights cannot travel to a lent GPU machine, and throughput does not depend on them: this builds a
-``LlamaForCausalLM`` with the shape of SmolLM2-135M or of a 1B Llama (Llama-3.2-1B sizes), adds the
-placeholder tokens, LoRA (the aligner's defaults: r 16, alpha 32, q/k/v/o) and the mlp2x_gelu projectors,
-and trains it with the aligner's own LightningModule on synthetic alignment-like examples (prompts of
-``--min-len`` to ``--max-len`` tokens with one user and three item placeholders, 8 answer tokens), in
-length-grouped batches, as the stage does. Reports real (non-padding) tokens/s after ``--warmup`` steps and
-the peak memory.
+Real weights may not be at hand on an offline GPU machine, and throughput does not depend on them: this
+builds a ``LlamaForCausalLM`` with the shape of SmolLM2-135M or of a 1B Llama (Llama-3.2-1B sizes), adds the
+placeholder tokens, LoRA (r 16, alpha 32, on q/k/v/o) and the mlp2x_gelu projectors, and trains it with the
+aligner's own LightningModule on synthetic alignment-like examples (prompts of ``--min-len`` to
+``--max-len`` tokens with one user and three item placeholders, 8 answer tokens), in length-grouped batches,
+as the stage does. Reports real (non-padding) tokens/s after ``--warmup`` steps and the peak memory.
 
     python experiments/bench_gpu_aligner.py --arch smollm2_135m --precision bf16-mixed --steps 40
     python experiments/bench_gpu_aligner.py --arch llama_1b --precision bf16-mixed --steps 30 --batch 8

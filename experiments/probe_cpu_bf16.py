@@ -70,7 +70,7 @@ def main() -> None:
         model.to(torch.bfloat16)
         out["forward_8x128_s_bf16_weights"] = median_seconds(lambda: model.model(input_ids=ids), args.repeats)
 
-    # 3. LoRA training step, 16 x 44 tokens (the targets_hybrid preset's micro-batch), loss on 4 positions
+    # 3. LoRA training step, 16 x 44 tokens (the default recipe's micro-batch), loss on 4 positions
     ids = torch.randint(0, vocab, (16, 44))
 
     def step_fn(frozen_bf16: bool, autocast: bool) -> Callable[[], None]:

@@ -29,6 +29,10 @@ def run(cfg: DictConfig) -> Path:
         import torch
 
         torch.set_num_threads(cfg.num_threads)
+    if cfg.stage == "report":  # the whole method: every stage (reused when cached), the report, the summary
+        from recexplainer.summary import run_report
+
+        return run_report(cfg)
     folder = run_stage(cfg, cfg.stage, force=cfg.force)
     if cfg.show and cfg.stage == "alignment_data":  # also for a cached folder
         from recexplainer.alignment.stage import show
@@ -124,7 +128,10 @@ def _hydra_main(cfg: DictConfig) -> None:
         from recexplainer.training import process_rank
 
         if process_rank() == 0:  # for the sweep's report
-            result = {"stage": cfg.stage, "folder": str(folder), "overrides": overrides}
+            stage = (
+                "explain" if cfg.stage == "report" else cfg.stage
+            )  # stage=report returns the explain folder
+            result = {"stage": stage, "folder": str(folder), "overrides": overrides}
             atomic_write_text(out_dir / RESULT_FILE, json.dumps(result, indent=1))
     except (Exception, SystemExit) as err:  # noqa: BLE001
         if isinstance(err, SystemExit) and err.code in (0, None):
@@ -146,7 +153,8 @@ def _run_and_report(cfg: DictConfig) -> Path:
         log.error("%s: %s", type(err).__name__, err)
         raise SystemExit(2) from err
     metrics = folder / "metrics.json"
-    print(f"{cfg.stage}: {folder}" + (f"\nmetrics: {metrics}" if metrics.is_file() else ""))
+    if cfg.stage != "report":  # the report stage printed its summary and report path
+        print(f"{cfg.stage}: {folder}" + (f"\nmetrics: {metrics}" if metrics.is_file() else ""))
     return folder
 
 

@@ -1,7 +1,9 @@
 """Typed configuration schemas, registered with Hydra's ConfigStore.
 
 Every YAML file of a config group starts from one of these schemas (``defaults: [schema_..., _self_]``),
-so a misspelled key or a value of the wrong type fails at start-up with an error naming the key.
+so a misspelled key or a value of the wrong type fails at start-up with an error naming the key. Where a
+group's values live in its YAML file (aligner, evaluation, explain, recommender.train), the schema holds the
+types only (``MISSING``): every default has exactly one home.
 Choices that a type cannot express (``dedup: first|last|none``) are checked by :func:`validate`.
 """
 
@@ -79,17 +81,19 @@ class SyntheticDataset(DatasetBase):
 
 @dataclass
 class RecTrainConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    eval_batch_size: int = 1024
-    max_epochs: int = 200
-    patience: int = 10  # early stopping on the monitored validation metric
-    monitor: str = "valid/ndcg@10"
-    plateau_factor: float | None = None  # multiply lr by this when `monitor` stalls (null: constant lr)
-    plateau_patience: int = 3  # epochs without improvement before the lr is reduced
-    grad_clip: float | None = 5.0
-    num_workers: int = 0
+    """Types of ``recommender.train``; the values live in conf/recommender/<name>.yaml."""
+
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    max_epochs: int = MISSING
+    patience: int = MISSING  # early stopping on the monitored validation metric
+    monitor: str = MISSING
+    plateau_factor: float | None = MISSING  # multiply lr by this when `monitor` stalls (null: constant lr)
+    plateau_patience: int = MISSING  # epochs without improvement before the lr is reduced
+    grad_clip: float | None = MISSING
+    num_workers: int = MISSING
 
 
 @dataclass
@@ -171,6 +175,12 @@ class TaskConfig:
     bottom_fraction: float = 0.5  # interest: negatives come from its bottom band
     eval_items_fraction: float = 0.1  # item tasks: items held out from training for evaluation
     path: str | None = None  # replay: user-supplied JSONL of {"instruction", "response"} (no download)
+    full_history: bool = False  # the user text shows every title of the prefix, whatever text_hist_len
+    # explanation: target templates per recommender answer; fields {decision}, {cited} and optional {genre}
+    yes_templates: list[str] = field(default_factory=list)
+    no_templates: list[str] = field(default_factory=list)
+    n_cited: int = 2  # explanation: history items cited (the recommender's top leave-one-out attributions)
+    yes_share: float = 0.5  # explanation: share of prefixes explained with a top-band (yes) item
 
 
 @dataclass
@@ -188,108 +198,94 @@ class LLMConfig:
 
 @dataclass
 class AlignerConfig:
+    """Types of ``aligner``; the values (and what each knob does) live in conf/aligner/default.yaml."""
+
     # seeds the aligner alone (LoRA / projector initialisation, the training sample, batch order); null: the
     # top-level seed. Replicates on a fixed recommender and alignment data: aligner.seed=1,2,3 (-m)
-    seed: int | None = None
-    projector: str = "mlp2x_gelu"
-    injection: str = "add"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    train_tasks: list[str] | None = field(
-        default_factory=lambda: [
-            "retrieval",
-            "ranking",
-            "interest",
-            "history",
-            "item_recovery",
-            "item_similar",
-        ]
-    )
-    max_train_examples: int | None = 2000
-    max_valid_examples: int | None = 64
-    max_length: int = 512
-    batch_size: int = 4
-    accumulate_grad_batches: int = 4
-    length_group_mega: int = (
-        50  # batches sorted by length within mega-batches of this many batches; 1: random
-    )
-    pair_batching: bool = False  # the yes and no example of an interest prefix in the same batch
-    lr: float = 5e-4
-    projector_lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    projector_only_steps: int = 0
-    max_epochs: int = 1
-    max_steps: int = -1
-    val_check_interval: float = 1.0
-    gradient_checkpointing: bool = False
-    checkpoint_every_n_steps: int = 20  # save a resumable checkpoint (trainable weights only) this often
-    num_workers: int = 0
-    loss_weighting: str = (
-        "example"  # token: mean over answer tokens | example: mean per example, then over examples
-    )
-    projector_init: str = (
-        # random | title_lsq: closed-form fit so projected vectors start near title embeddings (users: of
-        # their history) | title_lsq_top1: the same, users near the title of the recommender's top-1 item
-        "title_lsq"
-    )
+    seed: int | None = MISSING
+    projector: str = MISSING
+    injection: str = MISSING
+    lora_r: int = MISSING
+    lora_alpha: int = MISSING
+    lora_dropout: float = MISSING
+    lora_target_modules: list[str] = MISSING
+    train_tasks: list[str] | None = MISSING
+    max_train_examples: int | None = MISSING
+    max_valid_examples: int | None = MISSING
+    max_length: int = MISSING
+    batch_size: int = MISSING
+    accumulate_grad_batches: int = MISSING
+    length_group_mega: int = MISSING
+    pair_batching: bool = MISSING  # the yes and no example of an interest prefix in the same batch
+    lr: float = MISSING
+    projector_lr: float = MISSING
+    weight_decay: float = MISSING
+    warmup_ratio: float = MISSING
+    projector_only_steps: int = MISSING
+    max_epochs: int = MISSING
+    max_steps: int = MISSING
+    val_check_interval: float = MISSING
+    gradient_checkpointing: bool = MISSING
+    checkpoint_every_n_steps: int = MISSING  # save a resumable checkpoint (trainable weights only) this often
+    num_workers: int = MISSING
+    loss_weighting: str = MISSING  # token | example
+    projector_init: str = MISSING  # random | title_lsq | title_lsq_top1
 
 
 @dataclass
 class StudentConfig:
-    hidden_size: int = 32  # the distilled SASRec student (1 layer, 1 head)
-    epochs: int = 10
-    lr: float = 2e-3
-    max_prefixes: int | None = 50000  # training prefixes labelled with the target's top-1 (seeded sample)
+    """Types of ``evaluation.student``; the values live in conf/evaluation/default.yaml."""
+
+    hidden_size: int = MISSING  # the distilled SASRec student (1 layer, 1 head)
+    epochs: int = MISSING
+    lr: float = MISSING
+    max_prefixes: int | None = MISSING  # training prefixes labelled with the target's top-1 (seeded sample)
 
 
 @dataclass
 class EvaluationConfig:
-    model: str = (
-        "aligned"  # aligned (the aligner stage's model) | unaligned (base LLM, placeholders removed) | none
-    )
-    split: str = "test"  # valid | test: which alignment-data split is evaluated
-    tasks: list[str] | None = None  # null: every evaluable task present in the alignment data
-    max_examples: int | None = 100  # per-task cap (seeded sample); null: all
+    """Types of ``evaluation``; the values live in conf/evaluation/default.yaml."""
+
+    model: str = MISSING
+    split: str = MISSING  # valid | test: which alignment-data split is evaluated
+    tasks: list[str] | None = MISSING  # null: every evaluable task present in the alignment data
+    max_examples: int | None = MISSING  # per-task cap (seeded sample); null: all
     max_examples_per_task: dict[str, int] = field(default_factory=dict)  # overrides the cap per task
-    batch_size: int = 16
-    num_beams: int = 5  # task 1 candidates (beam width 5, 5 returned sequences, as the public code)
+    batch_size: int = MISSING
+    num_beams: int = MISSING  # task 1 candidates (beam width 5, 5 returned sequences, as the public code)
     # task 1 search width; null: num_beams (the paper). Wider: the num_beams best *distinct* titles of the
     # wider search are the candidates (a beam search of width 5 often returns one title twice)
-    beam_width: int | None = None
-    constrained: bool = False  # decode only catalog titles (prefix trie); report as its own setting
-    max_new_tokens_margin: int = 8  # generation bound = titles asked x longest title + separators + margin
-    fuzzy_cutoff: float = 0.85  # difflib ratio for the separately reported fuzzy match
-    few_shot: int = 0  # unaligned model: training examples shown as earlier turns
+    beam_width: int | None = MISSING
+    constrained: bool = MISSING  # decode only catalog titles (prefix trie); report as its own setting
+    max_new_tokens_margin: int = MISSING  # generation bound: titles asked x longest title + separators + this
+    fuzzy_cutoff: float = MISSING  # difflib ratio for the separately reported fuzzy match
+    few_shot: int = MISSING  # unaligned model: training examples shown as earlier turns
     # the LLM's numerics in this stage; None: trainer.precision. E.g. bf16-mixed (autocast) or bf16-true
     # (weights cast) to evaluate an aligner trained in fp32 faster on a GPU or a CPU with native bf16
-    precision: str | None = None
-    baselines: list[str] = field(
-        default_factory=lambda: ["random", "popularity", "top1_frequency", "item_knn", "student"]
-    )
+    precision: str | None = MISSING
+    baselines: list[str] = MISSING
     student: StudentConfig = field(default_factory=StudentConfig)
 
 
 @dataclass
 class ExplainConfig:
-    model: str = "aligned"  # aligned | unaligned: whose explanations
-    split: str = "test"  # valid | test: pairs from this split's interest examples
-    n_pairs: int = 100  # (user, item) pairs, half from the recommender's top band, half from its bottom band
-    template: str = (
-        "The user has interacted with {user}. Would the recommender suggest {item} to them? Answer yes or no, "
-        "then explain in two or three sentences which items in their history make it a good or bad match."
-    )
-    max_new_tokens: int = 96
+    """Types of ``explain``; the values live in conf/explain/default.yaml."""
+
+    # aligned | unaligned (the base LLM) | template (no LLM: the recommender's decision and top attributed
+    # items in the explanation task's templates: the ceiling) | template_random (random history items: floor)
+    model: str = MISSING
+    split: str = MISSING  # valid | test: pairs from this split's interest examples
+    n_pairs: int = MISSING  # (user, item) pairs, half from the recommender's top band, half from its bottom
+    template: str = MISSING
+    max_new_tokens: int = MISSING
     # the answer starts with the model's own decision ({decision} = Yes / No), so that a model aligned to
     # answer tersely still explains; "" lets the model write the whole answer
-    answer_prefix: str = "{decision}, because"
-    batch_size: int = 8
-    n_random: int = 5  # random removals per explanation (counterfactual reference)
-    score_predictor: str = "minilm"  # minilm: ridge on all-MiniLM-L6-v2 embeddings predicts the score | none
-    score_predictor_alpha: float = 1.0  # ridge penalty
-    examples_in_report: int = 10
+    answer_prefix: str = MISSING
+    batch_size: int = MISSING
+    n_random: int = MISSING  # random removals per explanation (counterfactual reference)
+    score_predictor: str = MISSING  # minilm: ridge on all-MiniLM-L6-v2 embeddings predicts the score | none
+    score_predictor_alpha: float = MISSING  # ridge penalty
+    examples_in_report: int = MISSING
 
 
 @dataclass
@@ -305,11 +301,14 @@ class JudgeConfig:
     cache_dir: str | None = None  # judgment cache; null: <paths.artifacts>/judge_cache
     # local: score = the most probable digit token 0-3; false: free text, parsed strictly
     constrained: bool = True
+    retry_unparsable: bool = (
+        False  # re-ask prompts whose cached reply could not be parsed (default: reuse it)
+    )
 
 
 @dataclass
 class Config:
-    stage: str = "recommender"  # the stage to run; its missing upstream stages run first
+    stage: str = "report"  # the stage to run; its missing upstream stages run first
     seed: int = 42
     force: bool = False  # recompute the requested stage even if a complete artifact exists
     num_threads: int | None = None  # torch intra-op threads; null: leave torch's default
@@ -358,7 +357,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logger.mode": ("offline", "online", "disabled"),
     "evaluation.model": ("aligned", "unaligned", "none"),
     "evaluation.split": ("valid", "test"),
-    "explain.model": ("aligned", "unaligned"),
+    "explain.model": ("aligned", "unaligned", "template", "template_random"),
     "explain.split": ("valid", "test"),
     "judge.name": ("none", "openai", "local"),
     "explain.score_predictor": ("minilm", "none"),
@@ -385,6 +384,9 @@ POSITIVE: tuple[str, ...] = (
     "explain.batch_size",
     "judge.concurrency",
 )
+
+
+REPORT_STAGE = "report"  # the last step: every stage, then the report and the summary (recexplainer.summary)
 
 
 class ConfigError(ValueError):
@@ -416,6 +418,7 @@ def _validate_precisions(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     """Check choices and ranges that types cannot express; raise ConfigError naming the key."""
+    stages = (*stages, REPORT_STAGE) if REPORT_STAGE not in stages else stages
     if cfg.stage not in stages:
         raise ConfigError(f"stage={cfg.stage!r} is not a stage; choose one of {', '.join(stages)}")
     for key, allowed in CHOICES.items():
@@ -486,13 +489,23 @@ def _validate_alignment(cfg: DictConfig) -> None:
         validate_format("alignment.item_format", cfg.alignment.item_format, {"placeholder", "title"})
         for name, task in cfg.tasks.items():
             validate_task(name, task)
-            for key in ("top_fraction", "bottom_fraction", "eval_items_fraction"):
+            for key in ("top_fraction", "bottom_fraction", "eval_items_fraction", "yes_share"):
                 if not 0 <= task[key] <= 1:
                     raise ConfigError(f"tasks.{name}.{key}={task[key]} must be in [0, 1]")
             if task.kind == "ranking" and task.n_candidates < 2:
                 raise ConfigError(f"tasks.{name}.n_candidates={task.n_candidates} must be at least 2")
     except TemplateError as err:
         raise ConfigError(str(err)) from None
+    prefix = cfg.explain.answer_prefix
+    for name, task in cfg.tasks.items():
+        if task.kind == "explanation" and prefix:
+            for key in ("yes_templates", "no_templates"):
+                bad = [t for t in task[key] if not t.startswith(prefix)]
+                if bad:
+                    raise ConfigError(
+                        f"tasks.{name}.{key}: {bad[0]!r} does not start with explain.answer_prefix "
+                        f"{prefix!r}; the explain stage writes that prefix and lets the LLM go on from it"
+                    )
     if cfg.alignment.user_placeholder == cfg.alignment.item_placeholder:
         raise ConfigError("alignment.user_placeholder and alignment.item_placeholder must differ")
     shown = cfg.alignment.get("text_hist_len")

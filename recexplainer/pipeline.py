@@ -56,9 +56,16 @@ STAGES: dict[str, Stage] = {
             "explain",
             "recexplainer.explain.stage",
             requires=("data", "recommender", "alignment_data", "aligner"),
+            version=2,  # 2: the prompt shows every history title; leave-one-out attributions per pair
         ),
     )
 }
+
+
+def _step(name: str) -> str:
+    """'[4/7]': where a stage sits in the whole method (data ... explain, then the report)."""
+    order = [*STAGES, "report"]
+    return f"[{order.index(name) + 1}/{len(order)}]"
 
 
 def requirements(cfg: DictConfig, name: str) -> tuple[str, ...]:
@@ -105,7 +112,7 @@ def run_stage(cfg: DictConfig, name: str, force: bool = False, _done: dict[str, 
         return _run_as_worker(cfg, stage, folder, upstream, force)
     with artifacts.folder_lock(folder):
         if artifacts.is_complete(folder) and not force:
-            log.info("stage %s: reusing %s", name, folder)
+            log.info("%s stage %s: reusing %s", _step(name), name, folder)
             return folder
         if force and folder.exists():
             log.info("stage %s: force=true, discarding %s", name, folder)
@@ -123,7 +130,7 @@ def run_stage(cfg: DictConfig, name: str, force: bool = False, _done: dict[str, 
                 "upstream": {d: str(p) for d, p in upstream.items()},
             },
         )
-        log.info("stage %s: running into %s", name, folder)
+        log.info("%s stage %s: running into %s", _step(name), name, folder)
         start = time.perf_counter()
         try:
             metrics = module.run(cfg, folder, upstream)

@@ -88,13 +88,17 @@ def collect(root: Path, stage: str = "evaluate", only: set[Path] | None = None) 
 ALIGNER_BEFORE_SETTING = {"loss_weighting": "token", "projector_init": "random"}
 
 
+def aligner_defaults() -> dict[str, Any]:
+    """The default aligner settings (conf/aligner/default.yaml, interpolations left out)."""
+    from recexplainer.cli import CONF_DIR
+
+    values = yaml.safe_load((CONF_DIR / "aligner" / "default.yaml").read_text())
+    return {k: v for k, v in values.items() if not (isinstance(v, str) and v.startswith("${"))}
+
+
 def recipe(aligner: dict[str, Any]) -> str:
     """The aligner settings that differ from the defaults, e.g. 'lr=0.0005, loss_weighting=example'."""
-    from dataclasses import asdict
-
-    from recexplainer.config import AlignerConfig
-
-    defaults = asdict(AlignerConfig())
+    defaults = aligner_defaults()
     # folders written before a setting existed ran with its behaviour at the time
     legacy = ALIGNER_BEFORE_SETTING if aligner else {}  # no aligner section at all: nothing to say
     settings = {k: v for k, v in legacy.items() if k in defaults} | dict(aligner)
@@ -106,7 +110,15 @@ def recipe(aligner: dict[str, Any]) -> str:
     return ", ".join(changed)
 
 
+TEMPLATE_METHODS = {
+    "template": "template: the recommender's top attributions (no LLM, ceiling)",
+    "template_random": "template: random history items (no LLM, floor)",
+}
+
+
 def method_name(cfg: dict[str, Any], model: str, extra: str = "") -> str:
+    if model in TEMPLATE_METHODS:
+        return TEMPLATE_METHODS[model]
     llm = cfg["llm"]["name"]
     if model == "aligned":
         changed = recipe(cfg.get("aligner", {}))
@@ -395,6 +407,10 @@ def write_report(root: Path, out: Path, only: set[Path] | None = None) -> list[P
             f"nothing to report under {root}: no complete evaluate, explain, aligner or recommender folders "
             "(run `recexplainer stage=evaluate` first)"
         )
+    from recexplainer.report_html import write_html
+
+    # the one-page HTML report of the same folders; not in the returned list (the tables and plots above)
+    write_html(root, out, only)
     return paths
 
 
@@ -407,8 +423,12 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="output folder (default: <root>/report)")
     args = parser.parse_args()
-    for path in write_report(args.root, args.out or args.root / "report"):
+    out = args.out or args.root / "report"
+    for path in write_report(args.root, out):
         print(path)
+    from recexplainer.report_html import HTML_NAME
+
+    print(out / HTML_NAME)
 
 
 if __name__ == "__main__":

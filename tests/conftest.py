@@ -45,6 +45,8 @@ def make_cfg(tmp_path: Path):
 
     def _make(*overrides: str, tiny: bool = True):
         base = [f"paths.artifacts={tmp_path / 'artifacts'}"]
+        if not any(o.startswith("stage=") for o in overrides):
+            base.append("stage=recommender")  # the default (report) runs the whole method
         if tiny:
             base += TINY
             if not any(o.startswith("recommender=") and o != "recommender=sasrec" for o in overrides):

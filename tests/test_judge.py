@@ -172,3 +172,15 @@ def test_local_judge_scores_by_digit_tokens_or_parses_free_text(tmp_path):
     assert judgment.score is None and judgment.error == "unparsable reply"
     assert judgment.reply.strip() == "The explanation is"
     assert free.stats["unparsable"] == 1 and free.stats["requests"] == 2 and free.name == "local:fake"
+
+
+def test_unparsable_replies_are_cached_and_reasked_only_on_request(server_factory, tmp_path):
+    server = server_factory([], default="maybe")
+    first = _judge(server.url, tmp_path, concurrency=1).judge_one("p")  # 'maybe', reminder, 'maybe'
+    assert first.score is None and first.reply == "maybe" and len(server.requests) == 2
+    again = _judge(server.url, tmp_path, concurrency=1)  # a rerun: the cached reply, no request
+    cached = again.judge_one("p")
+    assert (cached.score, cached.reply, cached.cached) == (None, "maybe", True)
+    assert len(server.requests) == 2 and again.stats["unparsable"] == 1
+    retry = _judge(server.url, tmp_path, concurrency=1, retry_unparsable=True)
+    assert retry.judge_one("p").score is None and len(server.requests) == 4  # asked again

@@ -123,6 +123,7 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
             str(exe),
             *[a for a in args if a.startswith("-")],
             f"paths.artifacts={tmp_path}/artifacts",
+            *([] if any(a.startswith("stage=") for a in args) else ["stage=recommender"]),
             *[a for a in args if not a.startswith("-")],
         ],
         capture_output=True,

@@ -13,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from recexplainer.alignment.explanations import ExplanationWriter
 from recexplainer.alignment.labels import Prefixes, band, pick, task_rng
 from recexplainer.alignment.templates import SlotRenderer, field_order, render, template_fields
 from recexplainer.data.loaders import DataFormatError, json_lines
+from recexplainer.recommender.attribution import leave_one_out, top_attributed
 
-USER_KINDS = ("retrieval", "ranking", "interest", "interest_hard", "history")
+USER_KINDS = ("retrieval", "ranking", "interest", "interest_hard", "history", "explanation")
 ITEM_KINDS = ("item_recovery", "item_similar", "item_metadata")
 EXAMPLES_PER_PREFIX = {"interest": 2, "interest_hard": 2}
 
@@ -38,9 +40,18 @@ class TaskBuilder:
         seed: int,
         popularity: np.ndarray,
         titles: list[str],
+        recommender: Any = None,
+        item_table: list[dict] | None = None,
     ):
         self.name, self.task, self.mode = name, task, mode
         self.renderer, self.popularity, self.titles = renderer, popularity, titles
+        self.recommender = recommender  # the frozen target: the explanation kind needs its attributions
+        self.explainer = (
+            ExplanationWriter(task, titles, item_table or [], task_rng(seed, name, "answers"))
+            if task.kind == "explanation"
+            else None
+        )
+        self._explained: dict[int, tuple[int, str, np.ndarray]] = {}
         self.label_rng = task_rng(seed, name, "labels")
         self.template_rng = task_rng(seed, name, "templates")
         for template in task.templates:
@@ -82,7 +93,7 @@ class TaskBuilder:
         }
 
     def _user(self, history: np.ndarray) -> tuple[str, list]:
-        text = self.renderer.user(history, self.task.user_format)
+        text = self.renderer.user(history, self.task.user_format, full=self.task.full_history)
         return text, ["user"] * self.renderer.count(text)[0]
 
     def _item(self, item: int) -> tuple[str, list]:
@@ -93,6 +104,8 @@ class TaskBuilder:
     def from_prefixes(self, p: Prefixes, keep: np.ndarray) -> list[dict[str, Any]]:
         """Examples for the rows of a scored batch selected by ``keep`` (bool, one per row)."""
         make: Callable = getattr(self, f"_{self.task.kind}")
+        if self.task.kind == "explanation":
+            self._attribute(p, np.flatnonzero(keep))
         out = []
         for row in np.flatnonzero(keep):
             history = p.histories[row]
@@ -192,6 +205,53 @@ class TaskBuilder:
 
     def _interest_hard(self, p, row, key, user_text, user_slots, base):
         return self._interest(p, row, key, user_text, user_slots, base, hard=True)
+
+    def _attribute(self, p: Prefixes, rows: np.ndarray) -> None:
+        """Draw each row's (item, answer) and score the recommender's leave-one-out attributions for all
+        rows in one batch. Two draws per row (the answer, then the item), whatever the bands' sizes."""
+        rng, picked = self.label_rng, []
+        for row in rows.tolist():
+            top, bottom = band(p, row, self.task.top_fraction, self.task.bottom_fraction)
+            answer = "yes" if rng.random() < self.task.yes_share else "no"
+            picked.append((row, pick(rng, top if answer == "yes" else bottom), answer))
+        _, attributions = leave_one_out(
+            self.recommender,
+            [p.histories[row] for row, _, _ in picked],
+            [item for _, item, _ in picked],
+            [int(p.users[row]) for row, _, _ in picked],
+        )
+        self._explained = {
+            row: (item, answer, a) for (row, item, answer), a in zip(picked, attributions, strict=True)
+        }
+
+    def _explanation(self, p, row, key, user_text, user_slots, base):
+        item, answer, attributions = self._explained[row]
+        history = p.histories[row]
+        cited = top_attributed(history, attributions, answer, self.task.n_cited)
+        target, genre = self.explainer.write(answer, item, cited)
+        item_text, item_slots = self._item(item)
+        labels = {
+            "item": item,
+            "answer": answer,
+            "rank": int(p.ranks[row, item]),
+            "n_ranked": int(p.n_valid[row]),
+            "score": float(p.scores[row, item]),
+            "popularity": int(self.popularity[item]),
+            "attributions": [round(float(a), 6) for a in attributions],  # per history item, oldest first
+            "cited": cited,
+            "genre": genre,
+        }
+        return [
+            self.example(
+                p.split,
+                f"{key}-{'pos' if answer == 'yes' else 'neg'}",
+                {"user": user_text, "item": item_text},
+                {"user": user_slots, "item": item_slots},
+                target,
+                labels=labels,
+                **base,
+            )
+        ]
 
     def _history(self, p, row, key, user_text, user_slots, base):
         history = p.histories[row]

@@ -90,7 +90,9 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     _check_titles(data.titles, cfg.alignment)
     popularity = data.train_item_counts()
     builders = {
-        n: TaskBuilder(n, t, cfg.alignment.mode, renderer, cfg.seed, popularity, data.titles)
+        n: TaskBuilder(
+            n, t, cfg.alignment.mode, renderer, cfg.seed, popularity, data.titles, model, data.item_table
+        )
         for n, t in tasks.items()
     }
     metrics: dict[str, float] = {}
@@ -111,8 +113,10 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             for row in rows:
                 writers[name, split].write(json.dumps(row, ensure_ascii=False) + "\n")
             counts[name, split] += len(rows)
-            if tasks[name].kind in ("retrieval", "interest", "interest_hard"):
-                collected.setdefault((name, split), []).extend({"labels": r["labels"]} for r in rows)
+            if tasks[name].kind in ("retrieval", "interest", "interest_hard", "explanation"):
+                collected.setdefault((name, split), []).extend(
+                    {"labels": r["labels"], "history": r["history"]} for r in rows
+                )
 
         user_tasks = {n: t for n, t in tasks.items() if t.kind in USER_KINDS}
         if user_tasks:
@@ -272,11 +276,38 @@ def label_statistics(
             pos = np.array([lab["popularity"] for lab in labels if lab["answer"] == "yes"])
             neg = np.array([lab["popularity"] for lab in labels if lab["answer"] == "no"])
             out[f"labels/{name}/{split}/popularity_auc"] = _auc(pos, neg)
+            if "attributions" in labels[0]:
+                out.update(_explanation_statistics(f"labels/{name}/{split}", rows))
             if "hard_fallback" in labels[0]:
                 out[f"labels/{name}/{split}/hard_fallback_rate"] = float(
                     np.mean([lab["hard_fallback"] for lab in labels if lab["answer"] == "no"])
                 )
     return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def _explanation_statistics(prefix: str, rows: list[dict]) -> dict[str, float]:
+    """How the explanation targets cite: items per target, targets naming a genre, targets whose answer no
+    history item supports (cited by absolute attribution instead), and the mean |attribution| of the cited
+    items over that of all history items (how much more the cited items move the score than average)."""
+    labels = [r["labels"] for r in rows]
+    cited_abs, all_abs, against = [], [], 0
+    for row, lab in zip(rows, labels, strict=True):
+        values = np.asarray(lab["attributions"], dtype=np.float64)
+        sign = 1.0 if lab["answer"] == "yes" else -1.0
+        against += int(not (sign * values > 0).any())
+        all_abs.append(np.abs(values).mean() if len(values) else 0.0)
+        cited = set(lab["cited"])
+        history_abs = [abs(v) for v, i in zip(values, row["history"], strict=True) if i in cited]
+        if history_abs:
+            cited_abs.append(np.mean(history_abs))
+    out = {
+        f"{prefix}/cited_per_target": float(np.mean([len(lab["cited"]) for lab in labels])),
+        f"{prefix}/genre_rate": float(np.mean([lab.get("genre") is not None for lab in labels])),
+        f"{prefix}/unsupported_rate": against / len(labels),
+    }
+    if cited_abs:
+        out[f"{prefix}/cited_abs_over_mean_abs"] = float(np.mean(cited_abs) / max(np.mean(all_abs), 1e-12))
+    return out
 
 
 def _log_summary(counts: Counter, metrics: dict[str, float]) -> None:

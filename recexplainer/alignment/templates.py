@@ -23,7 +23,10 @@ FIELDS: dict[str, tuple[set[str], set[str]]] = {
     "item_metadata": ({"item"}, {"item"}),
     "history": ({"user", "n"}, {"user"}),
     "replay": ({"instruction"}, {"instruction"}),
+    "explanation": ({"user", "item"}, {"user", "item"}),
 }
+# Fields of the explanation kind's target templates (yes_templates / no_templates), and those required.
+ANSWER_FIELDS: tuple[set[str], set[str]] = ({"decision", "cited", "genre"}, {"decision", "cited"})
 KINDS = tuple(FIELDS)
 MODES = ("behavior", "intention", "hybrid")
 
@@ -81,6 +84,26 @@ def validate_task(name: str, task: Any) -> None:
             )
     if task.user_format is not None:
         validate_format(f"tasks.{name}.user_format", task.user_format, {"placeholder", "titles"})
+    if task.kind == "explanation":
+        _validate_answers(name, task)
+
+
+def _validate_answers(name: str, task: Any) -> None:
+    """Explanation targets: both lists non-empty, known fields, and each list usable without a genre."""
+    allowed, required = ANSWER_FIELDS
+    for key in ("yes_templates", "no_templates"):
+        templates = list(getattr(task, key, None) or [])
+        if not templates:
+            raise TemplateError(f"tasks.{name}.{key} is empty; give at least one target template")
+        for k, template in enumerate(templates):
+            fields = template_fields(template)
+            if fields - allowed or required - fields:
+                raise TemplateError(
+                    f"tasks.{name}.{key}[{k}] must use {sorted(required)} and may use {{genre}}; "
+                    f"it uses {sorted(fields)}"
+                )
+        if all("genre" in template_fields(t) for t in templates):
+            raise TemplateError(f"tasks.{name}.{key}: at least one template must work without {{genre}}")
 
 
 def validate_format(key: str, fmt: str, allowed: set[str]) -> None:
@@ -124,10 +147,11 @@ class SlotRenderer:
         self.titles = titles
         self._items: dict[int, str] = {}
 
-    def user(self, history: Sequence[int], user_format: str | None = None) -> str:
-        """A user as text: ``{titles}`` holds the last ``text_hist_len`` items of ``history`` (all if None);
-        the user's vector, and every label, still come from the whole prefix."""
-        shown = history if self.text_hist_len is None else history[-self.text_hist_len :]  # validated >= 1
+    def user(self, history: Sequence[int], user_format: str | None = None, full: bool = False) -> str:
+        """A user as text: ``{titles}`` holds the last ``text_hist_len`` items of ``history`` (all if None
+        or ``full``); the user's vector, and every label, still come from the whole prefix."""
+        last = None if full else self.text_hist_len
+        shown = history if last is None else history[-last:]  # validated >= 1
         titles = self.separator.join(self.titles[i] for i in shown)
         return render(
             user_format or self.user_format, {"placeholder": self.user_placeholder, "titles": titles}

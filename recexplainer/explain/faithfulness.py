@@ -8,15 +8,16 @@ hallucinated citations (citation precision).
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from recexplainer.evaluation.matching import TitleIndex
-from recexplainer.recommender.base import Recommender, pad_left
+from recexplainer.recommender.attribution import item_scores
+from recexplainer.recommender.base import Recommender
 
 
 @dataclass
@@ -38,15 +39,6 @@ def citations(text: str, index: TitleIndex, history: Sequence[int], item: int) -
         [m for m in mentioned if m in in_history],
         [m for m in mentioned if m not in in_history],
     )
-
-
-@torch.no_grad()
-def item_scores(model: Recommender, histories: Sequence[Sequence[int]], items: Sequence[int]) -> np.ndarray:
-    """The recommender's score of ``items[b]`` after ``histories[b]`` (an empty history is allowed)."""
-    seq_len = model.max_len or max((len(h) for h in histories), default=1)
-    seq = pad_left([list(h) for h in histories], seq_len)
-    scores = model.score(seq, torch.zeros(len(histories), dtype=torch.long))
-    return scores[torch.arange(len(items)), torch.as_tensor(list(items))].numpy()
 
 
 def counterfactual(
@@ -84,3 +76,29 @@ def counterfactual(
         "cited_wins": float(abs(cited_delta) > float(np.abs(random_deltas).mean())) if n_random else 0.0,
         "n_cited": float(k),
     }
+
+
+def attribution_agreement(cited: Sequence[int], top: Sequence[int]) -> float | None:
+    """Share of the cited items that are among the recommender's top attributed history items (None when
+    nothing is cited)."""
+    cited = list(dict.fromkeys(int(c) for c in cited))
+    if not cited:
+        return None
+    top_set = set(int(t) for t in top)
+    return sum(c in top_set for c in cited) / len(cited)
+
+
+def template_pattern(template: str) -> re.Pattern:
+    """A regex that matches any rendering of an explanation target template (its fields as wildcards)."""
+    parts = re.split(r"(\{decision\}|\{cited\}|\{genre\})", template)
+    regex = "".join(
+        "(?:Yes|No)" if p == "{decision}" else ".+?" if p in ("{cited}", "{genre}") else re.escape(p)
+        for p in parts
+    )
+    return re.compile(regex, re.IGNORECASE | re.DOTALL)
+
+
+def copies_template(text: str, patterns: Sequence[re.Pattern]) -> bool:
+    """True when ``text`` is one of the training target forms with some titles filled in."""
+    text = " ".join(text.split())
+    return any(p.fullmatch(text) for p in patterns)

@@ -74,7 +74,8 @@ class Judgment:
 
 
 class JudgeCache:
-    """Append-only JSON lines of successful judgments, keyed by sha256(judge model, prompt)."""
+    """Append-only JSON lines of judgments, keyed by sha256(judge model, prompt). Unparsable replies are
+    kept too (score None, with the reply): a deterministic judge would say the same again."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -95,7 +96,7 @@ class JudgeCache:
     def get(self, model: str, prompt: str) -> dict[str, Any] | None:
         return self._entries.get(self.key(model, prompt))
 
-    def put(self, model: str, prompt: str, score: int, reply: str) -> None:
+    def put(self, model: str, prompt: str, score: int | None, reply: str) -> None:
         entry = {"key": self.key(model, prompt), "model": model, "score": score, "reply": reply}
         with self._lock:
             self._entries[entry["key"]] = entry
@@ -114,9 +115,15 @@ class Judge:
     name = "judge"
 
     def __init__(
-        self, cache: JudgeCache | None, concurrency: int = 1, max_retries: int = 4, backoff_s: float = 0.5
+        self,
+        cache: JudgeCache | None,
+        concurrency: int = 1,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+        retry_unparsable: bool = False,
     ):
         self.cache, self.concurrency = cache, max(1, concurrency)
+        self.retry_unparsable = retry_unparsable  # re-ask prompts whose cached reply was unparsable
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self.stats = {"requests": 0, "retries": 0, "failures": 0, "unparsable": 0, "cached": 0}
         self._lock = threading.Lock()
@@ -142,8 +149,12 @@ class Judge:
         raise AssertionError("unreachable")
 
     def judge_one(self, prompt: str) -> Judgment:
-        if self.cache is not None and (hit := self.cache.get(self.name, prompt)) is not None:
+        hit = self.cache.get(self.name, prompt) if self.cache is not None else None
+        if hit is not None and (hit["score"] is not None or not self.retry_unparsable):
             self._count("cached")
+            if hit["score"] is None:
+                self._count("unparsable")
+                return Judgment(None, hit["reply"], error="unparsable reply (cached)", cached=True)
             return Judgment(hit["score"], hit["reply"], cached=True)
         messages = [{"role": "user", "content": prompt}]
         try:
@@ -158,6 +169,8 @@ class Judge:
             return Judgment(None, None, error=f"{type(err).__name__}: {err}")
         if score is None:
             self._count("unparsable")
+            if self.cache is not None:
+                self.cache.put(self.name, prompt, None, reply or "")
             return Judgment(None, reply, error="unparsable reply")
         if self.cache is not None:
             self.cache.put(self.name, prompt, score, reply)

@@ -29,8 +29,9 @@ from recexplainer.artifacts import atomic_write_text, write_json
 from recexplainer.data.dataset import SequentialData
 from recexplainer.evaluation.evaluator import PredictionStore
 from recexplainer.evaluation.matching import TitleIndex, parse_yes_no
-from recexplainer.explain import faithfulness
+from recexplainer.explain import faithfulness, templated
 from recexplainer.explain.judge import Judge, JudgeCache, LocalJudge, OpenAIJudge, rubric_prompt
+from recexplainer.recommender.attribution import leave_one_out, top_attributed
 from recexplainer.training import autocast, inference_device
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,21 @@ def requires(cfg: DictConfig) -> tuple[str, ...]:
     return (*base, "aligner") if cfg.explain.model == "aligned" else base
 
 
+JUDGE_TRANSIENT = (
+    "concurrency",
+    "max_retries",
+    "backoff_s",
+    "timeout_s",
+    "cache_dir",
+    "api_key_env",
+    "retry_unparsable",
+)
+
+
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
     judge = OmegaConf.to_container(cfg.judge, resolve=True)
-    for transient in ("concurrency", "max_retries", "backoff_s", "timeout_s", "cache_dir", "api_key_env"):
-        judge.pop(transient, None)  # how the judge is reached does not change its scores
+    for key in JUDGE_TRANSIENT:
+        judge.pop(key, None)  # how the judge is reached does not change its scores
     if judge.get("name") != "local":
         judge.pop("constrained", None)  # a local-judge setting
     fields = {
@@ -55,6 +67,8 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     }
     if cfg.explain.model == "unaligned" or cfg.judge.name == "local":
         fields["llm"] = OmegaConf.to_container(cfg.llm, resolve=True)
+    if cfg.explain.model in templated.MODELS:
+        fields["explanation_task"] = OmegaConf.to_container(templated.explanation_config(cfg), resolve=True)
     return fields
 
 
@@ -81,7 +95,8 @@ def explain_rows(pairs: list[dict[str, Any]], cfg: DictConfig, titles: list[str]
     out = []
     for pair in pairs:
         item = int(pair["labels"]["item"])
-        user_text, item_text = renderer.user(pair["history"]), renderer.item(item)
+        # every title of the prefix, whatever alignment.text_hist_len: the explanation may cite any of them
+        user_text, item_text = renderer.user(pair["history"], full=True), renderer.item(item)
         user_slots = ["user"] * renderer.count(user_text)[0]
         item_slots = [item] * renderer.count(item_text)[1]
         prompt = template.replace("{user}", user_text).replace("{item}", item_text)
@@ -101,12 +116,50 @@ def explain_rows(pairs: list[dict[str, Any]], cfg: DictConfig, titles: list[str]
     return out
 
 
+TOP_ATTRIBUTED = 2  # attribution agreement: cited items among the recommender's top-2 attributed items
+
+
+def _generate(cfg: DictConfig, out_dir: Path, predictor: Any, rows: list[dict[str, Any]]) -> dict[str, dict]:
+    """The LLM's decision (P(yes)) and explanation for every row; resumes from ``generated.jsonl``."""
+    ex = cfg.explain
+    device, dtype = inference_device(cfg.trainer)
+    predictor.model.to(device)
+    log.info("explain: the LLM runs on %s%s", device, f" ({dtype} autocast)" if dtype else "")
+    store = PredictionStore(out_dir, "generated")
+    done = {r["id"]: r for r in store.load()}
+    todo = [r for r in rows if r["id"] not in done]
+    if done:
+        log.info("explain: resuming, %d of %d pairs already generated", len(done), len(rows))
+    todo.sort(key=predictor.prompt_length)
+    with tqdm(
+        total=len(todo), desc="explain", unit="pair", disable=not cfg.trainer.enable_progress_bar
+    ) as bar:
+        for start in range(0, len(todo), ex.batch_size):
+            batch = todo[start : start + ex.batch_size]
+            with autocast(device, dtype):
+                outputs = predictor.explain(batch, ex.max_new_tokens, ex.answer_prefix)
+            records = [
+                {"id": r["id"], "p_yes": p, "text": text} for r, (p, text) in zip(batch, outputs, strict=True)
+            ]
+            store.write(records)
+            done.update({r["id"]: r for r in records})
+            bar.update(len(batch))
+    store.close()
+    predictor.model.to("cpu")  # frees the GPU for the judge's model
+    return done
+
+
 def build_judge(cfg: DictConfig, predictor: Any) -> Judge | None:
     jc = cfg.judge
     if jc.name == "none":
         return None
     cache_dir = Path(jc.cache_dir or Path(cfg.paths.artifacts) / "judge_cache").expanduser()
-    common = dict(concurrency=jc.concurrency, max_retries=jc.max_retries, backoff_s=jc.backoff_s)
+    common = dict(
+        concurrency=jc.concurrency,
+        max_retries=jc.max_retries,
+        backoff_s=jc.backoff_s,
+        retry_unparsable=jc.get("retry_unparsable", False),
+    )
     if jc.name == "openai":
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in jc.model)
         return OpenAIJudge(
@@ -117,7 +170,7 @@ def build_judge(cfg: DictConfig, predictor: Any) -> Judge | None:
             cache=JudgeCache(cache_dir / f"openai_{slug}.jsonl"),
             **common,
         )
-    if predictor.aligned:  # the judge is the base LLM, without the aligner's adapters
+    if predictor is None or predictor.aligned:  # the judge is the base LLM, without the aligner's adapters
         from recexplainer.aligner import setup
 
         lm, tokenizer = setup.load_base_llm(cfg.llm, cfg.paths.assets)
@@ -143,37 +196,20 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     index = TitleIndex(titles)
     recommender = load_recommender(upstream["recommender"])
     rows = explain_rows(select_pairs(upstream["alignment_data"], ex.split, ex.n_pairs, cfg.seed), cfg, titles)
-    predictor = llm_predictor(cfg, upstream, titles, {}, ex.model, ex.split)
-    device, dtype = inference_device(cfg.trainer)
-    predictor.model.to(device)
-    log.info("explain: the LLM runs on %s%s", device, f" ({dtype} autocast)" if dtype else "")
-
-    store = PredictionStore(out_dir, "generated")
-    done = {r["id"]: r for r in store.load()}
-    todo = [r for r in rows if r["id"] not in done]
-    if done:
-        log.info("explain: resuming, %d of %d pairs already generated", len(done), len(rows))
-    todo.sort(key=predictor.prompt_length)
-    with tqdm(
-        total=len(todo), desc="explain", unit="pair", disable=not cfg.trainer.enable_progress_bar
-    ) as bar:
-        for start in range(0, len(todo), ex.batch_size):
-            batch = todo[start : start + ex.batch_size]
-            with autocast(device, dtype):
-                outputs = predictor.explain(batch, ex.max_new_tokens, ex.answer_prefix)
-            records = [
-                {"id": r["id"], "p_yes": p, "text": text} for r, (p, text) in zip(batch, outputs, strict=True)
-            ]
-            store.write(records)
-            done.update({r["id"]: r for r in records})
-            bar.update(len(batch))
-    store.close()
-    predictor.model.to("cpu")  # frees the GPU for the judge's model
+    # the recommender's score of each pair and its leave-one-out attribution to every history item
+    scores, attributions = leave_one_out(recommender, [r["history"] for r in rows], [r["item"] for r in rows])
+    predictor = None
+    if ex.model in templated.MODELS:
+        done = templated.explain(cfg, rows, attributions, titles, data.item_table)
+    else:
+        predictor = llm_predictor(cfg, upstream, titles, {}, ex.model, ex.split)
+        done = _generate(cfg, out_dir, predictor, rows)
 
     records = []
-    for row in rows:
+    for row, score, values in zip(rows, scores, attributions, strict=True):
         generated = done[row["id"]]
         cites = faithfulness.citations(generated["text"], index, row["history"], row["item"])
+        top = top_attributed(row["history"], values, row["answer"], TOP_ATTRIBUTED)
         record = {
             **{k: row[k] for k in ("id", "history", "item", "answer", "rank")},
             "p_yes": generated["p_yes"],
@@ -183,18 +219,16 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             "mentioned": cites.mentioned,
             "cited": cites.cited,
             "hallucinated": cites.hallucinated,
+            "score": float(score),
+            "attributions": [round(float(a), 6) for a in values],  # per history item, oldest first
+            "top_attributed": top,
+            "attribution_agreement": faithfulness.attribution_agreement(cites.cited, top),
         }
         if cites.cited:
             record["counterfactual"] = faithfulness.counterfactual(
                 recommender, row["history"], row["item"], cites.cited, ex.n_random, cfg.seed, row["id"]
             )
         records.append(record)
-
-    full = faithfulness.item_scores(
-        recommender, [r["history"] for r in records], [r["item"] for r in records]
-    )
-    for record, value in zip(records, full, strict=True):
-        record["score"] = float(value)
     predictor_metrics = score_predictor_metrics(cfg, records)
 
     judge = build_judge(cfg, predictor)
@@ -214,7 +248,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             if judgment.error:  # what the judge said, to read the failures
                 record["judge_reply"] = (judgment.reply or "")[:500]
 
-    metrics = explanation_metrics(records) | predictor_metrics
+    metrics = explanation_metrics(records, target_patterns(cfg)) | predictor_metrics
     if judge is not None:
         metrics |= {f"explain/judge_{k}": float(v) for k, v in judge.stats.items()}
     atomic_write_text(out_dir / "explanations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
@@ -298,7 +332,20 @@ def score_predictor_metrics(cfg: DictConfig, records: list[dict[str, Any]]) -> d
     return {f"explain/{k}": v for k, v in result.items()}
 
 
-def explanation_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+def target_patterns(cfg: DictConfig) -> list:
+    """Regexes of the explanation task's target templates (none when the tasks have no such task)."""
+    for task in cfg.tasks.values():
+        if task.kind == "explanation":
+            templates = list(task.yes_templates) + list(task.no_templates)
+            return [faithfulness.template_pattern(t) for t in templates]
+    return []
+
+
+def explanation_metrics(records: list[dict[str, Any]], patterns: list | None = None) -> dict[str, float]:
+    """Decision, citation, attribution and faithfulness metrics over the explained pairs (``explain/...``).
+
+    ``patterns``: the training target forms; ``template_copy_rate`` is the share of texts that are one of
+    them with some titles filled in (a copied form, not necessarily a wrong explanation)."""
     n = len(records)
     m: dict[str, float] = {"explain/n": float(n)}
     if not n:
@@ -326,6 +373,17 @@ def explanation_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
         for key in ("cited_delta", "random_delta", "cited_abs", "random_abs"):
             m[f"explain/faithfulness_{key}"] = float(np.mean([c[key] for c in cf]))
         m["explain/faithfulness_win_rate"] = float(np.mean([c["cited_wins"] for c in cf]))
+        random_abs = m["explain/faithfulness_random_abs"]
+        if random_abs > 0:
+            m["explain/faithfulness_ratio"] = m["explain/faithfulness_cited_abs"] / random_abs
+    agreement = [r["attribution_agreement"] for r in records if r.get("attribution_agreement") is not None]
+    if agreement:
+        m["explain/attribution_agreement"] = float(np.mean(agreement))
+    m["explain/distinct_ratio"] = len({" ".join(r["text"].split()).lower() for r in records}) / n
+    if patterns:
+        m["explain/template_copy_rate"] = float(
+            np.mean([faithfulness.copies_template(r["text"], patterns) for r in records])
+        )
     scores = [r["judge_score"] for r in records if r.get("judge_score") is not None]
     if "judge_score" in records[0]:
         m["explain/judge_n"] = float(len(scores))
