@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Evaluation speed on a lent GPU machine (issue: batched vs one example at a time, target >= 5x): builds the
+# Evaluation speed on a lent GPU machine (batched vs one example at a time): builds the
 # ml-100k alignment data (recommender on the GPU, tiny_random LLM config: no real weights needed), then runs
 # experiments/bench_evaluation.py with a randomly initialised SmolLM2-135M-shaped Llama on cuda, bf16 and
 # fp32 (EVAL_PRECISIONS="bf16 bf16-true fp32" adds bf16 weights). Random weights decode every example to the

@@ -314,7 +314,9 @@ def test_text_hist_len_shortens_the_titles_but_not_the_vectors_or_labels(root, c
     from recexplainer.alignment import stage as alignment_stage
 
     data, _ = context
-    default = compose_config([f"paths.artifacts={root}", *TINY, "alignment=hybrid"])
+    default = compose_config(
+        [f"paths.artifacts={root}", *TINY, "alignment=hybrid", "alignment.text_hist_len=null"]
+    )
     assert "text_hist_len" not in alignment_stage.key_fields(default)["alignment"]
     # intention renders no titles: the knob changes neither its examples nor its key
     intention = compose_config([f"paths.artifacts={root}", *TINY, "alignment=intention"])
@@ -327,8 +329,9 @@ def test_text_hist_len_shortens_the_titles_but_not_the_vectors_or_labels(root, c
     protocol = json.loads((short / "protocol.json").read_text())
     assert protocol["prefix_text"].startswith("the last 2 items")
     checked = 0
+    every = build(root, "hybrid", "alignment.text_hist_len=null")  # every title (the default shows one)
     for task in ("retrieval", "interest", "ranking"):
-        full = {r["id"]: r for r in examples(hybrid, task, "train")}
+        full = {r["id"]: r for r in examples(every, task, "train")}
         for row in examples(short, task, "train"):
             assert row["labels"] == full[row["id"]]["labels"] and row["history"] == full[row["id"]]["history"]
             titles = [data.titles[i] for i in row["history"]]

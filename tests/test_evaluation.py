@@ -18,7 +18,7 @@ from recexplainer.pipeline import stage_folder
 
 from .test_aligner_stage import ALIGN
 
-EVAL = [*ALIGN, "stage=evaluate", "evaluation.batch_size=4"]
+EVAL = [*ALIGN, "stage=evaluate", "evaluation.batch_size=4", "evaluation.tasks=null"]  # every task
 
 
 @pytest.fixture(scope="module")

@@ -107,14 +107,15 @@ def test_explain_stage_writes_explanations_metrics_and_reports(make_cfg, monkeyp
 def test_explain_with_an_openai_compatible_judge_and_resume(make_cfg, monkeypatch):
     server = FakeServer([500, "garbage", "bad", "bad"], default="2")
     try:
-        cfg = make_cfg(
+        cfg_overrides = [
             *EXPLAIN,
             "judge=openai",
             f"judge.base_url={server.url}",
             "judge.model=fake",
             "judge.backoff_s=0.01",
             "judge.concurrency=1",
-        )
+        ]
+        cfg = make_cfg(*cfg_overrides)
         from recexplainer.evaluation.predictors import LLMPredictor
 
         original, calls = LLMPredictor.explain, {"n": 0}
@@ -142,8 +143,12 @@ def test_explain_with_an_openai_compatible_judge_and_resume(make_cfg, monkeypatc
         assert (folder / "judge_scores.png").stat().st_size > 1000
         cached = len(server.requests)
         artifacts.clear_complete(folder)
-        run(cfg)  # judgments come from the cache
-        assert len(server.requests) == cached + 1  # only the unparsable one is asked again
+        run(cfg)  # judgments come from the cache, the unparsable reply too (a deterministic judge repeats it)
+        assert len(server.requests) == cached
+        folder = stage_folder(cfg, "explain")
+        artifacts.clear_complete(folder)
+        run(make_cfg(*[o for o in cfg_overrides], "judge.retry_unparsable=true"))  # same key: asks it again
+        assert len(server.requests) == cached + 1
     finally:
         server.close()
 

@@ -1,4 +1,4 @@
-"""Alignment metrics as the paper defines them (SPEC "Evaluation definitions"), on item ids.
+"""Alignment metrics as the paper defines them (docs/method.md, section "Evaluation"), on item ids.
 
 Predictions are lists of matched item ids in the LLM's order (None for an output that matched no title).
 """

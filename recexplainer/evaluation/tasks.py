@@ -23,7 +23,7 @@ from recexplainer.evaluation.metrics import (
 
 @dataclass(frozen=True)
 class TaskKind:
-    prefix: str  # metric-name prefix (SPEC section 4)
+    prefix: str  # metric-name prefix (task1, task2, ...: the names every report and metrics file uses)
     answer: str  # "titles": generated list of titles; "yes_no": next-token probability
     metrics: tuple[str, ...]
 
