@@ -57,16 +57,15 @@ def _fmt(value: float | None) -> str:
 def task3_on_explain_pairs(evaluate: Path, explain: Path) -> dict[str, float] | None:
     """The same LLM's task-3 answers on the explained pairs (an explained pair is a task-3 example): task-3
     accuracy there and agreement with the explain prompt's decision. None without those predictions."""
+    from recexplainer.evaluation.evaluator import PredictionStore
+
     explained = explain / "explanations.jsonl"
-    predictions = sorted((evaluate / "predictions").glob("aligned*.jsonl"))
-    if not explained.is_file() or not predictions:
+    predictions = PredictionStore(evaluate / "predictions", "aligned").load() if explained.is_file() else []
+    p_yes = {
+        r["id"]: r["p_yes"] for r in predictions if r.get("task") == "interest" and r.get("p_yes") is not None
+    }
+    if not p_yes:
         return None
-    p_yes = {}
-    for path in predictions:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            if row.get("task") == "interest" and row.get("p_yes") is not None:
-                p_yes[row["id"]] = row["p_yes"]
     pairs = []
     for line in explained.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)

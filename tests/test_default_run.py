@@ -153,3 +153,11 @@ def test_task3_answers_on_the_explained_pairs(tmp_path):
     )
     same = task3_on_explain_pairs(tmp_path / "ev", tmp_path / "ex")
     assert same == {"n": 2.0, "task3_acc": 0.5, "decision_agreement": 0.5}  # u3 has no task-3 answer
+
+
+def test_template_explainer_without_the_explanation_task_is_a_config_error():
+    from recexplainer.config import ConfigError
+
+    cfg = compose_config(["~tasks.explanation", "stage=explain", "explain.model=template"])
+    with pytest.raises(ConfigError, match="no task of kind 'explanation'"):
+        stage_folder(cfg, "explain")

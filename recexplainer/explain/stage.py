@@ -24,8 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from recexplainer.aligner.data import read_examples
-from recexplainer.alignment.templates import SlotRenderer
+from recexplainer.alignment.templates import SlotRenderer, render
 from recexplainer.artifacts import atomic_write_text, write_json
+from recexplainer.config import ConfigError
 from recexplainer.data.dataset import SequentialData
 from recexplainer.evaluation.evaluator import PredictionStore
 from recexplainer.evaluation.matching import TitleIndex, parse_yes_no
@@ -99,7 +100,9 @@ def explain_rows(pairs: list[dict[str, Any]], cfg: DictConfig, titles: list[str]
         user_text, item_text = renderer.user(pair["history"], full=True), renderer.item(item)
         user_slots = ["user"] * renderer.count(user_text)[0]
         item_slots = [item] * renderer.count(item_text)[1]
-        prompt = template.replace("{user}", user_text).replace("{item}", item_text)
+        prompt = render(
+            template, {"user": user_text, "item": item_text}
+        )  # as the explanation task renders it
         out.append(
             {
                 "id": pair["id"].replace("interest/", "explain/", 1),
@@ -158,7 +161,7 @@ def build_judge(cfg: DictConfig, predictor: Any) -> Judge | None:
         concurrency=jc.concurrency,
         max_retries=jc.max_retries,
         backoff_s=jc.backoff_s,
-        retry_unparsable=jc.get("retry_unparsable", False),
+        retry_unparsable=jc.retry_unparsable,
     )
     if jc.name == "openai":
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in jc.model)
@@ -334,11 +337,11 @@ def score_predictor_metrics(cfg: DictConfig, records: list[dict[str, Any]]) -> d
 
 def target_patterns(cfg: DictConfig) -> list:
     """Regexes of the explanation task's target templates (none when the tasks have no such task)."""
-    for task in cfg.tasks.values():
-        if task.kind == "explanation":
-            templates = list(task.yes_templates) + list(task.no_templates)
-            return [faithfulness.template_pattern(t) for t in templates]
-    return []
+    try:
+        task = templated.explanation_config(cfg)
+    except ConfigError:
+        return []
+    return [faithfulness.template_pattern(t) for t in [*task.yes_templates, *task.no_templates]]
 
 
 def explanation_metrics(records: list[dict[str, Any]], patterns: list | None = None) -> dict[str, float]:

@@ -15,6 +15,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from recexplainer.alignment.explanations import ExplanationWriter
+from recexplainer.config import ConfigError
 from recexplainer.recommender.attribution import top_attributed
 
 MODELS = ("template", "template_random")
@@ -25,7 +26,7 @@ def explanation_config(cfg: DictConfig) -> DictConfig:
     for task in cfg.tasks.values():
         if task.kind == "explanation":
             return task
-    raise ValueError(
+    raise ConfigError(
         f"explain.model={cfg.explain.model} writes with the explanation task's target templates, but "
         "the tasks group has no task of kind 'explanation' (add /task@explanation: explanation to it)"
     )
