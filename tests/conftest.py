@@ -32,7 +32,11 @@ TINY_SASREC = [
 ]
 
 
-def compose_config(overrides: list[str]):
+def compose_config(overrides: list[str], pin_precision: bool = True):
+    """The composed config; ``pin_precision``: fp32 unless a trainer or precision is chosen, so that tests
+    run the same numerics on every CPU (the default precision depends on the CPU's bf16 support)."""
+    if pin_precision and not any(o.startswith(("trainer=", "trainer.precision=")) for o in overrides):
+        overrides = [*overrides, "trainer.precision=32-true"]
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from recexplainer import artifacts
+from recexplainer.alignment.explanations import evidence_text
 from recexplainer.cli import run
 from recexplainer.data.dataset import SequentialData
 from recexplainer.pipeline import stage_folder
@@ -41,7 +42,9 @@ def default_run(tmp_path_factory):
 def test_the_default_config_is_the_whole_method_with_the_explanation_task():
     cfg = compose_config([])
     assert cfg.stage == "report" and cfg.alignment.mode == "hybrid" and cfg.llm.name == "smollm2_135m"
-    assert "explanation" in cfg.aligner.train_tasks and cfg.tasks.explanation.full_history
+    assert "explanation" in cfg.aligner.train_tasks
+    # the prompt carries the recommender's evidence: the items an explanation cites are in front of the LLM
+    assert "{evidence}" in cfg.explain.template and cfg.tasks.explanation.evidence == cfg.explain.evidence
     assert cfg.tasks.explanation.templates == [cfg.explain.template]  # trained on the explain prompt itself
     prefix = cfg.explain.answer_prefix
     assert all(
@@ -104,14 +107,20 @@ def test_explanation_examples_cite_the_recommenders_top_attributions(default_run
     assert rows and {r["labels"]["answer"] for r in rows} == {"yes", "no"}
     _, attributions = leave_one_out(model, [r["history"] for r in rows], [r["labels"]["item"] for r in rows])
     for row, values in zip(rows, attributions, strict=True):
-        # the prompt is the explain stage's, with every title of the prefix (text_hist_len=1 elsewhere)
-        titles = "; ".join(data.titles[i] for i in row["history"])
-        assert titles in row["prompt"] and row["prompt"].startswith("The user has interacted with <user> ")
+        # the prompt is the explain stage's: the last title (text_hist_len=1) and the recommender's evidence,
+        # which lists the items the target cites with their attributions
         answer = row["labels"]["answer"]
         assert row["target"].startswith("Yes, because" if answer == "yes" else "No, because")
         cited = top_attributed(row["history"], values, answer, cfg.tasks.explanation.n_cited)
         assert row["labels"]["cited"] == cited
         assert all(data.titles[c] in row["target"] for c in cited)
+        n = cfg.tasks.explanation.n_cited
+        evidence = evidence_text(cfg.explain.evidence, row["history"], values, data.titles, n)
+        assert row["prompt"].startswith("Would the recommender suggest <item> ") and evidence in row["prompt"]
+        assert f"<user> {data.titles[row['history'][-1]]}?" in row["prompt"]
+        up, down = evidence.split("raised most by ")[1].split("; it is lowered most by ")
+        side = up if answer == "yes" else down
+        assert side == "no item." or all(data.titles[c] in side for c in cited)
         band = row["labels"]["rank"] / row["labels"]["n_ranked"]
         assert band < 0.2 if answer == "yes" else band >= 0.5
     interest = [json.loads(x) for x in (folder / "examples" / "interest.train.jsonl").open()]

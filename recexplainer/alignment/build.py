@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from recexplainer.alignment.explanations import ExplanationWriter
+from recexplainer.alignment.explanations import ExplanationWriter, evidence_text
 from recexplainer.alignment.labels import Prefixes, band, pick, task_rng
 from recexplainer.alignment.templates import SlotRenderer, field_order, render, template_fields
 from recexplainer.data.loaders import DataFormatError, json_lines
@@ -230,6 +230,11 @@ class TaskBuilder:
         cited = top_attributed(history, attributions, answer, self.task.n_cited)
         target, genre = self.explainer.write(answer, item, cited)
         item_text, item_slots = self._item(item)
+        values = {"user": user_text, "item": item_text}
+        if self.task.evidence is not None:  # the recommender's attributions, as the explain stage shows them
+            values["evidence"] = evidence_text(
+                self.task.evidence, history, attributions, self.titles, self.task.n_cited
+            )
         labels = {
             "item": item,
             "answer": answer,
@@ -245,7 +250,7 @@ class TaskBuilder:
             self.example(
                 p.split,
                 f"{key}-{'pos' if answer == 'yes' else 'neg'}",
-                {"user": user_text, "item": item_text},
+                values,
                 {"user": user_slots, "item": item_slots},
                 target,
                 labels=labels,

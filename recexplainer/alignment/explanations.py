@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from recexplainer.alignment.templates import render
+from recexplainer.recommender.attribution import ranked_attributions
 
 IGNORED_GENRES = {"unknown", ""}
 
@@ -25,6 +26,24 @@ def join_titles(titles: Sequence[str]) -> str:
     if len(titles) <= 1:
         return "".join(titles)
     return ", ".join(titles[:-1]) + " and " + titles[-1]
+
+
+def evidence_text(
+    fmt: str, history: Sequence[int], attributions: Sequence[float], titles: Sequence[str], k: int
+) -> str:
+    """The recommender's leave-one-out attributions as prompt text: ``fmt``'s ``{up}`` lists the ``k`` history
+    items whose presence raises the item's score most (largest positive attributions), ``{down}`` those that
+    lower it most, each as "Title (+0.45)", strongest first; a side without such items reads "no item".
+    These are the items an explanation of a yes (up) or a no (down) cites."""
+    values = np.asarray(attributions, dtype=np.float64)
+
+    def side(answer: str) -> str:
+        if not ((1.0 if answer == "yes" else -1.0) * values > 0).any():
+            return "no item"
+        ranked = ranked_attributions(history, values, answer, k)
+        return join_titles([f"{titles[i]} ({value:+.2f})" for i, value in ranked])
+
+    return render(fmt, {"up": side("yes"), "down": side("no")})
 
 
 def shared_genre(

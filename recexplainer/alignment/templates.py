@@ -23,7 +23,7 @@ FIELDS: dict[str, tuple[set[str], set[str]]] = {
     "item_metadata": ({"item"}, {"item"}),
     "history": ({"user", "n"}, {"user"}),
     "replay": ({"instruction"}, {"instruction"}),
-    "explanation": ({"user", "item"}, {"user", "item"}),
+    "explanation": ({"user", "item", "evidence"}, {"user", "item"}),
 }
 # Fields of the explanation kind's target templates (yes_templates / no_templates), and those required.
 ANSWER_FIELDS: tuple[set[str], set[str]] = ({"decision", "cited", "genre"}, {"decision", "cited"})
@@ -86,6 +86,13 @@ def validate_task(name: str, task: Any) -> None:
         validate_format(f"tasks.{name}.user_format", task.user_format, {"placeholder", "titles"})
     if task.kind == "explanation":
         _validate_answers(name, task)
+        if getattr(task, "evidence", None) is None and any(
+            "evidence" in template_fields(t) for t in task.templates
+        ):
+            raise TemplateError(
+                f"tasks.{name}.templates use {{evidence}} but tasks.{name}.evidence is null; set it "
+                "(e.g. ${{explain.evidence}}) or remove {{evidence}} from the templates"
+            )
 
 
 def _validate_answers(name: str, task: Any) -> None:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from recexplainer.aligner.data import read_examples
+from recexplainer.alignment.explanations import evidence_text
 from recexplainer.alignment.templates import SlotRenderer, render
 from recexplainer.artifacts import atomic_write_text, write_json
 from recexplainer.config import ConfigError
@@ -88,26 +89,42 @@ def select_pairs(folder: Path, split: str, n: int, seed: int) -> list[dict[str, 
     return sorted(picked, key=lambda r: r["id"])
 
 
-def explain_rows(pairs: list[dict[str, Any]], cfg: DictConfig, titles: list[str]) -> list[dict[str, Any]]:
-    """Render the explanation prompt of each pair in the alignment mode (placeholders and/or titles)."""
+def explain_rows(
+    pairs: list[dict[str, Any]],
+    cfg: DictConfig,
+    titles: list[str],
+    attributions: list[np.ndarray] | None = None,
+) -> list[dict[str, Any]]:
+    """Render the explanation prompt of each pair in the alignment mode (placeholders and/or titles), as
+    the explanation task renders it: the history as that task shows it (``full_history``; the whole
+    prefix where no explanation task is configured) and, where the template has ``{evidence}``, the
+    recommender's leave-one-out ``attributions`` of the pair (one array per pair)."""
     renderer = SlotRenderer(cfg.alignment, titles)
     template = cfg.explain.template
     user_first = template.index("{user}") < template.index("{item}")
+    try:
+        task = templated.explanation_config(cfg)
+        full, n_cited = bool(task.full_history), int(task.n_cited)
+    except ConfigError:
+        full, n_cited = True, 2
+    if "{evidence}" in template and attributions is None:
+        raise ValueError("explain.template has {evidence}: pass the recommender's attributions")
     out = []
-    for pair in pairs:
+    for k, pair in enumerate(pairs):
         item = int(pair["labels"]["item"])
-        # every title of the prefix, whatever alignment.text_hist_len: the explanation may cite any of them
-        user_text, item_text = renderer.user(pair["history"], full=True), renderer.item(item)
+        user_text, item_text = renderer.user(pair["history"], full=full), renderer.item(item)
         user_slots = ["user"] * renderer.count(user_text)[0]
         item_slots = [item] * renderer.count(item_text)[1]
-        prompt = render(
-            template, {"user": user_text, "item": item_text}
-        )  # as the explanation task renders it
+        values = {"user": user_text, "item": item_text}
+        if "{evidence}" in template:
+            values["evidence"] = evidence_text(
+                cfg.explain.evidence, pair["history"], attributions[k], titles, n_cited
+            )
         out.append(
             {
                 "id": pair["id"].replace("interest/", "explain/", 1),
                 "task": "explain",
-                "prompt": prompt,
+                "prompt": render(template, values),
                 "slots": user_slots + item_slots if user_first else item_slots + user_slots,
                 "user_row": pair["user_row"],
                 "history": pair["history"],
@@ -198,9 +215,12 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     titles = data.titles
     index = TitleIndex(titles)
     recommender = load_recommender(upstream["recommender"])
-    rows = explain_rows(select_pairs(upstream["alignment_data"], ex.split, ex.n_pairs, cfg.seed), cfg, titles)
+    pairs = select_pairs(upstream["alignment_data"], ex.split, ex.n_pairs, cfg.seed)
     # the recommender's score of each pair and its leave-one-out attribution to every history item
-    scores, attributions = leave_one_out(recommender, [r["history"] for r in rows], [r["item"] for r in rows])
+    scores, attributions = leave_one_out(
+        recommender, [p["history"] for p in pairs], [int(p["labels"]["item"]) for p in pairs]
+    )
+    rows = explain_rows(pairs, cfg, titles, attributions)
     predictor = None
     if ex.model in templated.MODELS:
         done = templated.explain(cfg, rows, attributions, titles, data.item_table)

@@ -75,15 +75,23 @@ def top_attributed(history: Sequence[int], attributions: np.ndarray, answer: str
     largest positive attributions (they pull the item up), for "no" the most negative ones (they hold it
     down). Items pointing the other way are left out; only when no item points the answer's way, the
     ``k`` items of largest absolute attribution are returned. Ties: the more recent item first."""
+    return [item for item, _ in ranked_attributions(history, attributions, answer, k)]
+
+
+def ranked_attributions(
+    history: Sequence[int], attributions: np.ndarray, answer: str, k: int
+) -> list[tuple[int, float]]:
+    """:func:`top_attributed` with each item's attribution (at the position it was picked from)."""
     sign = 1.0 if answer == "yes" else -1.0
     values = np.asarray(attributions, dtype=np.float64)
+    raw = values
     if not (sign * values > 0).any():
         sign, values = 1.0, np.abs(values)
     order = sorted(range(len(history)), key=lambda j: (-sign * values[j], -j))
-    out: list[int] = []
+    out: list[tuple[int, float]] = []
     for j in order:
         if sign * values[j] <= 0 or len(out) == k:
             break
-        if int(history[j]) not in out:
-            out.append(int(history[j]))
+        if int(history[j]) not in {item for item, _ in out}:
+            out.append((int(history[j]), float(raw[j])))
     return out
