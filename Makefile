@@ -74,11 +74,12 @@ bench-aligner: setup ## aligner training tokens/s vs a Hugging Face Trainer + pe
 bench-evaluation: setup ## evaluation examples/s per task, batched vs one at a time (ARGS='--precision bf16' on CPUs with AMX); benchmarks/evaluation.json
 	$(PY) experiments/bench_evaluation.py --out benchmarks/evaluation.json $(ARGS)
 
-bench-explain: setup ## explanations side by side on the same pairs: the aligned LLM, the unaligned LLM, the template ceiling and random floor; report
+bench-explain: setup ## explanations side by side on the same pairs: the aligned LLM, the paper's setting (trains its own aligner), the unaligned LLM, the template ceiling and random floor; report
 	$(VENV)/bin/recexplainer stage=explain $(ARGS)
 	$(VENV)/bin/recexplainer stage=explain explain.model=template $(ARGS)
 	$(VENV)/bin/recexplainer stage=explain explain.model=template_random $(ARGS)
 	$(VENV)/bin/recexplainer stage=explain explain.model=unaligned $(ARGS)
+	$(VENV)/bin/recexplainer stage=explain experiment=explain_paper $(ARGS)
 	$(PY) -m recexplainer.report --root $(ARTIFACTS)
 
 bench: bench-recommender bench-alignment-data bench-aligner bench-evaluation bench-explain ## every benchmark (run alone on an idle machine)

@@ -283,6 +283,9 @@ class ExplainConfig:
     # {evidence} in the template: the recommender's leave-one-out attributions as text ({up} / {down})
     evidence: str = MISSING
     max_new_tokens: int = MISSING
+    # explain_prompt: the decision is P(yes) vs P(no) after the explain prompt; interest_prompt: after the
+    # task-3 question about the same pair (the model's own answer to it), then explained after the prefix
+    decision: str = MISSING
     # the answer starts with the model's own decision ({decision} = Yes / No), so that a model aligned to
     # answer tersely still explains; "" lets the model write the whole answer
     answer_prefix: str = MISSING
@@ -376,6 +379,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "evaluation.split": ("valid", "test"),
     "explain.model": ("aligned", "unaligned", "template", "template_random"),
     "explain.split": ("valid", "test"),
+    "explain.decision": ("explain_prompt", "interest_prompt"),
     "judge.name": ("none", "openai", "local"),
     "explain.score_predictor": ("minilm", "none"),
 }

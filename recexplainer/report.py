@@ -38,10 +38,13 @@ MODE_LETTER = {"behavior": "B", "intention": "I", "hybrid": "H"}
 
 EXPLAIN_COLUMNS = [
     ("decision acc", "explain/decision_acc"),
+    ("decision acc, explain prompt", "explain/prompt_decision_acc"),
     ("text decision acc", "explain/text_decision_acc"),
     ("cites history", "explain/citation_rate"),
     ("citation precision", "explain/citation_precision"),
     ("hallucinates", "explain/hallucination_rate"),
+    ("attribution agreement", "explain/attribution_agreement"),
+    ("faithfulness ratio", "explain/faithfulness_ratio"),
     ("faithful win rate", "explain/faithfulness_win_rate"),
     ("|d score| cited", "explain/faithfulness_cited_abs"),
     ("|d score| random", "explain/faithfulness_random_abs"),

@@ -48,8 +48,6 @@ RECOMMENDER_COLUMNS = [
 ]
 # shown only when some explain folder has them
 EXPLAIN_EXTRA = [
-    ("attribution agreement", "explain/attribution_agreement"),
-    ("faithfulness ratio", "explain/faithfulness_ratio"),
     ("distinct ratio", "explain/distinct_ratio"),
     ("template copy rate", "explain/template_copy_rate"),
 ]

@@ -166,7 +166,7 @@ def stage_precision(trainer_cfg: DictConfig, stage: str) -> str:
 
 def advise_cpu_precision(trainer_cfg: DictConfig, precision: str) -> None:
     """Log once per process where a CPU run's precision does not suit the CPU: bf16 without native bf16
-    (slow), or fp32 where bf16 is native (``trainer=cpu_bf16`` would be faster)."""
+    (slow), or fp32 where bf16 is native (the default ``trainer=cpu`` would pick bf16 there)."""
     if str(trainer_cfg.get("accelerator", "cpu")) != "cpu":
         return
     bf16 = precision.startswith("bf16")
@@ -174,13 +174,14 @@ def advise_cpu_precision(trainer_cfg: DictConfig, precision: str) -> None:
     if bf16 and not cpu_has_bf16():
         advice = (
             f"precision {precision} on a CPU without native bf16 (no AVX512-BF16 / AMX): PyTorch emulates "
-            "bf16 here and it is slower than fp32 (measured 5x); use trainer=cpu and evaluation.precision=null"
+            "bf16 here and it is slower than fp32 (measured 5x); use trainer=cpu (it picks fp32 on this CPU) "
+            "and evaluation.precision=null"
         )
     elif not bf16 and precision in ("32-true", "32") and cpu_has_bf16():
         advice = (
             "this CPU has native bf16 (AVX512-BF16 / AMX): evaluation.precision=bf16-true (or bf16-mixed) "
-            "evaluates the LLM about 2x faster, trainer=cpu_bf16 also trains in bf16 (about 1.1x faster); "
-            "measured in benchmarks/README.md"
+            "evaluates the LLM about 2x faster, and trainer=cpu without a trainer.precision override also "
+            "trains in bf16 here (1.1-1.3x faster); measured in benchmarks/README.md"
         )
     if advice and advice not in _PRECISION_ADVICE_GIVEN:
         _PRECISION_ADVICE_GIVEN.add(advice)

@@ -187,8 +187,8 @@ def test_modes_render_as_specified_and_placeholders_match_vectors(root, context,
                 assert not any(t in prompt for t in history_titles if len(t) > 3)
                 assert ("<user>" in prompt) == (row["user"] >= 0)
             elif row["user"] >= 0:  # hybrid user tasks: placeholder in front of the most recent title
-                # (alignment.text_hist_len=1); the explanation task shows every title it may cite
-                shown = history_titles if row["kind"] == "explanation" else history_titles[-1:]
+                # (alignment.text_hist_len=1); the explanation task too (its evidence lists what to cite)
+                shown = history_titles[-1:]
                 assert prompt.count("<user>") == 1 and all(t in prompt for t in shown)
             else:  # hybrid item tasks: placeholder in front of the title
                 assert f"<item> {data.titles[row['item']]}" in prompt

@@ -5,10 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from recexplainer.alignment.explanations import ExplanationWriter, join_titles, shared_genre
+from recexplainer.alignment.explanations import (
+    ExplanationWriter,
+    evidence_text,
+    join_titles,
+    shared_genre,
+)
 from recexplainer.explain import faithfulness
 from recexplainer.explain.stage import explanation_metrics
-from recexplainer.recommender.attribution import item_scores, leave_one_out, top_attributed
+from recexplainer.recommender.attribution import (
+    item_scores,
+    leave_one_out,
+    ranked_attributions,
+    top_attributed,
+)
 from recexplainer.recommender.base import Recommender
 
 
@@ -56,6 +66,24 @@ def test_top_attributed_follows_the_answer_and_never_cites_against_it():
     assert top_attributed(history, values, "yes", 5) == [12, 10]  # never the ones pointing the other way
     assert top_attributed([10, 11], np.array([1.0, 3.0]), "no", 2) == [11, 10]  # none supports: by |value|
     assert top_attributed([7, 7, 8], np.array([1.0, 2.0, 0.5]), "yes", 2) == [7, 8]  # distinct items
+
+
+def test_evidence_lists_the_items_each_answer_would_cite_with_their_attributions():
+    titles = ["", "Heat", "Alien", "Aliens", "Fargo"]
+    fmt = "up: {up}; down: {down}."
+    history, values = [1, 2, 3, 4], np.array([0.5, -2.0, 1.25, -0.1])
+    assert ranked_attributions(history, values, "no", 2) == [(2, -2.0), (4, -0.1)]
+    text = evidence_text(fmt, history, values, titles, 2)
+    assert text == "up: Aliens (+1.25) and Heat (+0.50); down: Alien (-2.00) and Fargo (-0.10)."
+    for answer, side in (("yes", text.split(";")[0]), ("no", text.split(";")[1])):
+        assert all(titles[i] in side for i in top_attributed(history, values, answer, 2))
+    # a side no item supports reads "no item" (never the other side's items); repeats: the picked position
+    assert evidence_text(fmt, [1, 2], np.array([1.0, 3.0]), titles, 2) == (
+        "up: Alien (+3.00) and Heat (+1.00); down: no item."
+    )
+    assert evidence_text(fmt, [3, 3, 4], np.array([-1.0, 2.0, 0.5]), titles, 1) == (
+        "up: Aliens (+2.00); down: Aliens (-1.00)."
+    )
 
 
 def test_explanation_writer_renders_titles_and_genres_only_where_shared():

@@ -102,6 +102,9 @@ def test_misspelled_key_in_a_user_yaml_fails(tmp_path: Path):
         ("trainer.precision=bf17-mixed", "trainer.precision"),
         ("trainer.recommender_precision=fp32", "trainer.recommender_precision"),
         ("evaluation.precision=half", "evaluation.precision"),
+        ("explain.evidence='{up} {sideways}'", "explain.evidence"),
+        ("explain.template='{user} {item} {evidence} {evidence}'", "explain.template"),
+        ("tasks.explanation.evidence=null", "tasks.explanation.evidence"),
     ],
 )
 def test_invalid_values_fail_at_start_up_naming_the_key(override, key):

@@ -120,11 +120,11 @@ def test_explain_with_an_openai_compatible_judge_and_resume(make_cfg, monkeypatc
 
         original, calls = LLMPredictor.explain, {"n": 0}
 
-        def dying(self, rows, max_new_tokens, prefix=""):
+        def dying(self, rows, *args):
             calls["n"] += len(rows)
             if calls["n"] > 4:
                 raise RuntimeError("killed")
-            return original(self, rows, max_new_tokens, prefix)
+            return original(self, rows, *args)
 
         monkeypatch.setattr(LLMPredictor, "explain", dying)
         with pytest.raises(RuntimeError, match="killed"):
@@ -197,3 +197,58 @@ def test_explain_runs_the_llm_under_bf16_autocast_with_cpu_bf16(make_cfg, monkey
     folder = run(make_cfg(*EXPLAIN, "trainer=cpu_bf16"))
     assert seen and all(seen)
     assert len((folder / "explanations.jsonl").read_text().splitlines()) == 6
+
+
+def test_judge_scores_are_compared_with_the_faithfulness_metrics():
+    """A judge that rewards faithful explanations shows a positive rank correlation with the attribution
+    agreement and the counterfactual change; explanations citing nothing count as unfaithful."""
+    from recexplainer.explain.stage import judge_vs_faithfulness, spearman
+
+    def record(score, agreement, cited_abs, wins):
+        r = {"judge_score": score, "attribution_agreement": agreement}
+        if agreement is not None:
+            r["counterfactual"] = {"cited_abs": cited_abs, "cited_wins": wins}
+        return r
+
+    records = [
+        record(3, 1.0, 2.0, 1.0),
+        record(2, 0.5, 1.0, 1.0),
+        record(0, 0.0, 0.1, 0.0),
+        record(1, None, 0, 0),
+    ]
+    m = judge_vs_faithfulness(records)
+    assert m["explain/judge_rho_attribution_agreement"] == pytest.approx(1.0)
+    assert m["explain/judge_rho_faithfulness"] == pytest.approx(1.0)
+    assert m["explain/judge_mean_faithful"] == 2.5 and m["explain/judge_mean_unfaithful"] == 0.5
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([2, 2, 2], [1, 2, 3]) is None and spearman([1, 2], [1, 2]) is None
+    assert spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486832980505138)  # average ranks of ties
+    assert judge_vs_faithfulness([record(2, 1.0, 1.0, 1.0)]) == {"explain/judge_mean_faithful": 2.0}
+
+
+@pytest.mark.parametrize("decision", ["interest_prompt", "explain_prompt"])
+def test_the_decision_comes_from_the_task3_question_or_the_explain_prompt(make_cfg, monkeypatch, decision):
+    """interest_prompt: the LLM's answer to the task-3 question about the same pair decides and the
+    explanation follows it; explain_prompt: the explain prompt's own P(yes). Both accuracies are reported."""
+    from recexplainer.evaluation.predictors import LLMPredictor
+
+    asked = []
+
+    def task3(self, kind, rows):
+        assert kind == "interest"
+        asked.extend(r["prompt"] for r in rows)
+        return [{"p_yes": 0.9} for _ in rows]
+
+    monkeypatch.setattr(LLMPredictor, "predict", task3)
+    folder = run(make_cfg(*EXPLAIN, f"explain.decision={decision}"))
+    records = [json.loads(line) for line in (folder / "explanations.jsonl").open()]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert "explain/prompt_decision_acc" in metrics
+    own = [r["p_yes_prompt"] > 0.5 for r in records]
+    if decision == "interest_prompt":
+        assert len(asked) == 6 and not any("raised most by" in p or "explain" in p for p in asked)
+        assert all(r["p_yes"] == 0.9 and r["text"].startswith("Yes, because") for r in records)
+        assert metrics["explain/yes_rate"] == 1.0 and metrics["explain/decision_acc"] == 0.5  # 3 yes of 6
+    else:
+        assert asked == [] and [r["p_yes"] == r["p_yes_prompt"] for r in records] == [True] * 6
+        assert [r["decision"] == "yes" for r in records] == own

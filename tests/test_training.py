@@ -55,7 +55,7 @@ def test_cpu_bf16_keeps_the_fp32_recommender_and_its_downstream_keys(make_cfg):
     the fp32 one of trainer=cpu: same cached folders up to the alignment data, new ones from the aligner."""
     from recexplainer.pipeline import stage_folder
 
-    fp32, bf16 = make_cfg("trainer=cpu"), make_cfg("trainer=cpu_bf16")
+    fp32, bf16 = make_cfg("trainer=cpu", "trainer.precision=32-true"), make_cfg("trainer=cpu_bf16")
     assert bf16.trainer.precision == "bf16-mixed" and bf16.trainer.accelerator == "cpu"
     assert stage_precision(bf16.trainer, "recommender") == "32-true"
     assert stage_precision(bf16.trainer, "aligner") == "bf16-mixed"
@@ -65,7 +65,7 @@ def test_cpu_bf16_keeps_the_fp32_recommender_and_its_downstream_keys(make_cfg):
     for stage in ("aligner", "evaluate"):
         assert stage_folder(fp32, stage) != stage_folder(bf16, stage)
     # without recommender_precision every stage follows trainer.precision (the GPU presets)
-    both = make_cfg("trainer=cpu", "trainer.precision=bf16-mixed")
+    both = make_cfg("trainer=cpu", "trainer.precision=bf16-mixed", "trainer.recommender_precision=null")
     assert stage_precision(both.trainer, "recommender") == "bf16-mixed"
     assert stage_folder(both, "recommender") != stage_folder(fp32, "recommender")
 
@@ -134,3 +134,21 @@ def test_cpu_has_bf16_is_a_bool_and_survives_a_broken_probe(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", broken, raising=False)
     assert training.cpu_has_bf16() is False
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_default_cpu_precision_follows_the_cpus_bf16_support(monkeypatch, native):
+    """trainer=cpu: bf16-mixed where the CPU multiplies bf16 natively, fp32 where bf16 would be emulated;
+    the recommender stays fp32 on both, so its cached folder (and the alignment data) is the same."""
+    from recexplainer.pipeline import stage_folder
+
+    from .conftest import compose_config
+
+    monkeypatch.setattr("recexplainer.training.cpu_has_bf16", lambda: native)
+    cfg = compose_config(["stage=recommender"], pin_precision=False)
+    assert cfg.trainer.precision == ("bf16-mixed" if native else "32-true")
+    assert stage_precision(cfg.trainer, "recommender") == "32-true"
+    resolved = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert resolved["precision"] == cfg.trainer.precision  # what cache keys and config.yaml hold
+    fp32 = compose_config(["stage=recommender", "trainer.precision=32-true"])
+    assert stage_folder(cfg, "recommender") == stage_folder(fp32, "recommender")

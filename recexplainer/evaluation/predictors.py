@@ -171,16 +171,24 @@ class LLMPredictor:
         return predictions
 
     def explain(
-        self, rows: Sequence[dict[str, Any]], max_new_tokens: int, prefix: str = ""
-    ) -> list[tuple[float, str]]:
-        """(P(yes) of the first answer token, explanation text) per row.
+        self,
+        rows: Sequence[dict[str, Any]],
+        max_new_tokens: int,
+        prefix: str = "",
+        decisions: Sequence[float] | None = None,
+    ) -> list[tuple[float, str, float]]:
+        """(P(yes) of the decision, explanation text, P(yes) of the first answer token after this prompt)
+        per row.
 
         ``prefix`` (e.g. ``"{decision}, because"``) starts the answer with the model's own decision so
-        that a model fine-tuned to answer tersely still explains; the returned text includes it.
+        that a model fine-tuned to answer tersely still explains; the returned text includes it. The
+        decision is this prompt's P(yes), or ``decisions`` (one P(yes) per row, e.g. the model's answer
+        to the task-3 question about the same pair) where given.
         """
         encoded = [self._encode(r) for r in rows]
-        p_yes = yes_probability(self.decoder.next_token_logits(encoded), self.yes_ids, self.no_ids)
-        starts = [prefix.replace("{decision}", "Yes" if p > 0.5 else "No") for p in p_yes.tolist()]
+        p_prompt = yes_probability(self.decoder.next_token_logits(encoded), self.yes_ids, self.no_ids)
+        p_yes = p_prompt.tolist() if decisions is None else [float(p) for p in decisions]
+        starts = [prefix.replace("{decision}", "Yes" if p > 0.5 else "No") for p in p_yes]
         if prefix:
             for e, start in zip(encoded, starts, strict=True):
                 e["input_ids"] = (
@@ -188,8 +196,8 @@ class LLMPredictor:
                 )
         texts = self.decoder.generate(encoded, max_new_tokens)
         return [
-            (float(p), (start + t[0]).strip() if start else t[0].strip())
-            for p, start, t in zip(p_yes, starts, texts, strict=True)
+            (float(p), (start + t[0]).strip() if start else t[0].strip(), float(q))
+            for p, start, t, q in zip(p_yes, starts, texts, p_prompt.tolist(), strict=True)
         ]
 
 

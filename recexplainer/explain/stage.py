@@ -131,6 +131,8 @@ def explain_rows(
                 "item": item,
                 "answer": pair["labels"]["answer"],
                 "rank": pair["labels"].get("rank"),
+                # the task-3 question about the same pair (explain.decision=interest_prompt decides by it)
+                "decision_row": {k: pair[k] for k in ("id", "task", "prompt", "slots", "user_row")},
             }
         )
     return out
@@ -157,9 +159,14 @@ def _generate(cfg: DictConfig, out_dir: Path, predictor: Any, rows: list[dict[st
         for start in range(0, len(todo), ex.batch_size):
             batch = todo[start : start + ex.batch_size]
             with autocast(device, dtype):
-                outputs = predictor.explain(batch, ex.max_new_tokens, ex.answer_prefix)
+                decisions = None
+                if ex.decision == "interest_prompt":  # the model's task-3 answer about the same pair
+                    answers = predictor.predict("interest", [r["decision_row"] for r in batch])
+                    decisions = [a["p_yes"] for a in answers]
+                outputs = predictor.explain(batch, ex.max_new_tokens, ex.answer_prefix, decisions)
             records = [
-                {"id": r["id"], "p_yes": p, "text": text} for r, (p, text) in zip(batch, outputs, strict=True)
+                {"id": r["id"], "p_yes": p, "text": text, "p_yes_prompt": q}
+                for r, (p, text, q) in zip(batch, outputs, strict=True)
             ]
             store.write(records)
             done.update({r["id"]: r for r in records})
@@ -237,6 +244,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             **{k: row[k] for k in ("id", "history", "item", "answer", "rank")},
             "p_yes": generated["p_yes"],
             "decision": "yes" if generated["p_yes"] > 0.5 else "no",
+            **({"p_yes_prompt": generated["p_yes_prompt"]} if "p_yes_prompt" in generated else {}),
             "text": generated["text"],
             "text_decision": parse_yes_no(generated["text"]),
             "mentioned": cites.mentioned,
@@ -283,7 +291,12 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             "split": ex.split,
             "pairs": len(records),
             "template": ex.template,
-            "decision": "next-token P(yes) vs P(no) after the prompt; the text is generated greedily",
+            "decision": (
+                "next-token P(yes) vs P(no) after the task-3 question about the same pair"
+                if ex.decision == "interest_prompt"
+                else "next-token P(yes) vs P(no) after the explain prompt"
+            )
+            + "; the text is generated greedily after the answer prefix",
             "answer_prefix": ex.answer_prefix,
             "judge": judge.name if judge else None,
             "judge_rubric": "0 wrong decision; 1 right, reasoning missing/irrelevant/hallucinated; 2 right, "
@@ -375,6 +388,12 @@ def explanation_metrics(records: list[dict[str, Any]], patterns: list | None = N
         return m
     m["explain/decision_acc"] = float(np.mean([r["decision"] == r["answer"] for r in records]))
     m["explain/yes_rate"] = float(np.mean([r["decision"] == "yes" for r in records]))
+    if all(
+        r.get("p_yes_prompt") is not None for r in records
+    ):  # the explain prompt's own P(yes), whatever decided
+        m["explain/prompt_decision_acc"] = float(
+            np.mean([(r["p_yes_prompt"] > 0.5) == (r["answer"] == "yes") for r in records])
+        )
     parsed = [r for r in records if r["text_decision"] is not None]
     m["explain/text_decision_valid"] = len(parsed) / n
     if parsed:
@@ -415,7 +434,57 @@ def explanation_metrics(records: list[dict[str, Any]], patterns: list | None = N
             counts = Counter(scores)
             for s in range(4):
                 m[f"explain/judge_dist_{s}"] = counts.get(s, 0) / len(scores)
+            m |= judge_vs_faithfulness(records)
     return m
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation (ties: average ranks); None when either side is constant or n < 3."""
+    if len(x) < 3:
+        return None
+
+    def ranks(values: list[float]) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64)
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=np.float64)
+        for value in np.unique(v):  # average the ranks of ties
+            tied = v == value
+            r[tied] = r[tied].mean()
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def judge_vs_faithfulness(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Does the judge reward what the recommender confirms? Over judged explanations: Spearman's rho
+    between the judge score and the attribution agreement, and between the judge score and the cited
+    items' counterfactual score change; the mean judge score of explanations whose cited items move the
+    recommender's score more than random ones (faithful) and of the others (unfaithful or citing nothing)."""
+    judged = [r for r in records if r.get("judge_score") is not None]
+    out: dict[str, float] = {}
+    pairs = [
+        (r["judge_score"], r["attribution_agreement"])
+        for r in judged
+        if r.get("attribution_agreement") is not None
+    ]
+    rho = spearman([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
+    if rho is not None:
+        out["explain/judge_rho_attribution_agreement"] = rho
+    pairs = [(r["judge_score"], r["counterfactual"]["cited_abs"]) for r in judged if "counterfactual" in r]
+    rho = spearman([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
+    if rho is not None:
+        out["explain/judge_rho_faithfulness"] = rho
+    faithful = [r["judge_score"] for r in judged if r.get("counterfactual", {}).get("cited_wins")]
+    other = [r["judge_score"] for r in judged if not r.get("counterfactual", {}).get("cited_wins")]
+    if faithful:
+        out["explain/judge_mean_faithful"] = float(np.mean(faithful))
+    if other:
+        out["explain/judge_mean_unfaithful"] = float(np.mean(other))
+    return out
 
 
 def report_markdown(
@@ -429,6 +498,20 @@ def report_markdown(
         *[f"| {key} | {value:.4f} |" for key, value in sorted(metrics.items())],
         "",
     ]
+    judged = {}
+    for r in records:
+        if r.get("judge_score") is not None:
+            judged.setdefault(r["judge_score"], r)
+    if judged:
+        lines += ["## The judge's scores, one example each", ""]
+        for score in sorted(judged):
+            r = judged[score]
+            lines.append(
+                f"- **{score}**: {titles[r['item']]} (recommender: {r['answer']}): {r['text']!r} "
+                f"(cited: {', '.join(titles[i] for i in r['cited']) or '-'}; attribution agreement "
+                f"{r['attribution_agreement'] if r.get('attribution_agreement') is not None else '-'})"
+            )
+        lines.append("")
     for r in records[:k]:
         history = "; ".join(titles[i] for i in r["history"])
         judge = f", judge {r['judge_score']}" if r.get("judge_score") is not None else ""
