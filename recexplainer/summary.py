@@ -34,7 +34,7 @@ ALIGNMENT = [
 ]
 EXPLAIN = [
     ("decision accuracy", "explain/decision_acc"),
-    ("decision, explain prompt", "explain/prompt_decision_acc"),
+    ("explain-prompt decision", "explain/prompt_decision_acc"),
     ("cites the history", "explain/citation_rate"),
     ("citation precision", "explain/citation_precision"),
     ("hallucination rate", "explain/hallucination_rate"),

@@ -249,7 +249,10 @@ def test_every_number_is_the_value_in_its_folders_metrics(page):
     assert by_key["recommender/r", "test/hr@10"]["text"] == "0.3000"
     assert by_key["explain/new", "explain/attribution_agreement"]["text"] == "0.6000"
     keys = {c["data-key"] for c in parsed.cells}
-    assert "explain/distinct_ratio" in keys and "explain/faithfulness_ratio" not in keys
+    assert (
+        "explain/distinct_ratio" in keys and "explain/template_copy_rate" not in keys
+    )  # extras where present
+    assert "explain/faithfulness_ratio" in keys  # a column of every explanation table ("-" where missing)
     assert "test/hr@20" not in keys and "n_params" not in keys  # recommender columns only where present
     assert len(valued) == 4 + 7 + 4  # recommender, evaluate (methods and baselines), explain
 
