@@ -50,6 +50,10 @@ RECOMMENDER_COLUMNS = [
 EXPLAIN_EXTRA = [
     ("distinct ratio", "explain/distinct_ratio"),
     ("template copy rate", "explain/template_copy_rate"),
+    ("judge rho vs attribution agreement", "explain/judge_rho_attribution_agreement"),
+    ("judge rho vs faithfulness", "explain/judge_rho_faithfulness"),
+    ("judge mean, faithful", "explain/judge_mean_faithful"),
+    ("judge mean, unfaithful", "explain/judge_mean_unfaithful"),
 ]
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
