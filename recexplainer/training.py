@@ -181,7 +181,7 @@ def advise_cpu_precision(trainer_cfg: DictConfig, precision: str) -> None:
         advice = (
             "this CPU has native bf16 (AVX512-BF16 / AMX): evaluation.precision=bf16-true (or bf16-mixed) "
             "evaluates the LLM about 2x faster, and trainer=cpu without a trainer.precision override also "
-            "trains in bf16 here (1.1-1.3x faster); measured in benchmarks/README.md"
+            "trains in bf16 here (a LoRA step 1.1-1.5x faster); measured in benchmarks/README.md"
         )
     if advice and advice not in _PRECISION_ADVICE_GIVEN:
         _PRECISION_ADVICE_GIVEN.add(advice)

@@ -73,6 +73,8 @@ def test_evidence_lists_the_items_each_answer_would_cite_with_their_attributions
     fmt = "up: {up}; down: {down}."
     history, values = [1, 2, 3, 4], np.array([0.5, -2.0, 1.25, -0.1])
     assert ranked_attributions(history, values, "no", 2) == [(2, -2.0), (4, -0.1)]
+    assert ranked_attributions([1, 2], np.array([1.0, 3.0]), "no", 2) == [(2, 3.0), (1, 1.0)]  # by |value|
+    assert ranked_attributions([1, 2], np.array([1.0, 3.0]), "no", 2, fallback=False) == []
     text = evidence_text(fmt, history, values, titles, 2)
     assert text == "up: Aliens (+1.25) and Heat (+0.50); down: Alien (-2.00) and Fargo (-0.10)."
     for answer, side in (("yes", text.split(";")[0]), ("no", text.split(";")[1])):

@@ -35,13 +35,10 @@ def evidence_text(
     items whose presence raises the item's score most (largest positive attributions), ``{down}`` those that
     lower it most, each as "Title (+0.45)", strongest first; a side without such items reads "no item".
     These are the items an explanation of a yes (up) or a no (down) cites."""
-    values = np.asarray(attributions, dtype=np.float64)
 
     def side(answer: str) -> str:
-        if not ((1.0 if answer == "yes" else -1.0) * values > 0).any():
-            return "no item"
-        ranked = ranked_attributions(history, values, answer, k)
-        return join_titles([f"{titles[i]} ({value:+.2f})" for i, value in ranked])
+        ranked = ranked_attributions(history, attributions, answer, k, fallback=False)
+        return join_titles([f"{titles[i]} ({value:+.2f})" for i, value in ranked]) or "no item"
 
     return render(fmt, {"up": side("yes"), "down": side("no")})
 

@@ -89,6 +89,9 @@ def select_pairs(folder: Path, split: str, n: int, seed: int) -> list[dict[str, 
     return sorted(picked, key=lambda r: r["id"])
 
 
+TOP_ATTRIBUTED = 2  # attribution agreement: cited items among the recommender's top-2 attributed items
+
+
 def explain_rows(
     pairs: list[dict[str, Any]],
     cfg: DictConfig,
@@ -106,11 +109,11 @@ def explain_rows(
         task = templated.explanation_config(cfg)
         full, n_cited = bool(task.full_history), int(task.n_cited)
     except ConfigError:
-        full, n_cited = True, 2
+        full, n_cited = True, TOP_ATTRIBUTED
     if "{evidence}" in template and attributions is None:
         raise ValueError("explain.template has {evidence}: pass the recommender's attributions")
     out = []
-    for k, pair in enumerate(pairs):
+    for i, pair in enumerate(pairs):
         item = int(pair["labels"]["item"])
         user_text, item_text = renderer.user(pair["history"], full=full), renderer.item(item)
         user_slots = ["user"] * renderer.count(user_text)[0]
@@ -118,7 +121,7 @@ def explain_rows(
         values = {"user": user_text, "item": item_text}
         if "{evidence}" in template:
             values["evidence"] = evidence_text(
-                cfg.explain.evidence, pair["history"], attributions[k], titles, n_cited
+                cfg.explain.evidence, pair["history"], attributions[i], titles, n_cited
             )
         out.append(
             {
@@ -136,9 +139,6 @@ def explain_rows(
             }
         )
     return out
-
-
-TOP_ATTRIBUTED = 2  # attribution agreement: cited items among the recommender's top-2 attributed items
 
 
 def _generate(cfg: DictConfig, out_dir: Path, predictor: Any, rows: list[dict[str, Any]]) -> dict[str, dict]:

@@ -79,13 +79,16 @@ def top_attributed(history: Sequence[int], attributions: np.ndarray, answer: str
 
 
 def ranked_attributions(
-    history: Sequence[int], attributions: np.ndarray, answer: str, k: int
+    history: Sequence[int], attributions: np.ndarray, answer: str, k: int, fallback: bool = True
 ) -> list[tuple[int, float]]:
-    """:func:`top_attributed` with each item's attribution (at the position it was picked from)."""
+    """:func:`top_attributed` with each item's attribution (at the position it was picked from).
+    ``fallback=False``: no items (instead of the largest absolute ones) where none points the answer's way."""
     sign = 1.0 if answer == "yes" else -1.0
     values = np.asarray(attributions, dtype=np.float64)
     raw = values
     if not (sign * values > 0).any():
+        if not fallback:
+            return []
         sign, values = 1.0, np.abs(values)
     order = sorted(range(len(history)), key=lambda j: (-sign * values[j], -j))
     out: list[tuple[int, float]] = []
