@@ -5,7 +5,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from recexplainer.aligner.data import LengthGroupedSampler, collate
-from recexplainer.aligner.model import PlaceholderMismatch, RecExplainerLM
+from recexplainer.aligner.model import (
+    PlaceholderMismatch,
+    RecExplainerLM,
+    is_right_padded,
+    store_frozen_linears,
+)
 from recexplainer.aligner.projector import build_projector
 
 USER, ITEM, VOCAB, H, D_REC = 97, 98, 100, 32, 8
@@ -195,6 +200,76 @@ def test_response_only_loss_equals_the_full_lm_loss():
     full = model.lm(inputs_embeds=model.embed(ids, users, items), labels=labels)
     assert fast.logits.shape == (3, VOCAB)  # only the 3 labelled positions went through the head
     assert torch.allclose(fast.loss, full.loss, atol=1e-5)
+
+
+def test_is_right_padded():
+    assert is_right_padded(torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
+    assert not is_right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))  # left padding
+    assert not is_right_padded(torch.tensor([[1, 0, 1]]))  # a hole
+    assert not is_right_padded(torch.tensor([[0, 0, 0]]))  # an empty row
+
+
+@pytest.mark.parametrize("weighting", ["example", "token"])
+def test_padded_batch_loss_equals_the_unpadded_examples_loss(weighting):
+    """Right padding: the training forward drops the mask (causal attention keeps real tokens off the padding);
+    left padding keeps it. Either way the batch loss is the loss of the examples run one by one."""
+    model = RecExplainerLM(tiny_lm(), USER, ITEM, D_REC, loss_weighting=weighting)
+    rows = [[5, USER, 6, ITEM, 7, 8, 9], [9, 10, USER, 11], [12, ITEM, 13, 14, 15]]
+    answers = [3, 2, 2]  # labelled tokens at the end of each example
+    users = [torch.randn(1, D_REC), torch.randn(1, D_REC), torch.randn(0, D_REC)]
+    items = [torch.randn(1, D_REC), torch.randn(0, D_REC), torch.randn(1, D_REC)]
+    singles, n_tokens = [], []
+    for ids, k, u, i in zip(rows, answers, users, items):
+        x = torch.tensor([ids])
+        labels = torch.full_like(x, -100)
+        labels[0, -k:] = x[0, -k:]
+        singles.append(model(x, user_vectors=u, item_vectors=i, labels=labels).loss)
+        n_tokens.append(k)
+    if weighting == "example":
+        expected = torch.stack(singles).mean()
+    else:
+        expected = sum(s * n for s, n in zip(singles, n_tokens)) / sum(n_tokens)
+    for side in ("right", "left"):
+        batch = collate(
+            [
+                {"input_ids": ids, "labels": [-100] * (len(ids) - k) + ids[-k:], "users": u, "items": i}
+                for ids, k, u, i in zip(rows, answers, users, items)
+            ],
+            pad_id=0,
+            padding_side=side,
+        )
+        if side == "left":  # positions differ under left padding without position ids: only check it runs
+            assert torch.isfinite(model(**batch).loss)
+            continue
+        assert torch.allclose(model(**batch).loss, expected, atol=1e-5)
+
+
+def test_frozen_linears_in_bf16_give_the_same_autocast_loss_and_gradients():
+    from peft import LoraConfig, get_peft_model
+
+    def run(cast: bool):
+        lm = get_peft_model(tiny_lm(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"]))
+        torch.manual_seed(1)
+        model = RecExplainerLM(lm, USER, ITEM, D_REC)
+        if cast:
+            n = store_frozen_linears(model, torch.bfloat16)
+            # 7 frozen projections x 2 layers; the tied head, LoRA and the projectors are left alone
+            assert n == 14
+            assert model.lm.get_output_embeddings().weight.dtype == torch.float32
+            assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+        ids = torch.tensor([[5, USER, 6, ITEM, 7, 8], [9, 10, USER, 11, 12, 13]])
+        torch.manual_seed(2)
+        users, items = torch.randn(2, D_REC), torch.randn(1, D_REC)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(ids, user_vectors=users, item_vectors=items, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    loss, grads = run(False)
+    loss_cast, grads_cast = run(True)
+    assert torch.equal(loss, loss_cast)
+    assert grads.keys() == grads_cast.keys()
+    assert all(torch.equal(grads[n], grads_cast[n]) for n in grads)
 
 
 def _batches_before_groups(lengths, batch_size, seed, mega, epoch=0):

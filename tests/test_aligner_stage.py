@@ -324,16 +324,21 @@ def test_aligner_seed_reseeds_training_alone_and_keeps_older_keys(tmp_path, monk
     assert seeds == {"train": 3, "valid": 7} and everything[-1] == 3
 
 
-def test_cpu_bf16_trains_and_evaluates_with_fp32_weights_saved(tmp_path):
-    """trainer=cpu_bf16: the aligner trains under bf16 autocast (loss finite), saves fp32 weights, and the
-    evaluation runs the aligned model under bf16 autocast on the same upstream folders as trainer=cpu."""
+def test_cpu_bf16_trains_and_evaluates_with_fp32_weights_saved(tmp_path, caplog):
+    """trainer=cpu_bf16: the aligner trains under bf16 autocast (loss finite) with the frozen linear weights
+    stored in bf16, saves fp32 weights, and the evaluation runs the aligned model under bf16 autocast on the
+    same upstream folders as trainer=cpu."""
+    import logging
+
     from safetensors.torch import load_file
 
     from .conftest import TINY, TINY_SASREC, compose_config
 
     base = [f"paths.artifacts={tmp_path}", *TINY, *TINY_SASREC, *ALIGN, "trainer=cpu_bf16"]
     cfg = compose_config(base)
-    folder = run(cfg)
+    with caplog.at_level(logging.INFO, logger="recexplainer.aligner.stage"):
+        folder = run(cfg)
+    assert any("frozen linear weights stored in bf16" in r.getMessage() for r in caplog.records)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["aligner/optimizer_steps"] == 3 and 0 < metrics["train/loss"] < float("inf")
     for name in ("adapter/adapter_model.safetensors", "projectors.safetensors"):

@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from recexplainer.aligner import setup
 from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate
+from recexplainer.aligner.model import store_frozen_linears
 from recexplainer.aligner.module import AlignerModule
 from recexplainer.training import EpochTimer, build_trainer, peak_rss_mb
 
@@ -180,6 +183,11 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         val_check_interval=ac.val_check_interval,
         use_distributed_sampler=False,
     )
+    if str(trainer.precision).startswith("bf16-mixed") and isinstance(
+        trainer.strategy, (SingleDeviceStrategy, DDPStrategy)
+    ):  # sharding strategies (FSDP, DeepSpeed) manage their own parameter dtypes
+        n = store_frozen_linears(model, torch.bfloat16)
+        log.info("bf16-mixed: %d frozen linear weights stored in bf16 (same products, no per-step casts)", n)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_loader = _loader(
         train,
