@@ -9,7 +9,7 @@ ARGS ?=
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-evaluation bench-explain bench gpu-wheels gpu-check evaluate quick paper-table report report-browser clean
+.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-aligner-step bench-evaluation bench-explain bench gpu-wheels gpu-check evaluate quick paper-table report report-browser clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -71,6 +71,10 @@ bench-alignment-data: setup ## alignment data build time on ml-100k (default and
 bench-aligner: setup ## aligner training tokens/s vs a Hugging Face Trainer + peft baseline (ARGS='--precision 32-true,bf16-mixed'); benchmarks/aligner.json
 	$(PY) experiments/bench_aligner.py --out benchmarks/aligner.json $(ARGS)
 
+bench-aligner-step: setup ## what each CPU speed setting of the aligner buys (LoRA dropout, attention mask, bf16 frozen weights) on the default run's batches; benchmarks/aligner_step.json
+	$(VENV)/bin/recexplainer stage=alignment_data trainer.enable_progress_bar=false
+	$(PY) experiments/bench_aligner_step.py --out benchmarks/aligner_step.json $(ARGS)
+
 bench-evaluation: setup ## evaluation examples/s per task, batched vs one at a time (ARGS='--precision bf16' on CPUs with AMX); benchmarks/evaluation.json
 	$(PY) experiments/bench_evaluation.py --out benchmarks/evaluation.json $(ARGS)
 
@@ -82,7 +86,7 @@ bench-explain: setup ## explanations side by side on the same pairs: the aligned
 	$(VENV)/bin/recexplainer stage=explain experiment=explain_paper $(ARGS)
 	$(PY) -m recexplainer.report --root $(ARTIFACTS)
 
-bench: bench-recommender bench-alignment-data bench-aligner bench-evaluation bench-explain ## every benchmark (run alone on an idle machine)
+bench: bench-recommender bench-alignment-data bench-aligner bench-aligner-step bench-evaluation bench-explain ## every benchmark (run alone on an idle machine)
 
 # Wheels for a GPU machine without network (Python 3.12, CUDA torch of its own): the pure-Python packages it
 # lacks (hydra-core, omegaconf, antlr4, platformdirs) and DeepSpeed with its missing dependencies, built here

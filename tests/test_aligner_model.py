@@ -219,7 +219,7 @@ def test_padded_batch_loss_equals_the_unpadded_examples_loss(weighting):
     users = [torch.randn(1, D_REC), torch.randn(1, D_REC), torch.randn(0, D_REC)]
     items = [torch.randn(1, D_REC), torch.randn(0, D_REC), torch.randn(1, D_REC)]
     singles, n_tokens = [], []
-    for ids, k, u, i in zip(rows, answers, users, items):
+    for ids, k, u, i in zip(rows, answers, users, items, strict=True):
         x = torch.tensor([ids])
         labels = torch.full_like(x, -100)
         labels[0, -k:] = x[0, -k:]
@@ -228,12 +228,12 @@ def test_padded_batch_loss_equals_the_unpadded_examples_loss(weighting):
     if weighting == "example":
         expected = torch.stack(singles).mean()
     else:
-        expected = sum(s * n for s, n in zip(singles, n_tokens)) / sum(n_tokens)
+        expected = sum(s * n for s, n in zip(singles, n_tokens, strict=True)) / sum(n_tokens)
     for side in ("right", "left"):
         batch = collate(
             [
                 {"input_ids": ids, "labels": [-100] * (len(ids) - k) + ids[-k:], "users": u, "items": i}
-                for ids, k, u, i in zip(rows, answers, users, items)
+                for ids, k, u, i in zip(rows, answers, users, items, strict=True)
             ],
             pad_id=0,
             padding_side=side,
