@@ -4,7 +4,6 @@ import math
 
 import pytest
 
-from recexplainer.evaluation.matching import TitleIndex, normalize, parse_list, parse_yes_no
 from recexplainer.evaluation.metrics import (
     history_coverage,
     ranking_ndcg,
@@ -12,6 +11,7 @@ from recexplainer.evaluation.metrics import (
     retrieval_scores,
     valid_ratio,
 )
+from recexplainer.text import TitleIndex, normalize, parse_list, parse_yes_no
 
 TITLES = [
     "<pad>",

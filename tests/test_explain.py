@@ -10,9 +10,9 @@ import torch
 
 from recexplainer import artifacts
 from recexplainer.cli import run
-from recexplainer.evaluation.matching import TitleIndex
 from recexplainer.explain import faithfulness, regressor
 from recexplainer.pipeline import stage_folder
+from recexplainer.text import TitleIndex
 
 from .test_aligner_stage import ALIGN
 from .test_judge import FakeServer

@@ -18,36 +18,10 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import Dataset, Sampler
 
+from recexplainer.text import ChatFormatter
+
 log = logging.getLogger(__name__)
 IGNORE = -100
-
-
-class ChatFormatter:
-    """Wraps an instruction into the model's chat format, ready for the response to follow."""
-
-    def __init__(self, tokenizer: Any, template: str | None = None, system_prompt: str | None = None):
-        if template is None and not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                "the tokenizer has no chat template; set llm.prompt_template, e.g. "
-                "'USER: {prompt} ASSISTANT:' (Vicuna v1.1)"
-            )
-        if template is not None and "{prompt}" not in template:
-            raise ValueError(f"llm.prompt_template must contain {{prompt}}, got {template!r}")
-        self.tokenizer, self.template, self.system_prompt = tokenizer, template, system_prompt
-
-    def __call__(self, prompt: str, shots: Sequence[tuple[str, str]] = ()) -> str:
-        """The prompt ready for the answer; ``shots`` are (prompt, answer) pairs shown as earlier turns."""
-        if self.template is not None:
-            turns = [self.template.replace("{prompt}", p) + " " + a for p, a in shots]
-            text = " ".join([*turns, self.template.replace("{prompt}", prompt)])
-            return f"{self.system_prompt} {text}" if self.system_prompt else text
-        messages = []
-        for p, a in shots:
-            messages += [{"role": "user", "content": p}, {"role": "assistant", "content": a}]
-        messages.append({"role": "user", "content": prompt})
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 @dataclass

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from recexplainer.aligner.data import ChatFormatter
 from recexplainer.aligner.model import RecExplainerLM
 from recexplainer.artifacts import atomic_path, write_json
+from recexplainer.text import ChatFormatter
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -12,6 +12,7 @@ import numpy as np
 
 from recexplainer.data.dataset import SequentialData
 from recexplainer.data.loaders import DataFormatError, RawData
+from recexplainer.text import unique_titles
 
 
 def _natural_order(ids: np.ndarray) -> np.ndarray:
@@ -130,24 +131,12 @@ def preprocess(raw: RawData, cfg: Any, seed: int) -> tuple[SequentialData, dict[
         if not info.get("title"):
             info["title"] = f"item {raw_id}"
         item_table.append({"id": str(raw_id), **info})
-    stats["renamed/duplicate_titles"] = _unique_titles(item_table) if pp.unique_titles else 0
+    renamed = 0
+    if pp.unique_titles:
+        titles = [row["title"] for row in item_table[1:]]
+        renamed = unique_titles(titles)  # " [2]", " [3]", ... so that a title names one item
+        for row, title in zip(item_table[1:], titles, strict=True):
+            row["title"] = title
+    stats["renamed/duplicate_titles"] = renamed
     data = SequentialData.from_arrays(u_arr, i_arr, t_arr, [str(u) for u in user_ids], item_table)
     return data, stats
-
-
-def _unique_titles(item_table: list[dict[str, Any]]) -> int:
-    """Suffix repeated titles with " [2]", " [3]", ... (in item order) so that a title names one item."""
-    taken = {row["title"].strip().lower() for row in item_table[1:]}
-    seen: set[str] = set()
-    renamed = 0
-    for row in item_table[1:]:
-        key = row["title"].strip().lower()
-        if key in seen:
-            n = 2
-            while f"{key} [{n}]" in taken:
-                n += 1
-            row["title"] = f"{row['title']} [{n}]"
-            taken.add(f"{key} [{n}]")
-            renamed += 1
-        seen.add(key)
-    return renamed

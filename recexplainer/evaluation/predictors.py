@@ -16,12 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from recexplainer.aligner.data import ChatFormatter, encode
+from recexplainer.aligner.data import encode
 from recexplainer.evaluation.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
-from recexplainer.evaluation.matching import TitleIndex, normalize, parse_list
 from recexplainer.evaluation.tasks import KINDS, titles_asked
-
-SEPARATOR = ";"  # how list answers separate titles (the alignment-data targets use "; ")
+from recexplainer.text import DEFAULT_SEPARATOR, ChatFormatter, TitleIndex, normalize, parse_list, split_mark
 
 
 def distinct_titles(titles: Sequence[str], k: int) -> list[str]:
@@ -70,6 +68,7 @@ class LLMPredictor:
         max_new_tokens_margin: int = 8,
         fuzzy_cutoff: float = 0.85,
         shots: dict[str, list[dict[str, Any]]] | None = None,
+        separator: str = DEFAULT_SEPARATOR,
     ):
         self.name, self.model, self.tokenizer, self.formatter = name, model, tokenizer, formatter
         self.index, self.aligned, self.placeholders = index, aligned, placeholders
@@ -78,12 +77,13 @@ class LLMPredictor:
         self.beam_width = max(beam_width or num_beams, num_beams)
         self.margin, self.fuzzy_cutoff = max_new_tokens_margin, fuzzy_cutoff
         self.shots = shots or {}
+        self.separator = separator  # alignment.title_separator: the one the training targets were joined with
         self.decoder = Decoder(model, tokenizer)
         self.yes_ids, self.no_ids = answer_token_ids(tokenizer, "yes"), answer_token_ids(tokenizer, "no")
         catalog = [t for t in index.titles[1:] if t]
         lengths = [len(tokenizer(" " + t, add_special_tokens=False)["input_ids"]) for t in catalog]
         self.longest_title = max(lengths) if lengths else 1
-        self.sep_tokens = len(tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"])
+        self.sep_tokens = len(tokenizer(split_mark(separator), add_special_tokens=False)["input_ids"])
         self._tries: dict[int, TitleTrie] = {}
         self.kinds = set(KINDS)
 
@@ -129,7 +129,7 @@ class LLMPredictor:
                 self.index.titles[1:],
                 self.tokenizer,
                 self.tokenizer.eos_token_id,
-                separator=SEPARATOR if n_titles > 1 else None,
+                separator=split_mark(self.separator) if n_titles > 1 else None,
                 max_titles=n_titles,
             )
         return self._tries[n_titles]
@@ -152,23 +152,22 @@ class LLMPredictor:
             num_return_sequences=beams,
             trie=self._trie(n_titles) if self.constrained else None,
         )
-        predictions = []
-        for texts in outputs:
-            if kind == "retrieval":  # one title per beam, in beam order
-                titles = distinct_titles(
-                    [(parse_list(t, SEPARATOR, limit=1) or [""])[0] for t in texts], self.num_beams
-                )
-            else:
-                titles = parse_list(texts[0], SEPARATOR)
-            predictions.append(
-                {
-                    "outputs": texts,  # every returned sequence (retrieval: beam_width of them)
-                    "titles": titles,
-                    "items": [self.index.match(t) for t in titles],
-                    "items_fuzzy": [self.index.fuzzy(t, self.fuzzy_cutoff) for t in titles],
-                }
+        return [self.parse(kind, texts) for texts in outputs]
+
+    def parse(self, kind: str, texts: Sequence[str]) -> dict[str, Any]:
+        """One example's prediction from its generated texts (retrieval: one per beam, in beam order)."""
+        if kind == "retrieval":  # one title per beam
+            titles = distinct_titles(
+                [(parse_list(t, self.separator, limit=1) or [""])[0] for t in texts], self.num_beams
             )
-        return predictions
+        else:
+            titles = parse_list(texts[0], self.separator)
+        return {
+            "outputs": list(texts),  # every returned sequence (retrieval: beam_width of them)
+            "titles": titles,
+            "items": [self.index.match(t) for t in titles],
+            "items_fuzzy": [self.index.fuzzy(t, self.fuzzy_cutoff) for t in titles],
+        }
 
     def explain(
         self,

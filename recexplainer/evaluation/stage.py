@@ -25,9 +25,9 @@ from recexplainer.aligner.data import read_examples
 from recexplainer.artifacts import write_json
 from recexplainer.data.dataset import SequentialData
 from recexplainer.evaluation.evaluator import EvaluatorModule, PredictionStore
-from recexplainer.evaluation.matching import TitleIndex
 from recexplainer.evaluation.predictors import BaselinePredictor, LLMPredictor
 from recexplainer.evaluation.tasks import KINDS, answer_diversity, metric_prefix
+from recexplainer.text import ChatFormatter, TitleIndex, join_titles, split_mark
 from recexplainer.training import build_trainer, environment, process_rank
 
 log = logging.getLogger(__name__)
@@ -152,8 +152,6 @@ def llm_predictor(
         name = "aligned"
     else:
         lm, tokenizer = setup.load_base_llm(cfg.llm, cfg.paths.assets)
-        from recexplainer.aligner.data import ChatFormatter
-
         net, formatter = lm.eval(), ChatFormatter(tokenizer, cfg.llm.prompt_template, cfg.llm.system_prompt)
         name = "unaligned" if not ev.few_shot else f"unaligned_{ev.few_shot}shot"
     shots = {}
@@ -179,6 +177,7 @@ def llm_predictor(
         max_new_tokens_margin=ev.max_new_tokens_margin,
         fuzzy_cutoff=ev.fuzzy_cutoff,
         shots=shots,
+        separator=cfg.alignment.title_separator,
     )
 
 
@@ -262,7 +261,7 @@ def evaluate(
                         r["id"],
                         r["task"],
                         (r.get("outputs") or [""])[0][:500],
-                        "; ".join(t for t in r.get("titles") or [] if t),
+                        join_titles([t for t in r.get("titles") or [] if t], cfg.alignment.title_separator),
                         json.dumps(r["metrics"]),
                     ]
                     for r in records[:WANDB_TABLE_ROWS]
@@ -310,7 +309,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         "matching": {
             "headline": "exact match after strip, lower-case and whitespace collapsing",
             "fuzzy": f"difflib ratio >= {ev.fuzzy_cutoff}, reported as *_fuzzy",
-            "list_separator": ";",
+            "list_separator": cfg.alignment.title_separator,
+            "list_split_on": split_mark(cfg.alignment.title_separator),
         },
         "baselines": list(ev.baselines),
         "threshold_rules": "popularity / item_knn interest thresholds fit on the training interest examples",

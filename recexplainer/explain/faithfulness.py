@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recexplainer.evaluation.matching import TitleIndex
 from recexplainer.recommender.attribution import item_scores
 from recexplainer.recommender.base import Recommender
+from recexplainer.text import TitleIndex
 
 
 @dataclass

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recexplainer.text import DEFAULT_SEPARATOR, ChatFormatter, join_titles
+
 log = logging.getLogger(__name__)
 
 RUBRIC = """You grade an explanation of a recommender system's decision.
@@ -50,10 +52,15 @@ REMINDER = "Reply with a single digit: 0, 1, 2 or 3."
 _SCORE = re.compile(r"^\s*(?:score\s*[:=]?\s*)?\**([0-3])\**\s*(?:/\s*3)?\s*\.?\s*$", re.IGNORECASE)
 
 
-def rubric_prompt(decision: bool, history: Sequence[str], item: str, explanation: str) -> str:
+def rubric_prompt(
+    decision: bool, history: Sequence[str], item: str, explanation: str, separator: str = DEFAULT_SEPARATOR
+) -> str:
     verdict = "yes, the user will like the item" if decision else "no, the user will not like the item"
     return RUBRIC.format(
-        decision=verdict, history="; ".join(history), item=item, explanation=explanation.replace('"', "'")
+        decision=verdict,
+        history=join_titles(history, separator),
+        item=item,
+        explanation=explanation.replace('"', "'"),
     )
 
 
@@ -264,14 +271,14 @@ class LocalJudge(Judge):
         self.constrained = constrained
         self.name = f"local:{name}" + (":digits" if constrained else "")
         self._digit_ids = [tokenizer(d, add_special_tokens=False)["input_ids"][0] for d in "0123"]
+        # the model's chat template; a plain model reads the rubric and answers after "Score:"
+        template = None if getattr(tokenizer, "chat_template", None) else "{prompt}\nScore:"
+        self.formatter = ChatFormatter(tokenizer, template)
 
     def complete(self, messages: list[dict[str, str]]) -> str:
         import torch
 
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = "\n".join(m["content"] for m in messages) + "\nScore:"
+        text = self.formatter.messages(messages)
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         ids = {k: v.to(self.model.device) for k, v in ids.items()}
         with torch.no_grad():

@@ -30,10 +30,10 @@ from recexplainer.artifacts import atomic_write_text, write_json
 from recexplainer.config import ConfigError
 from recexplainer.data.dataset import SequentialData
 from recexplainer.evaluation.evaluator import PredictionStore
-from recexplainer.evaluation.matching import TitleIndex, parse_yes_no
 from recexplainer.explain import faithfulness, templated
 from recexplainer.explain.judge import Judge, JudgeCache, LocalJudge, OpenAIJudge, rubric_prompt
 from recexplainer.recommender.attribution import leave_one_out, top_attributed
+from recexplainer.text import DEFAULT_SEPARATOR, TitleIndex, join_titles, parse_yes_no
 from recexplainer.training import autocast, inference_device
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,11 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     if judge is not None:
         prompts = [
             rubric_prompt(
-                r["answer"] == "yes", [titles[i] for i in r["history"]], titles[r["item"]], r["text"]
+                r["answer"] == "yes",
+                [titles[i] for i in r["history"]],
+                titles[r["item"]],
+                r["text"],
+                cfg.alignment.title_separator,
             )
             for r in records
         ]
@@ -311,7 +315,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     )
     if judge is not None:
         judge_histogram([r.get("judge_score") for r in records], out_dir / "judge_scores.png", judge.name)
-    blind, key = blind_csv(records, titles, cfg.seed)
+    blind, key = blind_csv(records, titles, cfg.seed, cfg.alignment.title_separator)
     atomic_write_text(out_dir / "ratings_blind.csv", blind)
     write_json(
         out_dir / "ratings_key.json", key
@@ -326,10 +330,12 @@ def _log(
     from recexplainer.training import build_logger
 
     for logger in build_logger(cfg, out_dir, "explain"):
-        _log_to(logger, metrics, records, titles)
+        _log_to(logger, metrics, records, titles, cfg.alignment.title_separator)
 
 
-def _log_to(logger: Any, metrics: dict, records: list[dict[str, Any]], titles: list[str]) -> None:
+def _log_to(
+    logger: Any, metrics: dict, records: list[dict[str, Any]], titles: list[str], separator: str
+) -> None:
     logger.log_metrics(metrics)
     if hasattr(logger, "log_table"):
         logger.log_table(
@@ -338,7 +344,7 @@ def _log_to(logger: Any, metrics: dict, records: list[dict[str, Any]], titles: l
             data=[
                 [
                     r["id"],
-                    "; ".join(titles[i] for i in r["history"]),
+                    join_titles([titles[i] for i in r["history"]], separator),
                     titles[r["item"]],
                     r["answer"],
                     r["decision"],
@@ -513,7 +519,7 @@ def report_markdown(
             )
         lines.append("")
     for r in records[:k]:
-        history = "; ".join(titles[i] for i in r["history"])
+        history = join_titles([titles[i] for i in r["history"]], cfg.alignment.title_separator)
         judge = f", judge {r['judge_score']}" if r.get("judge_score") is not None else ""
         lines += [
             f"## {r['id']}",
@@ -548,7 +554,9 @@ def judge_histogram(scores: list[int | None], path: Path, judge: str) -> None:
     plt.close(fig)
 
 
-def blind_csv(records: list[dict[str, Any]], titles: list[str], seed: int) -> tuple[str, dict[str, str]]:
+def blind_csv(
+    records: list[dict[str, Any]], titles: list[str], seed: int, separator: str = DEFAULT_SEPARATOR
+) -> tuple[str, dict[str, str]]:
     """Shuffled, anonymised rows for human raters (history, item, explanation only), and the key that
     maps each rating id back to its explanation."""
     order = list(range(len(records)))
@@ -558,5 +566,6 @@ def blind_csv(records: list[dict[str, Any]], titles: list[str], seed: int) -> tu
     writer.writerow(["rating_id", "history", "item", "explanation", "score_0_to_3"])
     for i, j in enumerate(order):
         r = records[j]
-        writer.writerow([i, "; ".join(titles[h] for h in r["history"]), titles[r["item"]], r["text"], ""])
+        history = join_titles([titles[h] for h in r["history"]], separator)
+        writer.writerow([i, history, titles[r["item"]], r["text"], ""])
     return buffer.getvalue(), {str(i): records[j]["id"] for i, j in enumerate(order)}
