@@ -25,6 +25,7 @@ from recexplainer.alignment.templates import SlotRenderer, template_fields
 from recexplainer.artifacts import atomic_path, write_json
 from recexplainer.data.dataset import SequentialData
 from recexplainer.recommender import load_recommender
+from recexplainer.text import split_mark
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -235,13 +236,14 @@ def _check_titles(titles: list[str], alignment: Any) -> None:
                 f"{len(bad)} item title(s) contain the placeholder {placeholder!r} (first: {bad[0]!r}); "
                 "set alignment.user_placeholder / alignment.item_placeholder to other strings"
             )
-    clash = sum(alignment.title_separator.strip() in t for t in titles[1:])
+    mark = split_mark(alignment.title_separator)  # what the evaluation splits generated lists on
+    clash = sum(mark in t for t in titles[1:])
     if clash:
         log.warning(
-            "%d titles contain the separator %r: lists of titles will be ambiguous; "
-            "set alignment.title_separator",
+            "%d titles contain %r, which splits lists of titles: those titles will not be matched in lists; "
+            "set alignment.title_separator to a string no title contains (e.g. ' | ')",
             clash,
-            alignment.title_separator,
+            mark,
         )
 
 
