@@ -229,6 +229,10 @@ def test_padded_batch_loss_equals_the_unpadded_examples_loss(weighting):
         expected = torch.stack(singles).mean()
     else:
         expected = sum(s * n for s, n in zip(singles, n_tokens, strict=True)) / sum(n_tokens)
+    seen = []  # the attention mask the decoder receives
+    model.lm.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
     for side in ("right", "left"):
         batch = collate(
             [
@@ -240,8 +244,10 @@ def test_padded_batch_loss_equals_the_unpadded_examples_loss(weighting):
         )
         if side == "left":  # positions differ under left padding without position ids: only check it runs
             assert torch.isfinite(model(**batch).loss)
+            assert seen[-1] is not None  # left padding keeps the mask
             continue
         assert torch.allclose(model(**batch).loss, expected, atol=1e-5)
+        assert seen[-1] is None  # right padding: the fused causal path, no mask
 
 
 def test_frozen_linears_in_bf16_give_the_same_autocast_loss_and_gradients():
