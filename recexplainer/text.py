@@ -138,7 +138,7 @@ class TitleIndex:
         taken = [False] * len(haystack)
         found: list[tuple[int, int]] = []
         for key in sorted(self._keys, key=len, reverse=True):
-            if len(key) < min_length:
+            if len(key) < min_length or key not in haystack:  # the substring test spares the regex
                 continue
             for m in re.finditer(r"(?<!\w)" + re.escape(key) + r"(?!\w)", haystack):
                 if not any(taken[m.start() : m.end()]):

@@ -8,6 +8,7 @@ from recexplainer.aligner.data import LengthGroupedSampler, collate
 from recexplainer.aligner.model import (
     PlaceholderMismatch,
     RecExplainerLM,
+    autocast_weights,
     is_right_padded,
     store_frozen_linears,
 )
@@ -330,3 +331,36 @@ def test_pair_batching_is_keyed_only_when_on(make_cfg):
     off, default = make_cfg("aligner.pair_batching=false"), make_cfg()
     on = make_cfg("aligner.pair_batching=true")
     assert stage_folder(off, "aligner") == stage_folder(default, "aligner") != stage_folder(on, "aligner")
+
+
+def test_autocast_weights_give_the_same_outputs_and_restore_the_weights():
+    from peft import LoraConfig, get_peft_model
+
+    lm = get_peft_model(tiny_lm(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"]))
+    torch.manual_seed(1)
+    model = RecExplainerLM(lm, USER, ITEM, D_REC).eval()
+    for p in model.parameters():  # LoRA must not be a no-op (B starts at zero)
+        p.data += 0.05 * torch.randn_like(p)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.tensor([[5, USER, 6, ITEM, 7, 8], [9, 10, USER, 11, 12, 13]])
+    users, items = torch.randn(2, D_REC), torch.randn(1, D_REC)
+
+    def outputs():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(ids, user_vectors=users, item_vectors=items).logits
+            tokens = model.generate(
+                ids, user_vectors=users, item_vectors=items, max_new_tokens=6, do_sample=False, pad_token_id=0
+            )
+        return logits, tokens
+
+    expected = outputs()
+    with autocast_weights(model, torch.bfloat16) as n:
+        # 7 projections x 2 layers, LoRA A and B on 2 x 2 modules, 2 x 2 projector layers; not the tied head
+        assert n == 14 + 8 + 4
+        assert model.lm.get_output_embeddings().weight.dtype == torch.float32
+        got = outputs()
+    assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+    after = dict(model.named_parameters())
+    assert all(after[n].dtype == torch.float32 and torch.equal(after[n], before[n]) for n in before)
+    with autocast_weights(model, None) as n:
+        assert n == 0

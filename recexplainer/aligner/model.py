@@ -8,6 +8,9 @@ called with ``inputs_embeds``. The language model is wrapped, not subclassed, so
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +36,20 @@ def is_right_padded(attention_mask: torch.Tensor) -> bool:
     return bool((mask[:, 1:] <= mask[:, :-1]).all() and mask[:, 0].all())
 
 
+def _castable_linears(model: nn.Module, dtype: torch.dtype, frozen_only: bool) -> list[nn.Linear]:
+    """Linear layers whose weight autocast casts to ``dtype`` at each call: not yet in ``dtype``, not tied to
+    an input embedding (the lookup is not autocast), frozen unless ``frozen_only`` is False."""
+    tied = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+        and not (frozen_only and m.weight.requires_grad)
+        and id(m.weight) not in tied
+        and m.weight.dtype != dtype
+    ]
+
+
 def store_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
     """Store the frozen weights of the linear layers in ``dtype``; returns how many were converted.
 
@@ -40,19 +57,35 @@ def store_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
     a frozen weight stored in bf16 gives the same products without those copies (and half the memory).
     Trainable weights (LoRA, projectors) stay fp32 master weights; embeddings, norms and a head tied to the
     input embeddings are left as they are."""
-    tied = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    n = 0
-    for module in model.modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        weight = module.weight
-        if weight.requires_grad or id(weight) in tied or weight.dtype == dtype:
-            continue
-        weight.data = weight.data.to(dtype)
+    modules = _castable_linears(model, dtype, frozen_only=True)
+    for module in modules:
+        module.weight.data = module.weight.data.to(dtype)
         if module.bias is not None and not module.bias.requires_grad:
             module.bias.data = module.bias.data.to(dtype)
-        n += 1
-    return n
+    return len(modules)
+
+
+@contextlib.contextmanager
+def autocast_weights(model: nn.Module | None, dtype: torch.dtype | None) -> Iterator[int]:
+    """Inference under ``dtype`` autocast: inside the block every linear weight (LoRA and projectors
+    included; not a head tied to the input embeddings) is stored in ``dtype``, so decoding gives the same
+    tokens and probabilities without casting each weight at every call (SmolLM2-135M generation on a CPU:
+    about 1.2x faster); afterwards the original weights are back, on the module's current device. Every
+    use of the model inside the block must run under autocast. Yields how many layers were converted;
+    ``dtype`` (or ``model``) None does nothing."""
+    modules = [] if dtype is None or model is None else _castable_linears(model, dtype, frozen_only=False)
+    saved = [(m, m.weight.data, None if m.bias is None else m.bias.data) for m in modules]
+    try:
+        for module, weight, bias in saved:
+            module.weight.data = weight.to(dtype)
+            if bias is not None:
+                module.bias.data = bias.to(dtype)
+        yield len(saved)
+    finally:
+        for module, weight, bias in saved:
+            module.weight.data = weight.to(module.weight.device)
+            if bias is not None:
+                module.bias.data = bias.to(module.bias.device)
 
 
 class PlaceholderMismatch(ValueError):

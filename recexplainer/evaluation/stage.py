@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from recexplainer.aligner.data import read_examples
+from recexplainer.aligner.model import autocast_weights
 from recexplainer.artifacts import write_json
 from recexplainer.data.dataset import SequentialData
 from recexplainer.evaluation.evaluator import EvaluatorModule, PredictionStore
@@ -234,7 +236,12 @@ def evaluate(
     )
     start = time.perf_counter()
     if trainer is not None and loaders:
-        trainer.test(module, dataloaders=[dl for _, dl in loaders], verbose=False)
+        # under bf16-mixed the linear weights are held in bf16 while the model runs: the products autocast
+        # computes anyway, without a cast of every weight at every call
+        model = getattr(predictor, "model", None)
+        mixed = model is not None and str(trainer.precision) in ("bf16-mixed", "bf16")
+        with autocast_weights(model, torch.bfloat16 if mixed else None):
+            trainer.test(module, dataloaders=[dl for _, dl in loaders], verbose=False)
     else:  # baselines are cheap and have no weights: the same module, stepped directly
         module.on_test_start()
         for i, (_, loader) in enumerate(loaders):

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from recexplainer.aligner.data import read_examples
+from recexplainer.aligner.model import autocast_weights
 from recexplainer.alignment.explanations import evidence_text
 from recexplainer.alignment.templates import SlotRenderer, render
 from recexplainer.artifacts import atomic_write_text, write_json
@@ -153,9 +154,12 @@ def _generate(cfg: DictConfig, out_dir: Path, predictor: Any, rows: list[dict[st
     if done:
         log.info("explain: resuming, %d of %d pairs already generated", len(done), len(rows))
     todo.sort(key=predictor.prompt_length)
-    with tqdm(
-        total=len(todo), desc="explain", unit="pair", disable=not cfg.trainer.enable_progress_bar
-    ) as bar:
+    with (
+        autocast_weights(predictor.model, dtype),  # the products autocast computes, without per-call casts
+        tqdm(
+            total=len(todo), desc="explain", unit="pair", disable=not cfg.trainer.enable_progress_bar
+        ) as bar,
+    ):
         for start in range(0, len(todo), ex.batch_size):
             batch = todo[start : start + ex.batch_size]
             with autocast(device, dtype):
