@@ -48,10 +48,10 @@ report-browser: $(VENV)/.installed ## render the HTML report in headless Chromiu
 	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 	$(PY) -m pytest -q -m slow tests/test_report_browser.py
 
-test: $(VENV)/.installed ## fast test suite (offline, a few minutes on 2 cores)
+test: $(VENV)/.installed ## fast test suite (offline, under a minute on 2 cores)
 	$(PY) -m pytest -q
 
-test-slow: setup ## slow tests: SmolLM2 GGUF conversion, 2-point sweep + report, 2-process CPU DDP pipeline
+test-slow: setup ## slow tests (about 5 min): every stage end to end on tiny models, SmolLM2 GGUF conversion, a sweep, CPU DDP
 	$(PY) -m pytest -q -m slow
 
 lint: $(VENV)/.installed ## ruff lint and format check

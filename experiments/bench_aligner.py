@@ -197,7 +197,7 @@ def main() -> None:
             print(json.dumps(runs[-1]))
     import statistics
 
-    from recexplainer.training import cpu_description
+    from recexplainer.runtime import cpu_description
 
     def median(mode: str, precision: str) -> float:
         return statistics.median(

@@ -109,7 +109,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.steps, args.threads, args.artifacts)))
         return
     from recexplainer.config import cpu_precision
-    from recexplainer.training import cpu_description
+    from recexplainer.runtime import cpu_description
 
     variants = [v for v in VARIANTS if v != "bf16_weights" or cpu_precision().startswith("bf16")]
     runs = []

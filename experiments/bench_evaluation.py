@@ -75,10 +75,10 @@ def main() -> None:
     from recexplainer.cli import CONF_DIR
     from recexplainer.config import register_configs
     from recexplainer.data.dataset import SequentialData
-    from recexplainer.evaluation import stage
-    from recexplainer.evaluation.decoding import Decoder
+    from recexplainer.evaluate import stage
+    from recexplainer.evaluate.decoding import Decoder
     from recexplainer.pipeline import stage_folder
-    from recexplainer.training import autocast, cpu_description
+    from recexplainer.runtime import autocast, cpu_description
 
     register_configs()
     model = "aligned" if args.aligned else "unaligned"

@@ -30,12 +30,12 @@ def run(cfg: DictConfig) -> Path:
 
         torch.set_num_threads(cfg.num_threads)
     if cfg.stage == "report":  # the whole method: every stage (reused when cached), the report, the summary
-        from recexplainer.summary import run_report
+        from recexplainer.report.summary import run_report
 
         return run_report(cfg)
     folder = run_stage(cfg, cfg.stage, force=cfg.force)
     if cfg.show and cfg.stage == "alignment_data":  # also for a cached folder
-        from recexplainer.alignment.stage import show
+        from recexplainer.alignment_data.stage import show
 
         show(folder, cfg.show)
     return folder
@@ -85,7 +85,7 @@ class SweepReport(Callback):
     def _report(sweep: Path) -> None:
         """The report of this sweep's points only (and their baselines / upstream training curves), in
         <sweep>/report; a failure here is logged, never fatal: the points' artifacts are all written."""
-        from recexplainer.report import lineage, write_report
+        from recexplainer.report.tables import lineage, write_report
 
         results = [json.loads(p.read_text()) for p in sorted(sweep.glob(f"*/{RESULT_FILE}"))]
         by_root: dict[Path, set[Path]] = {}
@@ -125,7 +125,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         return _run_and_report(cfg)
     try:  # one failed sweep point must not stop the others
         folder = _run_and_report(cfg)
-        from recexplainer.training import process_rank
+        from recexplainer.runtime import process_rank
 
         if process_rank() == 0:  # for the sweep's report
             stage = (

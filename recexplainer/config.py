@@ -162,7 +162,7 @@ class AlignmentConfig:
 
 @dataclass
 class TaskConfig:
-    kind: str = MISSING  # what the task asks; see recexplainer/alignment/labels.py
+    kind: str = MISSING  # what the task asks; see recexplainer/alignment_data/labels.py
     task_id: int = MISSING  # the paper's task number (1 retrieval ... 6 history reconstruction)
     modes: list[str] = field(default_factory=lambda: ["behavior", "intention", "hybrid"])
     templates: list[str] = MISSING  # paraphrased instructions; named fields only, e.g. {user}, {item}
@@ -263,7 +263,7 @@ class EvaluationConfig:
     max_new_tokens_margin: int = MISSING  # generation bound: titles asked x longest title + separators + this
     fuzzy_cutoff: float = MISSING  # difflib ratio for the separately reported fuzzy match
     few_shot: int = MISSING  # unaligned model: training examples shown as earlier turns
-    # the LLM's numerics in this stage; None: trainer.precision. E.g. bf16-mixed (autocast) or bf16-true
+    # the LLM's numerics at inference (evaluate and explain stages); None: trainer.precision. E.g. bf16-mixed (autocast) or bf16-true
     # (weights cast) to evaluate an aligner trained in fp32 faster on a GPU or a CPU with native bf16
     precision: str | None = MISSING
     baselines: list[str] = MISSING
@@ -340,7 +340,7 @@ def cpu_precision() -> str:
     that multiplies bf16 natively (AVX512-BF16 or AMX), where LoRA training is 1.1-1.5x and inference about
     2x faster than fp32; ``32-true`` elsewhere, where PyTorch emulates bf16 and it is several times slower.
     The resolved value is what cache keys and the saved config.yaml hold."""
-    from recexplainer.training import cpu_has_bf16
+    from recexplainer.runtime import cpu_has_bf16
 
     return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
@@ -407,7 +407,9 @@ POSITIVE: tuple[str, ...] = (
 )
 
 
-REPORT_STAGE = "report"  # the last step: every stage, then the report and the summary (recexplainer.summary)
+REPORT_STAGE = (
+    "report"  # the last step: every stage, then the report and the summary (recexplainer.report.summary)
+)
 
 
 class ConfigError(ValueError):
@@ -472,7 +474,7 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
 
 
 def _validate_evaluation(cfg: DictConfig) -> None:
-    from recexplainer.evaluation.predictors import BaselinePredictor
+    from recexplainer.evaluate.predictors import BaselinePredictor
 
     ev = cfg.evaluation
     for name in ev.baselines:
@@ -505,7 +507,7 @@ def _validate_evaluation(cfg: DictConfig) -> None:
 
 
 def _validate_alignment(cfg: DictConfig) -> None:
-    from recexplainer.alignment.templates import TemplateError, validate_format, validate_task
+    from recexplainer.alignment_data.templates import TemplateError, validate_format, validate_task
 
     try:
         validate_format("explain.evidence", cfg.explain.evidence, {"up", "down"})

@@ -17,7 +17,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from recexplainer import artifacts
-from recexplainer.training import finish_wandb_run, process_rank
+from recexplainer.runtime import process_rank
+from recexplainer.training import finish_wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,14 @@ STAGES: dict[str, Stage] = {
         Stage("recommender", "recexplainer.recommender.stage", requires=("data",), distributed=True),
         Stage(
             "alignment_data",
-            "recexplainer.alignment.stage",
+            "recexplainer.alignment_data.stage",
             requires=("data", "recommender"),
             version=2,  # 2: task-2/3 items drawn by item id, not by score position (stable across CPUs)
         ),
         Stage("aligner", "recexplainer.aligner.stage", requires=("alignment_data",), distributed=True),
         Stage(
             "evaluate",
-            "recexplainer.evaluation.stage",
+            "recexplainer.evaluate.stage",
             requires=("data", "alignment_data", "aligner"),
             distributed=True,
             version=2,  # 2: task-1 candidates are distinct titles; constrained beam search without early stop

@@ -9,38 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from recexplainer.cli import CONF_DIR
-from recexplainer.config import register_configs
-
-TINY = [
-    "dataset=synthetic",
-    "recommender.hidden_size=16",
-    "recommender.train.max_epochs=3",
-    "recommender.train.batch_size=16",
-    "recommender.train.patience=50",
-    "trainer.enable_progress_bar=false",
-    "num_threads=1",
-]
-TINY_SASREC = [
-    "recommender.n_layers=1",
-    "recommender.n_heads=1",
-    "recommender.inner_size=32",
-    "recommender.max_len=10",
-]
-
-
-def compose_config(overrides: list[str], pin_precision: bool = True):
-    """The composed config; ``pin_precision``: fp32 unless a trainer or precision is chosen, so that tests
-    run the same numerics on every CPU (the default precision depends on the CPU's bf16 support)."""
-    if pin_precision and not any(o.startswith(("trainer=", "trainer.precision=")) for o in overrides):
-        overrides = [*overrides, "trainer.precision=32-true"]
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+from .helpers import TINY, TINY_SASREC, compose_config
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Closed-form projector initialisation from title embeddings."""
 
+import pytest
 import torch
 
 from recexplainer.aligner import setup
@@ -89,12 +90,13 @@ def test_example_loss_weighting_averages_per_example():
     torch.testing.assert_close(token(ids, labels=labels).loss, weighted)
 
 
+@pytest.mark.slow
 def test_title_lsq_initialisation_runs_in_the_aligner_stage(make_cfg):
     import json
 
     from recexplainer.cli import run
 
-    from .test_aligner_stage import ALIGN
+    from .helpers import ALIGN
 
     folder = run(make_cfg(*ALIGN, "aligner.projector_init=title_lsq", "aligner.loss_weighting=example"))
     metrics = json.loads((folder / "metrics.json").read_text())

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from recexplainer.aligner.data import LengthGroupedSampler, collate
 from recexplainer.aligner.model import (
@@ -14,25 +13,7 @@ from recexplainer.aligner.model import (
 )
 from recexplainer.aligner.projector import build_projector
 
-USER, ITEM, VOCAB, H, D_REC = 97, 98, 100, 32, 8
-
-
-def tiny_lm(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=H,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
+from .helpers import D_REC, ITEM, USER, VOCAB, H, tiny_lm
 
 
 @pytest.mark.parametrize("kind,shape", [("mlp2x_gelu", (3, H)), ("linear", (3, H))])
@@ -325,6 +306,7 @@ def test_paired_batching_puts_both_answers_of_a_prefix_in_one_batch(mega):
         LengthGroupedSampler(lengths, 16, groups=groups[:-1])
 
 
+@pytest.mark.slow
 def test_pair_batching_is_keyed_only_when_on(make_cfg):
     from recexplainer.pipeline import stage_folder
 

@@ -13,32 +13,19 @@ from recexplainer.aligner.module import AlignerModule, warmup_decay
 from recexplainer.cli import run
 from recexplainer.pipeline import stage_folder
 
-from .test_aligner_model import D_REC, ITEM, USER, tiny_lm
-
-ALIGN = [
-    "stage=aligner",
-    "llm=tiny_random",
-    "alignment=hybrid",
-    *[f"tasks.{t}.max_eval=8" for t in ("retrieval", "ranking", "interest", "interest_hard", "history")],
-    *[f"tasks.{t}.max_eval=4" for t in ("item_recovery", "item_similar", "item_metadata")],
-    "aligner.max_train_examples=24",
-    "aligner.max_valid_examples=8",
-    "aligner.batch_size=4",
-    "aligner.accumulate_grad_batches=2",
-    "aligner.max_steps=3",
-    "aligner.lora_r=4",
-]
+from .helpers import ALIGN, D_REC, ITEM, USER, tiny_lm
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from .conftest import TINY, TINY_SASREC, compose_config
+    from .helpers import TINY, TINY_SASREC, compose_config
 
     root = tmp_path_factory.mktemp("aligner")
     cfg = compose_config([f"paths.artifacts={root}", *TINY, *TINY_SASREC, *ALIGN])
     return cfg, run(cfg)
 
 
+@pytest.mark.slow
 def test_aligner_stage_writes_adapter_projectors_and_metrics(trained):
     cfg, folder = trained
     assert artifacts.is_complete(folder)
@@ -64,6 +51,7 @@ def valid_batch(cfg, model, tokenizer, formatter, task: str, limit: int) -> dict
     return ds.batch(tokenizer.pad_token_id)
 
 
+@pytest.mark.slow
 def test_reloaded_aligner_is_deterministic_and_trained(trained):
     cfg, folder = trained
     model, tokenizer, formatter = setup.load(folder)
@@ -77,6 +65,7 @@ def test_reloaded_aligner_is_deterministic_and_trained(trained):
     assert not torch.allclose(fresh.user_projector[0].weight, trained_w)  # training moved the projector
 
 
+@pytest.mark.slow
 def test_encoded_prompts_use_the_chat_template_and_mask_the_prompt(trained):
     cfg, folder = trained
     model, tokenizer, formatter = setup.load(folder)
@@ -107,8 +96,9 @@ def test_encoded_prompts_use_the_chat_template_and_mask_the_prompt(trained):
     assert enc.input_ids.count(model.item_token_id) == 5 and enc.input_ids.count(model.user_token_id) == 1
 
 
+@pytest.mark.slow
 def test_killed_aligner_resumes_mid_epoch_with_the_remaining_batches(tmp_path, monkeypatch):
-    from .conftest import TINY, TINY_SASREC, compose_config
+    from .helpers import TINY, TINY_SASREC, compose_config
 
     def config(root):
         return compose_config(
@@ -154,6 +144,7 @@ def test_killed_aligner_resumes_mid_epoch_with_the_remaining_batches(tmp_path, m
     assert json.loads((folder / "metrics.json").read_text())["aligner/optimizer_steps"] == len(reference)
 
 
+@pytest.mark.slow
 def test_the_projector_learns_to_read_the_user_vector():
     """yes/no decided by the sign of the user vector's first coordinate: only readable through the projector."""
     torch.manual_seed(0)
@@ -188,6 +179,7 @@ def test_warmup_then_decay():
     assert values[10] == pytest.approx(1.0) and values[-1] >= 0.1 and values[50] < values[20]
 
 
+@pytest.mark.slow
 def test_merge_writes_a_standalone_model_with_the_same_outputs(trained, tmp_path):
     from recexplainer.aligner.merge import main
 
@@ -206,9 +198,10 @@ def test_merge_writes_a_standalone_model_with_the_same_outputs(trained, tmp_path
     assert main([str(tmp_path), str(tmp_path / "x")]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["behavior", "intention", "hybrid"])
 def test_every_mode_trains_through_the_same_path_and_overfits_a_tiny_set(tmp_path, mode):
-    from .conftest import TINY, TINY_SASREC, compose_config
+    from .helpers import TINY, TINY_SASREC, compose_config
 
     cfg = compose_config(
         [
@@ -252,11 +245,12 @@ def test_every_mode_trains_through_the_same_path_and_overfits_a_tiny_set(tmp_pat
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
 
 
+@pytest.mark.slow
 def test_training_runs_in_train_mode_so_gradient_checkpointing_acts(tmp_path, monkeypatch):
     """from_pretrained returns the LM in eval mode and Lightning keeps module modes: without the module's
     on_fit_start the decoder layers stayed in eval mode, where Hugging Face skips gradient checkpointing
     (and any dropout of the base model; LoRA's own new modules were in training mode)."""
-    from .conftest import TINY, TINY_SASREC, compose_config
+    from .helpers import TINY, TINY_SASREC, compose_config
 
     cfg = compose_config(
         [
@@ -288,12 +282,13 @@ def test_training_runs_in_train_mode_so_gradient_checkpointing_acts(tmp_path, mo
     assert artifacts.is_complete(folder)
 
 
+@pytest.mark.slow
 def test_aligner_seed_reseeds_training_alone_and_keeps_older_keys(tmp_path, monkeypatch):
     """aligner.seed: replicates of the aligner on one recommender and one alignment data folder. It seeds the
     training sample and the run; the validation sample stays on the top-level seed; null keys as before."""
     from recexplainer.aligner import stage as aligner_stage
 
-    from .conftest import TINY, TINY_SASREC, compose_config
+    from .helpers import TINY, TINY_SASREC, compose_config
 
     base = [f"paths.artifacts={tmp_path}", *TINY, *TINY_SASREC, *ALIGN, "seed=7"]
     default, reseeded = compose_config(base), compose_config([*base, "aligner.seed=3"])
@@ -324,6 +319,7 @@ def test_aligner_seed_reseeds_training_alone_and_keeps_older_keys(tmp_path, monk
     assert seeds == {"train": 3, "valid": 7} and everything[-1] == 3
 
 
+@pytest.mark.slow
 def test_cpu_bf16_trains_and_evaluates_with_fp32_weights_saved(tmp_path, caplog):
     """trainer=cpu_bf16: the aligner trains under bf16 autocast (loss finite) with the frozen linear weights
     stored in bf16, saves fp32 weights, and the evaluation runs the aligned model under bf16 autocast on the
@@ -332,7 +328,7 @@ def test_cpu_bf16_trains_and_evaluates_with_fp32_weights_saved(tmp_path, caplog)
 
     from safetensors.torch import load_file
 
-    from .conftest import TINY, TINY_SASREC, compose_config
+    from .helpers import TINY, TINY_SASREC, compose_config
 
     base = [f"paths.artifacts={tmp_path}", *TINY, *TINY_SASREC, *ALIGN, "trainer=cpu_bf16"]
     cfg = compose_config(base)
@@ -359,10 +355,11 @@ def test_cpu_bf16_trains_and_evaluates_with_fp32_weights_saved(tmp_path, caplog)
     assert 0.0 <= results["task3/acc"] <= 1.0 and 0.0 <= results["task1/hr@5"] <= 1.0
 
 
+@pytest.mark.slow
 def test_evaluation_precision_evaluates_an_fp32_aligner_in_bf16(trained, monkeypatch):
     """evaluation.precision: the fp32 aligner evaluated with bf16 weights (bf16-true) without retraining;
     null or the trainer's own precision keeps the evaluate key of before."""
-    from .conftest import TINY, TINY_SASREC, compose_config
+    from .helpers import TINY, TINY_SASREC, compose_config
 
     cfg, aligner_folder = trained
     base = [f"paths.artifacts={cfg.paths.artifacts}", *TINY, *TINY_SASREC, *ALIGN, "stage=evaluate"]
@@ -375,7 +372,7 @@ def test_evaluation_precision_evaluates_an_fp32_aligner_in_bf16(trained, monkeyp
     assert stage_folder(default, "evaluate") == stage_folder(same, "evaluate")
     assert stage_folder(bf16, "evaluate") != stage_folder(default, "evaluate")
     assert stage_folder(bf16, "aligner") == aligner_folder  # no retraining
-    from recexplainer.evaluation.predictors import LLMPredictor
+    from recexplainer.evaluate.predictors import LLMPredictor
 
     dtypes = set()
     predict = LLMPredictor.predict
@@ -394,12 +391,13 @@ def test_evaluation_precision_evaluates_an_fp32_aligner_in_bf16(trained, monkeyp
     assert records and all(0.0 <= r["p_yes"] <= 1.0 for r in records if r["task"] == "interest")
 
 
+@pytest.mark.slow
 def test_pair_batching_reaches_the_training_sampler(tmp_path, monkeypatch):
     """aligner.pair_batching=true: the stage hands the sampler the interest pairs' keys (both answers of a
     prefix in one batch); off, it hands none (the earlier batches)."""
     from recexplainer.aligner import stage as aligner_stage
 
-    from .conftest import TINY, TINY_SASREC, compose_config
+    from .helpers import TINY, TINY_SASREC, compose_config
 
     seen: list = []
 

@@ -7,16 +7,16 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from recexplainer.alignment.build import read_replay
-from recexplainer.alignment.labels import Prefixes
-from recexplainer.alignment.templates import TemplateError, render, template_fields, validate_task
+from recexplainer.alignment_data.build import read_replay
+from recexplainer.alignment_data.labels import Prefixes
+from recexplainer.alignment_data.templates import TemplateError, render, template_fields, validate_task
 from recexplainer.cli import run
 from recexplainer.config import ConfigError, TaskConfig, validate
 from recexplainer.data.dataset import SequentialData
 from recexplainer.pipeline import STAGES, stage_folder
 from recexplainer.recommender import load_recommender, pad_left
 
-from .conftest import TINY, TINY_SASREC, compose_config
+from .helpers import TINY, TINY_SASREC, compose_config
 
 SMALL_TASKS = [
     f"tasks.{t}.max_eval=30" for t in ("retrieval", "ranking", "interest", "interest_hard", "history")
@@ -69,6 +69,7 @@ def scores_for(model, history):
         )[0]
 
 
+@pytest.mark.slow
 def test_retrieval_target_is_the_recommenders_argmax_without_the_prefix(hybrid, context):
     data, model = context
     rows = examples(hybrid, "retrieval", "train") + examples(hybrid, "retrieval", "test")
@@ -197,6 +198,7 @@ def test_modes_render_as_specified_and_placeholders_match_vectors(root, context,
     assert n > 100
 
 
+@pytest.mark.slow
 def test_labels_do_not_depend_on_the_mode(root):
     a = {r["id"]: r["labels"] for r in examples(build(root, "behavior"), "ranking", "train")}
     b = {r["id"]: r["labels"] for r in examples(build(root, "intention"), "ranking", "train")}
@@ -274,8 +276,9 @@ def test_render_inserts_values_verbatim():
     assert render("{user} likes {item}", {"user": "{item}", "item": "x"}) == "{item} likes x"
 
 
+@pytest.mark.slow
 def test_placeholder_in_a_title_is_refused(root, context, monkeypatch):
-    import recexplainer.alignment.stage as stage
+    import recexplainer.alignment_data.stage as stage
 
     original = SequentialData.load
 
@@ -308,10 +311,11 @@ def test_item_tasks_repeat_items_with_varied_templates(root):
     assert len({r["template_id"] for r in rows}) > 1
 
 
+@pytest.mark.slow
 def test_text_hist_len_shortens_the_titles_but_not_the_vectors_or_labels(root, context, hybrid):
     """alignment.text_hist_len=2: a hybrid user shows its last two titles; the user's history, labels and
     vector rows are those of the whole prefix; null keeps the stage key of before the knob."""
-    from recexplainer.alignment import stage as alignment_stage
+    from recexplainer.alignment_data import stage as alignment_stage
 
     data, _ = context
     default = compose_config(
@@ -347,6 +351,7 @@ def test_text_hist_len_shortens_the_titles_but_not_the_vectors_or_labels(root, c
     )
 
 
+@pytest.mark.slow
 def test_text_hist_len_above_the_prefix_is_refused():
     cfg = compose_config(["alignment=hybrid", "alignment.max_hist_len=5", "alignment.text_hist_len=6"])
     with pytest.raises(ConfigError, match="text_hist_len=6 exceeds alignment.max_hist_len=5"):
@@ -356,9 +361,10 @@ def test_text_hist_len_above_the_prefix_is_refused():
         validate(cfg, tuple(STAGES))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("history", [[1, 2, 3, 4], [3, 4], [4], []])
 def test_renderer_shows_the_last_titles_of_short_and_long_histories(history):
-    from recexplainer.alignment.templates import SlotRenderer
+    from recexplainer.alignment_data.templates import SlotRenderer
 
     titles = ["pad", "A", "B", "C", "D"]
     alignment = OmegaConf.create(compose_config(["alignment=hybrid", "alignment.text_hist_len=3"]).alignment)
@@ -386,8 +392,8 @@ def _scored(scores: np.ndarray, history: list[int]) -> Prefixes:
 def test_drawn_items_do_not_depend_on_near_tie_order_inside_a_band():
     """Task-2/3 items are drawn by item id: two near-tied items swapping places (another CPU's rounding)
     inside the top or bottom band change neither the positives, the negatives nor the task-2 candidates."""
-    from recexplainer.alignment.build import TaskBuilder
-    from recexplainer.alignment.templates import SlotRenderer
+    from recexplainer.alignment_data.build import TaskBuilder
+    from recexplainer.alignment_data.templates import SlotRenderer
 
     cfg = compose_config([*TINY, "alignment=hybrid"])
     n_items, history = 60, [1, 2]
@@ -423,7 +429,7 @@ def test_drawn_items_do_not_depend_on_near_tie_order_inside_a_band():
 
 
 def test_pick_draws_once_whatever_the_band():
-    from recexplainer.alignment.labels import pick
+    from recexplainer.alignment_data.labels import pick
 
     a, b = np.random.default_rng(3), np.random.default_rng(3)
     assert pick(a, np.array([], dtype=np.int64)) is None

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from recexplainer.alignment.explanations import (
+from recexplainer.alignment_data.explanations import (
     ExplanationWriter,
     evidence_text,
     join_titles,

@@ -9,7 +9,7 @@ from recexplainer.cli import CONF_DIR
 from recexplainer.config import ConfigError, validate
 from recexplainer.pipeline import STAGES
 
-from .conftest import compose_config
+from .helpers import compose_config
 
 REQUIRED = {
     "recbole_atomic": ["dataset.name=mine", "dataset.path=/tmp/mine"],
@@ -23,6 +23,7 @@ REQUIRED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "option", [o for o in sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))]
 )
@@ -43,6 +44,7 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "group,option",
     [
@@ -86,6 +88,7 @@ def test_misspelled_key_in_a_user_yaml_fails(tmp_path: Path):
     assert "titel_field" in str(err.value) + str(err.value.__cause__)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override,key",
     [

@@ -217,6 +217,7 @@ def test_missing_asset_error_says_what_to_run(tmp_path):
         asset_dir("ml-100k", tmp_path / "empty-cache")
 
 
+@pytest.mark.slow
 def test_movielens_100k_from_the_offline_asset():
     try:
         folder = asset_dir("ml-100k")

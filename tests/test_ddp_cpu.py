@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TINY, TINY_SASREC
-from .test_sweep_e2e import SMALL_EVAL, TINY_ALIGNER
+from .helpers import SMALL_EVAL, TINY, TINY_ALIGNER, TINY_SASREC
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
 
@@ -47,10 +46,14 @@ def test_ddp_pipeline_on_two_cpu_processes_matches_one_process(tmp_path):
     # the same trained aligner evaluated by one process: same examples, same per-example scores
     one_root = tmp_path / "one"
     shutil.copytree(ddp_root, one_root, ignore=shutil.ignore_patterns("evaluate"))
-    proc = subprocess.run(
-        [exe, f"paths.artifacts={one_root}", *base], capture_output=True, text=True, timeout=600, cwd=tmp_path
-    )
+    one = [
+        f"paths.artifacts={one_root}",
+        *base,
+        "trainer.precision=32-true",
+    ]  # the key of the DDP run's aligner
+    proc = subprocess.run([exe, *one], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "stage aligner: reusing" in proc.stdout + proc.stderr  # evaluated, not retrained
     sharded = _records(f"{ddp_root}/evaluate/*/predictions/aligned.rank*.jsonl")
     whole = _records(f"{one_root}/evaluate/*/predictions/aligned.jsonl")
     assert len(glob.glob(f"{ddp_root}/evaluate/*/predictions/aligned.rank*.jsonl")) == 2

@@ -6,16 +6,15 @@ import re
 import pytest
 
 from recexplainer import artifacts
-from recexplainer.alignment.explanations import evidence_text
+from recexplainer.alignment_data.explanations import evidence_text
 from recexplainer.cli import run
 from recexplainer.data.dataset import SequentialData
 from recexplainer.pipeline import stage_folder
 from recexplainer.recommender import load_recommender
 from recexplainer.recommender.attribution import leave_one_out, top_attributed
-from recexplainer.summary import SUMMARY_FILE, summary
+from recexplainer.report.summary import SUMMARY_FILE, summary
 
-from .conftest import TINY, TINY_SASREC, compose_config
-from .test_aligner_stage import ALIGN
+from .helpers import ALIGN, TINY, TINY_SASREC, compose_config
 
 RUN = [
     *[o for o in ALIGN if not o.startswith("stage=")],
@@ -54,6 +53,7 @@ def test_the_default_config_is_the_whole_method_with_the_explanation_task():
     assert len(cfg.tasks.explanation.yes_templates) >= 8 and len(cfg.tasks.explanation.no_templates) >= 8
 
 
+@pytest.mark.slow
 def test_report_stage_runs_every_stage_writes_the_report_and_prints_the_summary(default_run, capsys):
     cfg, explain_folder = default_run
     for stage in ("data", "recommender", "alignment_data", "aligner", "evaluate", "explain"):
@@ -80,6 +80,7 @@ def test_report_stage_runs_every_stage_writes_the_report_and_prints_the_summary(
     assert summary(cfg, folders, html) == text
 
 
+@pytest.mark.slow
 def test_a_second_default_run_reuses_every_stage(default_run, monkeypatch, capsys):
     cfg, _ = default_run
 
@@ -88,9 +89,9 @@ def test_a_second_default_run_reuses_every_stage(default_run, monkeypatch, capsy
 
     for module in (
         "recommender.stage",
-        "alignment.stage",
+        "alignment_data.stage",
         "aligner.stage",
-        "evaluation.stage",
+        "evaluate.stage",
         "explain.stage",
     ):
         monkeypatch.setattr(f"recexplainer.{module}.run", fail)
@@ -98,6 +99,7 @@ def test_a_second_default_run_reuses_every_stage(default_run, monkeypatch, capsy
     assert "Report:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_explanation_examples_cite_the_recommenders_top_attributions(default_run):
     cfg, _ = default_run
     folder = stage_folder(cfg, "alignment_data")
@@ -127,6 +129,7 @@ def test_explanation_examples_cite_the_recommenders_top_attributions(default_run
     assert all(len(re.findall("; ", r["prompt"])) == 0 for r in interest)  # other tasks: one title only
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["template", "template_random"])
 def test_template_explainers_give_the_ceiling_and_the_floor_without_an_llm(default_run, model):
     cfg, _ = default_run
@@ -144,7 +147,7 @@ def test_template_explainers_give_the_ceiling_and_the_floor_without_an_llm(defau
 
 
 def test_task3_answers_on_the_explained_pairs(tmp_path):
-    from recexplainer.summary import task3_on_explain_pairs
+    from recexplainer.report.summary import task3_on_explain_pairs
 
     (tmp_path / "ev" / "predictions").mkdir(parents=True)
     (tmp_path / "ex").mkdir()

@@ -8,15 +8,15 @@ import torch
 
 from recexplainer import artifacts
 from recexplainer.cli import run
-from recexplainer.evaluation import stage as eval_stage
-from recexplainer.evaluation.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
-from recexplainer.evaluation.evaluator import ExampleMeans, PredictionStore
-from recexplainer.evaluation.predictors import BaselinePredictor, LLMPredictor, distinct_titles
-from recexplainer.evaluation.tasks import answer_diversity, score
+from recexplainer.evaluate import stage as eval_stage
+from recexplainer.evaluate.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
+from recexplainer.evaluate.evaluator import ExampleMeans, PredictionStore
+from recexplainer.evaluate.predictors import BaselinePredictor, LLMPredictor, distinct_titles
+from recexplainer.evaluate.tasks import answer_diversity, score
 from recexplainer.llm import loading
 from recexplainer.pipeline import stage_folder
 
-from .test_aligner_stage import ALIGN
+from .helpers import ALIGN
 
 EVAL = [*ALIGN, "stage=evaluate", "evaluation.batch_size=4", "evaluation.tasks=null"]  # every task
 
@@ -28,7 +28,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    from .conftest import TINY, TINY_SASREC, compose_config
+    from .helpers import TINY, TINY_SASREC, compose_config
 
     root = tmp_path_factory.mktemp("evaluate")
     cfg = compose_config([f"paths.artifacts={root}", *TINY, *TINY_SASREC, *EVAL])
@@ -110,7 +110,7 @@ def test_example_means_keep_float64_sums_when_the_module_is_cast_to_bf16():
     (in bf16, 256 + 1 == 256: 400 examples would count as 256 and the mean would be wrong)."""
     from torch import nn
 
-    from recexplainer.evaluation.evaluator import EvaluatorModule
+    from recexplainer.evaluate.evaluator import EvaluatorModule
 
     metric = ExampleMeans(["acc"])
     holder = nn.ModuleDict({"m": metric}).to(torch.bfloat16)
@@ -125,10 +125,11 @@ def test_example_means_keep_float64_sums_when_the_module_is_cast_to_bf16():
 
 
 # -- decoding ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_lm_head_gets_a_contiguous_input_once_per_model():
     """generate() runs the LM head on a strided (B, 1, H) view; with bf16 weights on the CPU that view made
     PyTorch copy the whole weight per batch row. The head must see a contiguous input, outputs unchanged."""
-    from recexplainer.evaluation.decoding import contiguous_lm_head
+    from recexplainer.evaluate.decoding import contiguous_lm_head
     from recexplainer.llm.loading import test_tokenizer, tiny_random_llama
 
     lm = tiny_random_llama(test_tokenizer())
@@ -191,6 +192,7 @@ def test_batched_left_padded_scoring_equals_one_at_a_time(tokenizer):
     assert decoder.generate(enc, 6) == [decoder.generate([e], 6)[0] for e in enc]
 
 
+@pytest.mark.slow
 def test_constrained_beam_search_returns_distinct_titles_of_every_length(tokenizer):
     # five short titles (1-2 tokens) and a long one: after two steps four beams can only end; Hugging Face
     # keeps them alive as filler copies (score ~ -1e9), which must not fill the finished hypotheses and stop
@@ -251,6 +253,7 @@ def test_item_knn_ranks_co_consumed_items_first():
 
 
 # -- the stage ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_stage_writes_metrics_protocol_and_predictions(evaluated):
     cfg, folder = evaluated
     assert artifacts.is_complete(folder) and folder.parent.name == "evaluate"
@@ -272,9 +275,10 @@ def test_evaluate_stage_writes_metrics_protocol_and_predictions(evaluated):
     assert metrics["task1/hr@5"] == pytest.approx(sum(hr) / len(hr))
 
 
+@pytest.mark.slow
 def test_constrained_decoding_only_outputs_catalog_titles(evaluated, tmp_path):
     cfg, _ = evaluated
-    from .conftest import TINY, TINY_SASREC, compose_config
+    from .helpers import TINY, TINY_SASREC, compose_config
 
     root = cfg.paths.artifacts
     cfg2 = compose_config(
@@ -299,9 +303,10 @@ def test_constrained_decoding_only_outputs_catalog_titles(evaluated, tmp_path):
         assert len(r["titles"]) == len({t.lower() for t in r["titles"]}) <= cfg2.evaluation.num_beams
 
 
+@pytest.mark.slow
 def test_killed_evaluation_resumes_without_recomputing(evaluated, monkeypatch):
     cfg, folder = evaluated
-    from .conftest import TINY, TINY_SASREC, compose_config
+    from .helpers import TINY, TINY_SASREC, compose_config
 
     overrides = [
         f"paths.artifacts={cfg.paths.artifacts}",
@@ -339,6 +344,7 @@ def test_killed_evaluation_resumes_without_recomputing(evaluated, monkeypatch):
         assert metrics[key] == pytest.approx(full[key], abs=1e-6)  # same as an uninterrupted run
 
 
+@pytest.mark.slow
 def test_unaligned_and_baseline_only_runs_need_no_aligner(make_cfg):
     cfg = make_cfg(*EVAL, "evaluation.model=none", "evaluation.student.epochs=2")
     assert eval_stage.requires(cfg) == ("data", "recommender", "alignment_data")
@@ -364,9 +370,10 @@ def test_prediction_store_drops_a_torn_line(tmp_path):
     assert [r["id"] for r in store.load()] == ["a", "c"]
 
 
+@pytest.mark.slow
 def test_distilled_student_learns_the_teachers_top1(make_cfg):
     from recexplainer.data.dataset import SequentialData
-    from recexplainer.evaluation.student import distill, scorer
+    from recexplainer.evaluate.student import distill, scorer
     from recexplainer.recommender import load_recommender
 
     cfg = make_cfg("stage=recommender")
@@ -380,6 +387,7 @@ def test_distilled_student_learns_the_teachers_top1(make_cfg):
     assert scores.shape == (data.n_items + 1,) and torch.isinf(scores[0])
 
 
+@pytest.mark.slow
 def test_bench_evaluation_runs_a_random_weight_model(evaluated, tmp_path, monkeypatch):
     """experiments/bench_evaluation.py --random-weights (the GPU check's path: no real weights needed)
     times batched and one-at-a-time decoding on the cached upstream stages and writes its summary."""
@@ -387,7 +395,7 @@ def test_bench_evaluation_runs_a_random_weight_model(evaluated, tmp_path, monkey
     import sys
     from pathlib import Path
 
-    from .conftest import TINY, TINY_SASREC
+    from .helpers import TINY, TINY_SASREC
 
     cfg, _ = evaluated
     out = tmp_path / "bench.json"

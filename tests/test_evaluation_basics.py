@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from recexplainer.evaluation.metrics import (
+from recexplainer.evaluate.metrics import (
     history_coverage,
     ranking_ndcg,
     retrieval_rank,
@@ -99,24 +99,3 @@ def test_titles_ending_in_punctuation_match_after_parsing():
     assert parsed == ["Airplane", "Escape from L.A", "Crash", "Crash"]
     assert [index.match(t) for t in parsed] == [1, 2, 4, 4]
     assert index.match("Airplane!") == 1 and index.match("Crash!") == 3
-
-
-def test_yes_no_separation_tells_a_shifted_threshold_from_no_separation():
-    """experiments/yes_no_separation.py: AUC and best-threshold accuracy, checked on hand-made cases."""
-    import importlib.util
-    from pathlib import Path
-
-    import numpy as np
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "yes_no_separation.py"
-    spec = importlib.util.spec_from_file_location("yes_no_separation", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    is_yes = np.array([True, True, False, False])
-    shifted = module.separation(np.array([0.45, 0.4, 0.3, 0.2]), is_yes)  # ordered right, all "no"
-    assert shifted["acc"] == 0.5 and shifted["yes_rate"] == 0.0
-    assert shifted["auc"] == 1.0 and shifted["best_threshold_acc"] == 1.0
-    flat = module.separation(np.array([0.6, 0.6, 0.6, 0.6]), is_yes)  # ties count half
-    assert flat["auc"] == 0.5 and flat["best_threshold_acc"] == 0.5
-    mixed = module.separation(np.array([0.9, 0.2, 0.8, 0.1]), is_yes)  # 3 of 4 pairs ordered right
-    assert mixed["auc"] == 0.75 and mixed["acc"] == 0.5

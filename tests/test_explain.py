@@ -14,8 +14,7 @@ from recexplainer.explain import faithfulness, regressor
 from recexplainer.pipeline import stage_folder
 from recexplainer.text import TitleIndex
 
-from .test_aligner_stage import ALIGN
-from .test_judge import FakeServer
+from .helpers import ALIGN, FakeServer
 
 EXPLAIN = [
     *ALIGN,
@@ -79,6 +78,7 @@ def test_score_predictor_finds_signal_that_is_there():
     assert noise["score_mse"] > 0.8 * noise["score_mse_mean_baseline"]
 
 
+@pytest.mark.slow
 def test_explain_stage_writes_explanations_metrics_and_reports(make_cfg, monkeypatch):
     monkeypatch.setattr(regressor, "minilm_encoder", _hashing_encoder)
     monkeypatch.setattr("recexplainer.assets.asset_dir", lambda name, cache=None: Path("/nonexistent"))
@@ -104,6 +104,7 @@ def test_explain_stage_writes_explanations_metrics_and_reports(make_cfg, monkeyp
     assert "## explain/" in (folder / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_explain_with_an_openai_compatible_judge_and_resume(make_cfg, monkeypatch):
     server = FakeServer([500, "garbage", "bad", "bad"], default="2")
     try:
@@ -116,7 +117,7 @@ def test_explain_with_an_openai_compatible_judge_and_resume(make_cfg, monkeypatc
             "judge.concurrency=1",
         ]
         cfg = make_cfg(*cfg_overrides)
-        from recexplainer.evaluation.predictors import LLMPredictor
+        from recexplainer.evaluate.predictors import LLMPredictor
 
         original, calls = LLMPredictor.explain, {"n": 0}
 
@@ -153,6 +154,7 @@ def test_explain_with_an_openai_compatible_judge_and_resume(make_cfg, monkeypatc
         server.close()
 
 
+@pytest.mark.slow
 def test_explanations_and_predictions_log_to_wandb_offline(make_cfg, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -162,6 +164,7 @@ def test_explanations_and_predictions_log_to_wandb_offline(make_cfg, monkeypatch
     assert "explain/n" in json.loads((folder / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_local_judge_of_the_unaligned_model_reuses_its_llm(make_cfg, monkeypatch):
     from recexplainer.aligner import setup
 
@@ -181,10 +184,11 @@ def test_local_judge_of_the_unaligned_model_reuses_its_llm(make_cfg, monkeypatch
     assert metrics["explain/judge_unparsable"] == 0  # digit scoring always gives a score
 
 
+@pytest.mark.slow
 def test_explain_runs_the_llm_under_bf16_autocast_with_cpu_bf16(make_cfg, monkeypatch):
     """trainer=cpu_bf16: the explain stage's LLM runs under bf16 autocast on the CPU, as the Trainer-driven
     stages do (bf16-mixed), and writes its explanations."""
-    from recexplainer.evaluation.predictors import LLMPredictor
+    from recexplainer.evaluate.predictors import LLMPredictor
 
     seen = []
     explain = LLMPredictor.explain
@@ -226,11 +230,12 @@ def test_judge_scores_are_compared_with_the_faithfulness_metrics():
     assert judge_vs_faithfulness([record(2, 1.0, 1.0, 1.0)]) == {"explain/judge_mean_faithful": 2.0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decision", ["interest_prompt", "explain_prompt"])
 def test_the_decision_comes_from_the_task3_question_or_the_explain_prompt(make_cfg, monkeypatch, decision):
     """interest_prompt: the LLM's answer to the task-3 question about the same pair decides and the
     explanation follows it; explain_prompt: the explain prompt's own P(yes). Both accuracies are reported."""
-    from recexplainer.evaluation.predictors import LLMPredictor
+    from recexplainer.evaluate.predictors import LLMPredictor
 
     asked = []
 

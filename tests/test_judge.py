@@ -1,9 +1,5 @@
 """The judge client against a fake OpenAI-compatible server on localhost: errors, retries, cache."""
 
-import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -11,49 +7,7 @@ import torch
 
 from recexplainer.explain.judge import JudgeCache, LocalJudge, OpenAIJudge, parse_score, rubric_prompt
 
-
-class FakeServer:
-    """Answers each request with the next scripted behaviour: an int = HTTP error code, 'sleep' = too
-    slow, 'garbage' = not JSON, 'nochoices' = JSON without choices, any other string = the reply."""
-
-    def __init__(self, script, default="2"):
-        self.script, self.default = list(script), default
-        self.requests = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
-                step = server.script.pop(0) if server.script else server.default
-                if step == "sleep":
-                    time.sleep(0.5)
-                    step = server.default
-                if isinstance(step, int):
-                    self.send_response(step)
-                    self.send_header("Retry-After", "0")
-                    self.end_headers()
-                    return
-                if step == "garbage":
-                    payload = b"<html>oops"
-                elif step == "nochoices":
-                    payload = b'{"error": "x"}'
-                else:
-                    payload = json.dumps({"choices": [{"message": {"content": step}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
+from .helpers import FakeServer
 
 
 @pytest.fixture

@@ -83,6 +83,7 @@ def test_tiny_random_llama_is_deterministic(tok):
     )
 
 
+@pytest.mark.slow
 def test_load_llm_local_folder_sets_pad(tok, tmp_path):
     model = loading.tiny_random_llama(tok, n_layers=1)
     model.save_pretrained(tmp_path)

@@ -16,6 +16,7 @@ from recexplainer.recommender.metrics import target_rank
 REQUIRED_METRICS = [f"{s}/{m}@{k}" for s in ("valid", "test") for m in ("hr", "ndcg") for k in (5, 10, 20)]
 
 
+@pytest.mark.slow
 def test_end_to_end_data_and_recommender(make_cfg):
     cfg = make_cfg()
     folder = run(cfg)
@@ -41,6 +42,7 @@ def test_end_to_end_data_and_recommender(make_cfg):
     assert (rank < 10).float().mean().item() == pytest.approx(metrics["test/hr@10"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_second_run_reuses_and_force_recomputes(make_cfg, monkeypatch):
     cfg = make_cfg()
     folder = run(cfg)
@@ -58,6 +60,7 @@ def test_second_run_reuses_and_force_recomputes(make_cfg, monkeypatch):
     assert run(cfg) == folder and (folder / "metrics.json").stat().st_mtime_ns != stamp
 
 
+@pytest.mark.slow
 def test_recommender_sweep_shares_the_data_stage(make_cfg):
     a = make_cfg("recommender.hidden_size=8", "stage=data")
     b = make_cfg("recommender.hidden_size=12", "recommender.train.lr=0.01", "stage=data")
@@ -71,6 +74,7 @@ def test_recommender_sweep_shares_the_data_stage(make_cfg):
     assert stage_folder(d, "recommender") == stage_folder(make_cfg(), "recommender")
 
 
+@pytest.mark.slow
 def test_same_seed_gives_same_metrics(make_cfg):
     cfg = make_cfg()
     first = json.loads((run(cfg) / "metrics.json").read_text())
@@ -80,6 +84,7 @@ def test_same_seed_gives_same_metrics(make_cfg):
         assert first[key] == second[key], key
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_last_checkpoint(make_cfg, monkeypatch):
     cfg = make_cfg("recommender.train.max_epochs=4")
     from recexplainer.training import EpochTimer
@@ -111,6 +116,7 @@ def test_mf_through_the_same_interface(make_cfg):
     assert json.loads((folder / "metrics.json").read_text())["test/ndcg@10"] > 0
 
 
+@pytest.mark.slow
 def test_bce_loss_trains(make_cfg):
     folder = run(make_cfg("recommender.loss=bce", "recommender.n_negatives=4"))
     assert json.loads((folder / "metrics.json").read_text())["test/hr@20"] > 0
@@ -132,6 +138,7 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_reports_config_typos_with_the_key(tmp_path):
     proc = _cli(tmp_path, "recommender.hiden_size=3")
     assert proc.returncode != 0 and "hiden_size" in proc.stderr
@@ -139,6 +146,7 @@ def test_cli_reports_config_typos_with_the_key(tmp_path):
     assert proc.returncode == 2 and "stage='dta'" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_multirun_shares_data(tmp_path):
     proc = _cli(
         tmp_path,
@@ -162,6 +170,7 @@ def test_cli_multirun_shares_data(tmp_path):
     assert (sweeps[0].parent / "report" / "training_recommender.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_wandb_logger_runs_offline(make_cfg, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -171,6 +180,7 @@ def test_wandb_logger_runs_offline(make_cfg, monkeypatch):
     assert list(folder.glob("logs/version_*/metrics.csv"))  # the CSV log (report curves) is kept as well
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_data_without_a_traceback(tmp_path):
     (tmp_path / "mine.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t2\tsoon\n")
     proc = _cli(
@@ -186,6 +196,7 @@ def test_cli_reports_bad_data_without_a_traceback(tmp_path):
     assert "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_multirun_survives_a_failed_point_and_reports_it(tmp_path):
     proc = _cli(
         tmp_path,
@@ -211,7 +222,7 @@ def test_multirun_survives_a_failed_point_and_reports_it(tmp_path):
 
 
 def test_process_rank_reads_the_launchers_environment(monkeypatch):
-    from recexplainer.training import process_rank
+    from recexplainer.runtime import process_rank
 
     for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(var, raising=False)
@@ -230,6 +241,7 @@ def test_process_rank_reads_the_launchers_environment(monkeypatch):
     assert process_rank() == 3
 
 
+@pytest.mark.slow
 def test_a_worker_rank_reuses_waits_for_and_never_writes_rank_0s_stage_folders(make_cfg, monkeypatch):
     from recexplainer import pipeline
 

@@ -167,7 +167,7 @@ def test_cpu_dropout_rate_scale_gradient_and_eval_identity():
 
 
 def test_keep_freed_memory_restores_and_computes_the_same():
-    from recexplainer.training import keep_freed_memory
+    from recexplainer.runtime import keep_freed_memory
 
     a = torch.randn(300, 400)
     expected = (a @ a.T).sum()

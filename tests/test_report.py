@@ -2,10 +2,11 @@
 
 import json
 
+import pytest
 import yaml
 
 from recexplainer.artifacts import MARKER
-from recexplainer.report import write_report
+from recexplainer.report.tables import write_report
 
 
 def _stage_folder(root, stage, key, mode, metrics, **sections):
@@ -78,6 +79,7 @@ def test_report_puts_explanations_of_the_same_pairs_side_by_side(tmp_path):
     assert "### explain/test/u1-pos" in text and "'Yes, Heat fits.'" in text and "'No.'" in text
 
 
+@pytest.mark.slow
 def test_report_keeps_the_newest_of_repeated_rows_and_names_the_others(tmp_path):
     import os
 
@@ -91,8 +93,9 @@ def test_report_keeps_the_newest_of_repeated_rows_and_names_the_others(tmp_path)
     assert "Older folders repeating a row" in text and str(old) in text
 
 
+@pytest.mark.slow
 def test_report_plots_training_curves_across_resumed_logs_and_judge_scores(tmp_path):
-    from recexplainer.report import read_curves
+    from recexplainer.report.tables import read_curves
 
     aligner = _stage_folder(tmp_path, "aligner", "al", "intention", {}, aligner={"lr": 5e-4})
     for version, text in [

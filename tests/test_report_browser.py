@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from recexplainer.report_html import write_html
-from tests.test_report_html import _root
+from recexplainer.report.html import write_html
+
+from .helpers import report_root
 
 CHROMIUM = Path("/usr/bin/chromium")
 HEADINGS = ["RecExplainer report", "Recommender", "Alignment", "Training curves", "Explanations"]
@@ -35,7 +36,7 @@ def _chromium(tmp_path, *args):
 def test_report_renders_in_headless_chromium(tmp_path):
     from PIL import Image
 
-    index = write_html(_root(tmp_path), tmp_path / "out")
+    index = write_html(report_root(tmp_path), tmp_path / "out")
     shot = tmp_path / "shot.png"
     run = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", index.as_uri())
     assert run.returncode == 0, run.stderr[-2000:]

@@ -2,20 +2,16 @@
 
 import base64
 import json
-import os
 from html.parser import HTMLParser
 
-import numpy as np
 import pytest
-import yaml
 
 from recexplainer.artifacts import MARKER
-from recexplainer.data.dataset import SequentialData
-from recexplainer.report import write_report
-from recexplainer.report_html import write_html
+from recexplainer.report.html import write_html
+from recexplainer.report.tables import write_report
 
-TITLES = ["[pad]", "Heat (1995)", "Tom & Jerry <3", "Alien (1979)", "Fargo (1996)", "Babe (1995)"]
-TITLES += [f"Movie {i}" for i in range(6, 12)]
+from .helpers import report_root
+
 VOID = {"meta", "img", "br", "hr", "link", "input", "col", "wbr", "source"}
 
 
@@ -74,136 +70,9 @@ class Page(HTMLParser):
             self._text.append(data)
 
 
-def _folder(root, stage, key, metrics, mtime, upstream=None, **cfg):
-    folder = root / stage / key
-    folder.mkdir(parents=True)
-    cfg = {"dataset": {"name": "ml-100k"}, "llm": {"name": "smollm2_135m"}, **cfg}
-    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    (folder / "key.json").write_text(
-        json.dumps({"upstream": {k: str(v) for k, v in (upstream or {}).items()}})
-    )
-    (folder / MARKER).write_text("ok\n")
-    os.utime(folder / MARKER, (mtime, mtime))
-    return folder
-
-
-def _curves(folder, text):
-    (folder / "logs" / "version_0").mkdir(parents=True)
-    (folder / "logs" / "version_0" / "metrics.csv").write_text(text)
-
-
-def _record(i, **extra):
-    record = {
-        "id": f"explain/test/u{i}-pos",
-        "history": [1, 2, 3],
-        "item": 4,
-        "answer": "yes",
-        "decision": "yes",
-        "p_yes": 0.75,
-        "text": f"Yes, explanation {i}.",
-        "cited": [],
-        "hallucinated": [],
-    }
-    return record | extra
-
-
-def _root(tmp_path, n_records=15, data=True):
-    """data, recommender, aligner, two evaluate folders (the newer one's baselines shown), two explain
-    folders (examples from the newer one)."""
-    root = tmp_path / "artifacts"
-    folder = root / "data" / "d"
-    if data:
-        users, items = np.repeat(np.arange(3), 4), np.tile(np.arange(1, 5), 3)
-        SequentialData.from_arrays(
-            users,
-            items,
-            np.arange(12.0),
-            ["a", "b", "c"],
-            [{"id": str(i), "title": t} for i, t in enumerate(TITLES)],
-        ).save(folder)
-        (folder / MARKER).write_text("ok\n")
-    up = {"data": folder}
-    rec = _folder(
-        root,
-        "recommender",
-        "r",
-        {"test/hr@10": 0.3, "test/ndcg@10": 0.17, "test/hr@5": 0.2, "valid/ndcg@10": 0.16, "n_params": 5},
-        1000,
-        up,
-        recommender={"name": "sasrec"},
-    )
-    _curves(rec, "epoch,step,train/loss_epoch,valid/ndcg@10\n0,9,3.5,\n0,9,,0.1\n1,19,3.1,\n1,19,,0.16\n")
-    aligner = _folder(root, "aligner", "al", {}, 1000, alignment={"mode": "hybrid"}, aligner={})
-    _curves(aligner, "epoch,step,train/loss,valid/loss\n0,9,3.5,\n0,19,2.0,\n0,19,,2.1\n")
-    evaluation = {"split": "test", "few_shot": 0, "baselines": ["popularity", "item_knn"]}
-    _folder(
-        root,
-        "evaluate",
-        "old",
-        {"task3/acc": 0.5, "baseline/popularity/task3/acc": 0.11, "baseline/item_knn/task3/acc": 0.12},
-        1000,
-        up,
-        alignment={"mode": "intention"},
-        evaluation=evaluation | {"model": "aligned"},
-    )
-    _folder(
-        root,
-        "evaluate",
-        "new",
-        {
-            "task1/hr@5": 0.18,
-            "task1/distinct_answers": 12,
-            "task3/acc": 1 / 3,
-            "baseline/popularity/task1/hr@5": 0.04,
-            "baseline/popularity/task3/acc": 0.795,
-            "baseline/item_knn/task3/acc": 0.648,
-        },
-        2000,
-        up,
-        alignment={"mode": "hybrid"},
-        evaluation=evaluation | {"model": "aligned"},
-    )
-    explain = {"explain": {"model": "aligned", "split": "test"}, "judge": {"name": "none"}}
-    old = _folder(
-        root,
-        "explain",
-        "old",
-        {"explain/decision_acc": 0.5},
-        1000,
-        up,
-        alignment={"mode": "behavior"},
-        **explain,
-    )
-    (old / "explanations.jsonl").write_text(json.dumps(_record(0, text="From the old folder.")) + "\n")
-    new = _folder(
-        root,
-        "explain",
-        "new",
-        {"explain/decision_acc": 0.75, "explain/attribution_agreement": 0.6, "explain/distinct_ratio": 0.9},
-        2000,
-        up,
-        alignment={"mode": "hybrid"},
-        **explain,
-    )
-    first = _record(
-        1,
-        decision="no",
-        p_yes=0.4,
-        text="Since you liked Heat and Tom & Jerry <3, also Babe.",
-        cited=[1, 2],
-        hallucinated=[5],
-        attributions=[0.25, -0.125, 0.0],
-        counterfactual={"cited_delta": 0.5, "random_abs": 0.125, "cited_abs": 0.5, "score": 2.0},
-    )
-    records = [first] + [_record(i) for i in range(2, n_records + 1)]
-    (new / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return root
-
-
 @pytest.fixture
 def page(tmp_path):
-    root = _root(tmp_path)
+    root = report_root(tmp_path)
     path = write_html(root, tmp_path / "out")
     assert path == tmp_path / "out" / "index.html"
     text = path.read_text(encoding="utf-8")
@@ -273,7 +142,7 @@ def test_examples_highlight_the_cited_titles_of_the_newest_explain_folder(page):
 
 
 def test_missing_sections_leave_a_note_not_a_crash(tmp_path):
-    root = _root(tmp_path, n_records=3, data=False)
+    root = report_root(tmp_path, n_records=3, data=False)
     for stage in ("recommender", "aligner"):
         for marker in (root / stage).glob(f"*/{MARKER}"):
             marker.unlink()  # incomplete: not reported
@@ -289,10 +158,11 @@ def test_missing_sections_leave_a_note_not_a_crash(tmp_path):
     assert len(empty.notes) == 5 and empty.problems == [] and empty.images == []
 
 
+@pytest.mark.slow
 def test_write_report_also_writes_the_page_and_the_cli_prints_it(tmp_path, monkeypatch, capsys):
-    from recexplainer import report
+    from recexplainer.report import tables as report
 
-    root = _root(tmp_path, n_records=2)
+    root = report_root(tmp_path, n_records=2)
     paths = write_report(root, tmp_path / "report")
     assert (tmp_path / "report" / "index.html").is_file() and all(p.suffix != ".html" for p in paths)
     monkeypatch.setattr("sys.argv", ["report", "--root", str(root), "--out", str(tmp_path / "cli")])
@@ -300,10 +170,11 @@ def test_write_report_also_writes_the_page_and_the_cli_prints_it(tmp_path, monke
     assert capsys.readouterr().out.splitlines()[-1] == str(tmp_path / "cli" / "index.html")
 
 
+@pytest.mark.slow
 def test_only_restricts_the_page_to_those_folders(tmp_path):
-    from recexplainer.report import lineage
+    from recexplainer.report.tables import lineage
 
-    root = _root(tmp_path, n_records=2)
+    root = report_root(tmp_path, n_records=2)
     parsed = Page(write_html(root, tmp_path / "out", only=lineage(root / "evaluate" / "new")).read_text())
     assert {c["folder"] for c in parsed.cells} == {str(root / "evaluate" / "new")}
     assert len(parsed.notes) == 4 and len(parsed.images) == 1  # recommender, curves, explanations, examples

@@ -8,30 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TINY, TINY_SASREC
-
-SMALL_EVAL = [
-    "evaluation.max_examples=4",
-    "evaluation.max_examples_per_task.interest=6",
-    "evaluation.max_examples_per_task.interest_hard=6",
-    "evaluation.max_examples_per_task.ranking=4",
-    "evaluation.max_examples_per_task.history=2",
-    "evaluation.batch_size=4",
-    "evaluation.num_beams=2",
-    "evaluation.baselines=[random,popularity]",
-]
-TINY_ALIGNER = [
-    "llm=tiny_random",
-    "aligner.max_train_examples=16",
-    "aligner.max_valid_examples=4",
-    "aligner.batch_size=4",
-    "aligner.accumulate_grad_batches=1",
-    "aligner.max_steps=2",
-    "aligner.lora_r=4",
-    "trainer.log_every_n_steps=1",  # curves for the report from two optimizer steps
-    *[f"tasks.{t}.max_eval=6" for t in ("retrieval", "ranking", "interest", "interest_hard", "history")],
-    *[f"tasks.{t}.max_eval=3" for t in ("item_recovery", "item_similar", "item_metadata")],
-]
+from .helpers import SMALL_EVAL, TINY, TINY_ALIGNER, TINY_SASREC
 
 
 @pytest.mark.slow

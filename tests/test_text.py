@@ -54,6 +54,7 @@ def test_lists_round_trip_with_the_separator(separator):
     assert parse_list(f"  {mark}".join(titles), separator) == titles
 
 
+@pytest.mark.slow
 def test_chat_formatter_with_an_explicit_template_and_with_the_tokenizers_own():
     plain = ChatFormatter(object(), "USER: {prompt} ASSISTANT:", system_prompt="Be brief.")
     assert plain("Q2", shots=[("Q1", "A1")]) == "Be brief. USER: Q1 ASSISTANT: A1 USER: Q2 ASSISTANT:"
@@ -71,10 +72,11 @@ def test_chat_formatter_with_an_explicit_template_and_with_the_tokenizers_own():
         ChatFormatter(object(), "no slot")
 
 
+@pytest.mark.slow
 def test_a_non_default_separator_round_trips_through_targets_evaluation_and_explanations(make_cfg):
     """alignment.title_separator=' | ': the training targets join titles with it, the evaluation parses the
     LLM's lists with it, and explanations citing titles listed with it are matched."""
-    from recexplainer.evaluation import stage as eval_stage
+    from recexplainer.evaluate import stage as eval_stage
     from recexplainer.pipeline import stage_folder
 
     cfg = make_cfg(

@@ -19,6 +19,7 @@ from recexplainer.aligner import setup
 from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate
 from recexplainer.aligner.model import store_frozen_linears
 from recexplainer.aligner.module import AlignerModule
+from recexplainer.runtime import stage_precision
 from recexplainer.training import EpochTimer, build_trainer, peak_rss_mb
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
         "llm": OmegaConf.to_container(cfg.llm, resolve=True),
         "aligner": aligner,
         "seed": cfg.seed,
-        "precision": cfg.trainer.precision,
+        "precision": stage_precision(cfg, "aligner"),
     }
 
 

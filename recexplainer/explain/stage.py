@@ -25,17 +25,17 @@ from tqdm import tqdm
 
 from recexplainer.aligner.data import read_examples
 from recexplainer.aligner.model import autocast_weights
-from recexplainer.alignment.explanations import evidence_text
-from recexplainer.alignment.templates import SlotRenderer, render
+from recexplainer.alignment_data.explanations import evidence_text
+from recexplainer.alignment_data.templates import SlotRenderer, render
 from recexplainer.artifacts import atomic_write_text, write_json
 from recexplainer.config import ConfigError
 from recexplainer.data.dataset import SequentialData
-from recexplainer.evaluation.evaluator import PredictionStore
+from recexplainer.evaluate.evaluator import PredictionStore
 from recexplainer.explain import faithfulness, templated
 from recexplainer.explain.judge import Judge, JudgeCache, LocalJudge, OpenAIJudge, rubric_prompt
 from recexplainer.recommender.attribution import leave_one_out, top_attributed
+from recexplainer.runtime import autocast, inference_device, stage_precision
 from recexplainer.text import DEFAULT_SEPARATOR, TitleIndex, join_titles, parse_yes_no
-from recexplainer.training import autocast, inference_device
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
         "explain": OmegaConf.to_container(cfg.explain, resolve=True),
         "judge": judge,
         "seed": cfg.seed,
-        "precision": cfg.trainer.precision,
+        "precision": stage_precision(cfg, "explain"),
     }
     if cfg.explain.model == "unaligned" or cfg.judge.name == "local":
         fields["llm"] = OmegaConf.to_container(cfg.llm, resolve=True)
@@ -145,7 +145,7 @@ def explain_rows(
 def _generate(cfg: DictConfig, out_dir: Path, predictor: Any, rows: list[dict[str, Any]]) -> dict[str, dict]:
     """The LLM's decision (P(yes)) and explanation for every row; resumes from ``generated.jsonl``."""
     ex = cfg.explain
-    device, dtype = inference_device(cfg.trainer)
+    device, dtype = inference_device(cfg, "explain")
     predictor.model.to(device)
     log.info("explain: the LLM runs on %s%s", device, f" ({dtype} autocast)" if dtype else "")
     store = PredictionStore(out_dir, "generated")
@@ -208,7 +208,7 @@ def build_judge(cfg: DictConfig, predictor: Any) -> Judge | None:
     else:  # explain.model=unaligned: the explaining model is the base LLM already
         lm, tokenizer = predictor.model, predictor.tokenizer
     return LocalJudge(
-        lm.eval().to(inference_device(cfg.trainer)[0]),
+        lm.eval().to(inference_device(cfg, "explain")[0]),
         tokenizer,
         cfg.llm.name,
         constrained=jc.constrained,
@@ -218,7 +218,7 @@ def build_judge(cfg: DictConfig, predictor: Any) -> Judge | None:
 
 
 def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, float]:
-    from recexplainer.evaluation.stage import llm_predictor
+    from recexplainer.evaluate.stage import llm_predictor
     from recexplainer.recommender import load_recommender
 
     ex = cfg.explain

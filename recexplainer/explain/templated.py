@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from recexplainer.alignment.explanations import ExplanationWriter
+from recexplainer.alignment_data.explanations import ExplanationWriter
 from recexplainer.config import ConfigError
 from recexplainer.recommender.attribution import top_attributed
 

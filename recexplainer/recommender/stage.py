@@ -17,13 +17,8 @@ from recexplainer.data.dataset import SequentialData
 from recexplainer.recommender import build_model, model_kwargs
 from recexplainer.recommender.datamodule import SequenceDataModule
 from recexplainer.recommender.module import RecommenderModule
-from recexplainer.training import (
-    EpochTimer,
-    build_trainer,
-    keep_freed_memory,
-    peak_rss_mb,
-    stage_precision,
-)
+from recexplainer.runtime import keep_freed_memory, stage_precision
+from recexplainer.training import EpochTimer, build_trainer, peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +28,7 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     return {
         "recommender": OmegaConf.to_container(cfg.recommender, resolve=True),
         "seed": cfg.seed,
-        "precision": stage_precision(cfg.trainer, "recommender"),
+        "precision": stage_precision(cfg, "recommender"),
     }
 
 
@@ -84,7 +79,6 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         callbacks,
         rc.train.grad_clip,
         shard=False,
-        precision=stage_precision(cfg.trainer, "recommender"),
     )
     last = ckpt_dir / "last.ckpt"
     if last.is_file():

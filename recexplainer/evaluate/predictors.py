@@ -1,0 +1,368 @@
+"""Predictors: the (aligned or unaligned) LLM, and the baselines, behind one interface.
+
+``predict(kind, rows)`` returns one prediction dict per example row: ``outputs`` (raw text, one string
+per returned sequence), ``titles`` (parsed), ``items`` / ``items_fuzzy`` (matched ids, None where no
+title matched) and ``p_yes`` for yes/no tasks. Baselines answer with item ids directly, through the same
+scoring, so their numbers compare with the LLM's.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from recexplainer.aligner.data import encode
+from recexplainer.evaluate.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
+from recexplainer.evaluate.tasks import KINDS, titles_asked
+from recexplainer.text import DEFAULT_SEPARATOR, ChatFormatter, TitleIndex, normalize, parse_list, split_mark
+
+
+def distinct_titles(titles: Sequence[str], k: int) -> list[str]:
+    """The first ``k`` distinct titles (after the matcher's ``normalize``), in beam order.
+
+    Beam search can return one title several times (different token paths that decode or parse to the same
+    title, e.g. with and without a trailing period); a repeat would only take a candidate slot, so the
+    candidates are the first ``k`` distinct ones (a wider search, ``evaluation.beam_width``, fills all ``k``).
+    An empty title (an unparsable beam) is kept as a miss, so that the beam count stays visible.
+    """
+    seen: set[str] = set()
+    out = []
+    for title in titles:
+        key = normalize(title)
+        if key and key in seen:
+            continue
+        seen.add(key)
+        out.append(title)
+        if len(out) == k:
+            break
+    return out
+
+
+class LLMPredictor:
+    """Answers with an LLM: beam search for retrieval, greedy decoding for the other title tasks,
+    next-token yes/no probability for the interest tasks.
+
+    ``aligned``: ``model`` is a RecExplainerLM and prompts keep their placeholders (vectors are injected);
+    otherwise ``model`` is a plain causal LM and placeholders are removed from the prompt text.
+    ``shots``: per task, training rows shown as earlier conversation turns (few-shot prompting).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        formatter: ChatFormatter,
+        index: TitleIndex,
+        vectors: dict[str, torch.Tensor],
+        aligned: bool,
+        placeholders: tuple[str, str],
+        num_beams: int = 5,
+        beam_width: int | None = None,
+        constrained: bool = False,
+        max_new_tokens_margin: int = 8,
+        fuzzy_cutoff: float = 0.85,
+        shots: dict[str, list[dict[str, Any]]] | None = None,
+        separator: str = DEFAULT_SEPARATOR,
+    ):
+        self.name, self.model, self.tokenizer, self.formatter = name, model, tokenizer, formatter
+        self.index, self.aligned, self.placeholders = index, aligned, placeholders
+        self.items, self.users = vectors["items"], vectors["users"]
+        self.num_beams, self.constrained = num_beams, constrained
+        self.beam_width = max(beam_width or num_beams, num_beams)
+        self.margin, self.fuzzy_cutoff = max_new_tokens_margin, fuzzy_cutoff
+        self.shots = shots or {}
+        self.separator = separator  # alignment.title_separator: the one the training targets were joined with
+        self.decoder = Decoder(model, tokenizer)
+        self.yes_ids, self.no_ids = answer_token_ids(tokenizer, "yes"), answer_token_ids(tokenizer, "no")
+        catalog = [t for t in index.titles[1:] if t]
+        lengths = [len(tokenizer(" " + t, add_special_tokens=False)["input_ids"]) for t in catalog]
+        self.longest_title = max(lengths) if lengths else 1
+        self.sep_tokens = len(tokenizer(split_mark(separator), add_special_tokens=False)["input_ids"])
+        self._tries: dict[int, TitleTrie] = {}
+        self.kinds = set(KINDS)
+
+    # -- prompts -------------------------------------------------------------------------------------
+    def _strip(self, text: str) -> str:
+        for placeholder in self.placeholders:
+            text = text.replace(placeholder + " ", "").replace(placeholder, "")
+        return text
+
+    def _encode(self, row: dict[str, Any]) -> dict[str, Any]:
+        shots = [(self._text(s["prompt"]), s["target"]) for s in self.shots.get(row["task"], [])]
+        if self.aligned and not shots:
+            e = encode(
+                row,
+                self.formatter,
+                self.tokenizer,
+                self.model.user_token_id,
+                self.model.item_token_id,
+                with_target=False,
+            )
+            return {"input_ids": e.input_ids, "users": self.users[e.user_rows], "items": self.items[e.items]}
+        text = self.formatter(self._text(row["prompt"]), shots=shots)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        empty = torch.empty(0, self.items.shape[1])
+        return {"input_ids": ids, "users": empty, "items": empty}
+
+    def _text(self, prompt: str) -> str:
+        return prompt if self.aligned else self._strip(prompt)
+
+    def prompt_length(self, row: dict[str, Any]) -> int:
+        """Sort key grouping prompts of similar length into a batch: characters, a close proxy for tokens
+        that costs no second tokenisation (each prompt is tokenised once, in the batch that runs it)."""
+        return len(self._text(row["prompt"]))
+
+    # -- decoding ------------------------------------------------------------------------------------
+    def max_new_tokens(self, n_titles: int) -> int:
+        """Enough for ``n_titles`` of the catalog's longest title with separators, plus a margin."""
+        return n_titles * self.longest_title + (n_titles - 1) * (self.sep_tokens + 1) + self.margin
+
+    def _trie(self, n_titles: int) -> TitleTrie:
+        if n_titles not in self._tries:
+            self._tries[n_titles] = TitleTrie(
+                self.index.titles[1:],
+                self.tokenizer,
+                self.tokenizer.eos_token_id,
+                separator=split_mark(self.separator) if n_titles > 1 else None,
+                max_titles=n_titles,
+            )
+        return self._tries[n_titles]
+
+    def predict(self, kind: str, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.aligned and self.shots and any(self.shots.values()):
+            raise ValueError(
+                "few-shot prompts are for the unaligned model (evaluation.few_shot needs model=unaligned)"
+            )
+        encoded = [self._encode(r) for r in rows]
+        if KINDS[kind].answer == "yes_no":
+            p_yes = yes_probability(self.decoder.next_token_logits(encoded), self.yes_ids, self.no_ids)
+            return [{"outputs": [], "titles": [], "items": [], "p_yes": float(p)} for p in p_yes]
+        n_titles = max(titles_asked(kind, r) for r in rows)
+        beams = self.beam_width if kind == "retrieval" else 1
+        outputs = self.decoder.generate(
+            encoded,
+            self.max_new_tokens(n_titles),
+            num_beams=beams,
+            num_return_sequences=beams,
+            trie=self._trie(n_titles) if self.constrained else None,
+        )
+        return [self.parse(kind, texts) for texts in outputs]
+
+    def parse(self, kind: str, texts: Sequence[str]) -> dict[str, Any]:
+        """One example's prediction from its generated texts (retrieval: one per beam, in beam order)."""
+        if kind == "retrieval":  # one title per beam
+            titles = distinct_titles(
+                [(parse_list(t, self.separator, limit=1) or [""])[0] for t in texts], self.num_beams
+            )
+        else:
+            titles = parse_list(texts[0], self.separator)
+        return {
+            "outputs": list(texts),  # every returned sequence (retrieval: beam_width of them)
+            "titles": titles,
+            "items": [self.index.match(t) for t in titles],
+            "items_fuzzy": [self.index.fuzzy(t, self.fuzzy_cutoff) for t in titles],
+        }
+
+    def explain(
+        self,
+        rows: Sequence[dict[str, Any]],
+        max_new_tokens: int,
+        prefix: str = "",
+        decisions: Sequence[float] | None = None,
+    ) -> list[tuple[float, str, float]]:
+        """(P(yes) of the decision, explanation text, P(yes) of the first answer token after this prompt)
+        per row.
+
+        ``prefix`` (e.g. ``"{decision}, because"``) starts the answer with the model's own decision so
+        that a model fine-tuned to answer tersely still explains; the returned text includes it. The
+        decision is this prompt's P(yes), or ``decisions`` (one P(yes) per row, e.g. the model's answer
+        to the task-3 question about the same pair) where given.
+        """
+        encoded = [self._encode(r) for r in rows]
+        p_prompt = yes_probability(self.decoder.next_token_logits(encoded), self.yes_ids, self.no_ids)
+        p_yes = p_prompt.tolist() if decisions is None else [float(p) for p in decisions]
+        starts = [prefix.replace("{decision}", "Yes" if p > 0.5 else "No") for p in p_yes]
+        if prefix:
+            for e, start in zip(encoded, starts, strict=True):
+                e["input_ids"] = (
+                    list(e["input_ids"]) + self.tokenizer(start, add_special_tokens=False)["input_ids"]
+                )
+        texts = self.decoder.generate(encoded, max_new_tokens)
+        return [
+            (float(p), (start + t[0]).strip() if start else t[0].strip(), float(q))
+            for p, start, t, q in zip(p_yes, starts, texts, p_prompt.tolist(), strict=True)
+        ]
+
+
+class BaselinePredictor:
+    """Non-LLM baselines answering with item ids.
+
+    - ``random``: uniformly random items / orders / yes-probabilities (seeded per example).
+    - ``popularity``: items by training interaction count (the paper's popularity baseline); for the
+      interest tasks the item-popularity threshold rule (threshold fit on the training examples).
+    - ``top1_frequency``: retrieval only: the items most often the recommender's top-1 in the training
+      labels (its choices are concentrated, so this is the stronger retrieval baseline).
+    - ``item_knn``: an interpretable surrogate: item-based nearest neighbours (cosine over training
+      co-occurrences) scores candidates by their summed similarity to the history.
+    - ``student``: a small SASRec distilled from the target's top-1 choices (``scorer`` gives its scores;
+      see :mod:`recexplainer.evaluate.student`).
+    For the interest tasks, ``item_knn`` and ``student`` say yes when the item's score reaches a
+    threshold fit on the training examples, like the popularity rule.
+    """
+
+    NAMES = ("random", "popularity", "top1_frequency", "item_knn", "student")
+    SUPPORTS = {
+        "random": set(KINDS),
+        "popularity": set(KINDS),
+        "top1_frequency": {"retrieval"},
+        "item_knn": {"retrieval", "ranking", "interest", "interest_hard", "item_similar"},
+        "student": {"retrieval", "ranking", "interest", "interest_hard"},
+    }
+
+    def __init__(
+        self,
+        name: str,
+        titles: Sequence[str],
+        popularity: np.ndarray,
+        train_sequences: Sequence[np.ndarray],
+        train_rows: dict[str, list[dict[str, Any]]],
+        seed: int,
+        scorer: Callable[[Sequence[int]], torch.Tensor] | None = None,
+    ):
+        if name not in self.NAMES:
+            raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(self.NAMES)}")
+        if name == "student" and scorer is None:
+            raise ValueError("the student baseline needs a scorer (the distilled model)")
+        self.scorer = scorer
+        self.name, self.titles, self.seed = name, list(titles), seed
+        self.kinds = self.SUPPORTS[name]
+        self.n_items = len(titles) - 1
+        self.popularity = np.asarray(popularity, dtype=np.float64).copy()
+        self.popularity[0] = -np.inf
+        self.by_popularity = np.argsort(-self.popularity, kind="stable")
+        self.threshold: dict[str, float] = {}
+        if name == "top1_frequency":
+            counts = Counter(r["labels"]["item"] for r in train_rows.get("retrieval", []))
+            if not counts:
+                raise ValueError("the top1_frequency baseline needs training retrieval examples")
+            freq = np.zeros(self.n_items + 1)
+            for item, c in counts.items():
+                freq[item] = c
+            # frequency first, popularity breaks ties (and orders items never chosen)
+            self.by_top1 = np.lexsort((-self.popularity, -freq))
+        if name == "item_knn":
+            self._fit_knn(train_sequences)
+        if name in ("popularity", "item_knn", "student"):
+            interest = train_rows.get("interest", []) + train_rows.get("interest_hard", [])
+            if interest:
+                self.threshold["interest"] = self._fit_threshold(interest)
+
+    # -- fitting -------------------------------------------------------------------------------------
+    def _fit_knn(self, sequences: Sequence[np.ndarray]) -> None:
+        rows = np.concatenate([np.full(len(s), u) for u, s in enumerate(sequences)]) if sequences else []
+        cols = np.concatenate(sequences) if sequences else []
+        x = torch.zeros(len(sequences), self.n_items + 1)
+        x[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)] = 1.0
+        self._users_of = x.T.contiguous()  # (I, U) binary
+        self._norm = self._users_of.sum(1).clamp(min=1).sqrt()  # sqrt(#users per item)
+
+    def _similarity(self, items: Sequence[int]) -> torch.Tensor:
+        """(len(items), I) cosine similarity of the given items to every item."""
+        idx = torch.as_tensor(list(items), dtype=torch.long)
+        co = self._users_of[idx] @ self._users_of.T  # (H, I)
+        sim = co / (self._norm[idx, None] * self._norm[None, :])
+        sim[:, 0] = 0.0
+        return sim
+
+    def _scores(self, history: Sequence[int]) -> torch.Tensor:
+        """(I,) the surrogate's score of every item for a history (item_knn: summed similarity)."""
+        if self.scorer is not None:
+            return self.scorer(history)
+        return self._similarity(history).sum(0) if len(history) else torch.zeros(self.n_items + 1)
+
+    def _item_value(self, row: dict[str, Any]) -> float:
+        item = row["labels"]["item"]
+        if self.name == "popularity":
+            return float(self.popularity[item])
+        return float(self._scores(row["history"])[item])
+
+    def _fit_threshold(self, rows: list[dict[str, Any]]) -> float:
+        """The threshold on the item's value that maximises training accuracy of 'yes iff value >= t'."""
+        values = np.array([self._item_value(r) for r in rows])
+        yes = np.array([r["labels"]["answer"] == "yes" for r in rows])
+        candidates = np.unique(values)
+        accuracy = [((values >= t) == yes).mean() for t in candidates]
+        return float(candidates[int(np.argmax(accuracy))])
+
+    # -- answers -------------------------------------------------------------------------------------
+    def _rng(self, row: dict[str, Any]) -> np.random.Generator:
+        return np.random.default_rng([self.seed, zlib.crc32(row["id"].encode())])
+
+    @staticmethod
+    def _top(order: Sequence[int] | np.ndarray, exclude: set[int], k: int) -> list[int]:
+        out = []
+        for item in order:
+            item = int(item)
+            if item and item not in exclude:
+                out.append(item)
+                if len(out) == k:
+                    break
+        return out
+
+    def _answer(self, kind: str, row: dict[str, Any]) -> list[int] | float:
+        history = [int(i) for i in row.get("history", [])]
+        labels = row["labels"]
+        if self.name == "random":
+            rng = self._rng(row)
+            if kind == "retrieval":
+                return self._top(rng.permutation(self.n_items) + 1, set(history), 5)
+            if kind == "ranking":
+                return [int(i) for i in rng.permutation(labels["shown"])]
+            if kind in ("interest", "interest_hard"):
+                return float(rng.random())
+            if kind == "history":
+                return [int(i) for i in rng.choice(self.n_items, len(labels["items"]), replace=False) + 1]
+            return [int(rng.integers(1, self.n_items + 1))]
+        if kind in ("interest", "interest_hard"):
+            return float(self._item_value(row) >= self.threshold.get("interest", np.inf))
+        if self.name == "top1_frequency":
+            return self._top(self.by_top1, set(history), 5)
+        if self.name == "popularity":
+            if kind == "retrieval":
+                return self._top(self.by_popularity, set(history), 5)
+            if kind == "ranking":
+                return sorted(labels["shown"], key=lambda i: -self.popularity[i])
+            if kind == "history":
+                return self._top(self.by_popularity, set(), len(labels["items"]))
+            if kind == "item_similar":
+                return self._top(self.by_popularity, {row["item"]}, 1)
+            return self._top(self.by_popularity, set(), 1)
+        # item_knn, student
+        if kind == "item_similar":
+            sim = self._similarity([row["item"]])[0]
+            sim[row["item"]] = -1.0
+            return [int(sim.argmax())]
+        scores = self._scores(history)
+        if kind == "ranking":
+            return sorted(labels["shown"], key=lambda i: -float(scores[i]))
+        order = torch.argsort(scores + torch.as_tensor(self.popularity) * 1e-9, descending=True).tolist()
+        return self._top(order, set(history), 5)
+
+    def predict(self, kind: str, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        predictions = []
+        for row in rows:
+            answer = self._answer(kind, row)
+            if isinstance(answer, float):
+                predictions.append({"outputs": [], "titles": [], "items": [], "p_yes": answer})
+            else:
+                titles = [self.titles[i] for i in answer]
+                predictions.append(
+                    {"outputs": titles, "titles": titles, "items": answer, "items_fuzzy": answer}
+                )
+        return predictions
