@@ -6,7 +6,9 @@ spoils one round, not a variant):
 - ``dropout``: LoRA dropout 0.05 (the setting before the default became 0.0), attention mask kept;
 - ``no_dropout``: ``aligner.lora_dropout=0`` (the default), attention mask kept;
 - ``no_mask``: + the training forward drops the mask of right-padded batches (the default);
-- ``bf16_weights``: + frozen linear weights stored in bf16 (the default under ``bf16-mixed``).
+- ``bf16_weights``: + frozen linear weights stored in bf16 (the default under ``bf16-mixed``);
+- ``batch_32``: the defaults with micro-batches of 32 examples instead of 16 (not in the default list:
+  ``--variants bf16_weights,batch_32``).
 
 Every variant trains the same length-grouped micro-batches (``--steps`` of them, after one warm-up step) of
 the default configuration's alignment data, with AdamW, under the precision ``trainer=cpu`` resolves to on this
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 VARIANTS = ("dropout", "no_dropout", "no_mask", "bf16_weights")
+EXTRA = ("batch_32",)
 
 
 def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict:
@@ -62,12 +65,13 @@ def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict
     model, tokenizer, formatter = setup.build(cfg, recommender_dim(folder))
     ac = cfg.aligner
     train = encoded_split(cfg, folder, "train", model, tokenizer, formatter)  # as the stage trains on it
-    sampler = LengthGroupedSampler(train.lengths(), ac.batch_size, seed=0, mega=ac.length_group_mega)
+    batch_size = 32 if variant == "batch_32" else ac.batch_size
+    sampler = LengthGroupedSampler(train.lengths(), batch_size, seed=0, mega=ac.length_group_mega)
     batches = list(sampler)
     random.Random(1).shuffle(batches)  # a fixed sample of the run's batches, every length
     pad = tokenizer.pad_token_id
     batches = [collate([train[i] for i in b], pad_id=pad) for b in batches[: steps + 1]]
-    if variant == "bf16_weights":
+    if variant in ("bf16_weights", "batch_32") and bf16:
         model_module.store_frozen_linears(model, torch.bfloat16)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -89,6 +93,7 @@ def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict
     return {
         "variant": variant,
         "precision": precision,
+        "batch_size": batch_size,
         "seconds": seconds,
         "tokens": tokens,
         "tokens_per_s": tokens / seconds,
@@ -103,6 +108,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--artifacts", default=None, help="paths.artifacts (default: the configured one)")
     parser.add_argument("--out", default="benchmarks/aligner_step.json")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS + EXTRA)}")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -111,7 +117,11 @@ def main() -> None:
     from recexplainer.config import cpu_precision
     from recexplainer.runtime import cpu_description
 
-    variants = [v for v in VARIANTS if v != "bf16_weights" or cpu_precision().startswith("bf16")]
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS + EXTRA))
+    if unknown:
+        sys.exit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS + EXTRA)}")
+    variants = [v for v in variants if v != "bf16_weights" or cpu_precision().startswith("bf16")]
     runs = []
     for _ in range(args.rounds):
         for variant in variants:
@@ -130,7 +140,7 @@ def main() -> None:
         tps = statistics.median(r["tokens_per_s"] for r in mine)
         summary[variant] = {
             "tokens_per_s_median": round(tps, 1),
-            "speedup_vs_dropout": round(tps / first, 2),
+            f"speedup_vs_{variants[0]}": round(tps / first, 2),
             "peak_rss_mb_median": round(statistics.median(r["peak_rss_mb"] for r in mine)),
         }
     result = {
@@ -145,7 +155,9 @@ def main() -> None:
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for variant, row in summary.items():
-        print(f"{variant:>13}: {row['tokens_per_s_median']:7.1f} tokens/s  x{row['speedup_vs_dropout']:.2f}")
+        print(
+            f"{variant:>13}: {row['tokens_per_s_median']:7.1f} tokens/s  x{row[f'speedup_vs_{variants[0]}']:.2f}"
+        )
 
 
 if __name__ == "__main__":
