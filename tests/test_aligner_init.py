@@ -32,7 +32,7 @@ def test_fit_last_layer_recovers_a_linear_map():
 
 def test_projected_items_start_near_their_title_embeddings():
     torch.manual_seed(0)
-    tokenizer = loading.test_tokenizer()
+    tokenizer = loading.tiny_tokenizer()
     lm = loading.tiny_random_llama(tokenizer, n_layers=1, hidden_size=64)
     user_id, item_id = setup.add_placeholder_tokens(lm, tokenizer, "<user>", "<item>")
     titles = ["", "Heat", "Fargo", "Casino", "Alien", "Toy Story", "Star Wars", "The Godfather", "Up"]
@@ -58,7 +58,7 @@ def test_top1_items_skip_padding_and_history():
 
 def test_users_start_near_their_top1_title_with_title_lsq_top1():
     torch.manual_seed(0)
-    tokenizer = loading.test_tokenizer()
+    tokenizer = loading.tiny_tokenizer()
     lm = loading.tiny_random_llama(tokenizer, n_layers=1, hidden_size=64)
     user_id, item_id = setup.add_placeholder_tokens(lm, tokenizer, "<user>", "<item>")
     titles = ["", "Heat", "Fargo", "Casino", "Alien"]
@@ -75,7 +75,7 @@ def test_users_start_near_their_top1_title_with_title_lsq_top1():
 
 def test_example_loss_weighting_averages_per_example():
     torch.manual_seed(0)
-    tokenizer = loading.test_tokenizer()
+    tokenizer = loading.tiny_tokenizer()
     lm = loading.tiny_random_llama(tokenizer, n_layers=1, hidden_size=64)
     user_id, item_id = setup.add_placeholder_tokens(lm, tokenizer, "<user>", "<item>")
     ids = torch.randint(5, 200, (2, 12))

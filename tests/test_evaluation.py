@@ -23,7 +23,7 @@ EVAL = [*ALIGN, "stage=evaluate", "evaluation.batch_size=4", "evaluation.tasks=n
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return loading.test_tokenizer()
+    return loading.tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +130,9 @@ def test_lm_head_gets_a_contiguous_input_once_per_model():
     """generate() runs the LM head on a strided (B, 1, H) view; with bf16 weights on the CPU that view made
     PyTorch copy the whole weight per batch row. The head must see a contiguous input, outputs unchanged."""
     from recexplainer.evaluate.decoding import contiguous_lm_head
-    from recexplainer.llm.loading import test_tokenizer, tiny_random_llama
+    from recexplainer.llm.loading import tiny_random_llama, tiny_tokenizer
 
-    lm = tiny_random_llama(test_tokenizer())
+    lm = tiny_random_llama(tiny_tokenizer())
     head = lm.get_output_embeddings()
     hidden = torch.randn(3, 7, head.in_features)[:, -1:, :]  # the strided view generate() passes
     assert not hidden.is_contiguous()

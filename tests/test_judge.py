@@ -109,9 +109,9 @@ class _FakeLM(torch.nn.Module):
 
 
 def test_local_judge_scores_by_digit_tokens_or_parses_free_text(tmp_path):
-    from recexplainer.llm.loading import test_tokenizer
+    from recexplainer.llm.loading import tiny_tokenizer
 
-    tokenizer = test_tokenizer()
+    tokenizer = tiny_tokenizer()
     two = tokenizer("2", add_special_tokens=False)["input_ids"][0]
     garbage = tokenizer(" The explanation is", add_special_tokens=False)["input_ids"]
     prompt = rubric_prompt(True, ["A", "B"], "C", "Yes, because it is like A.")

@@ -1,9 +1,10 @@
-"""LLM loading: checked-in test tokenizer, tiny random Llama, load_llm, and the GGUF -> safetensors conversion."""
+"""LLM loading: the package's tiny tokenizer, tiny random Llama, load_llm, and the GGUF -> safetensors conversion."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,11 +15,11 @@ from recexplainer.llm import loading
 
 @pytest.fixture(scope="module")
 def tok():
-    return loading.test_tokenizer()
+    return loading.tiny_tokenizer()
 
 
-def test_test_tokenizer_chatml_and_pad(tok):
-    assert loading.TEST_TOKENIZER_DIR.is_dir()
+def test_tiny_tokenizer_chatml_and_pad(tok):
+    assert loading.TINY_TOKENIZER_DIR.is_dir()
     assert tok.eos_token == "<|im_end|>"
     assert tok.pad_token == tok.eos_token and tok.pad_token_id == tok.eos_token_id
     messages = [{"role": "user", "content": "Recommend a movie."}]
@@ -33,13 +34,15 @@ def test_test_tokenizer_chatml_and_pad(tok):
     assert tok.decode(tok("Toy Story (1995)", add_special_tokens=False).input_ids) == "Toy Story (1995)"
 
 
-def test_test_tokenizer_missing_path_is_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="test tokenizer"):
-        loading.test_tokenizer(tmp_path)
+def test_tiny_tokenizer_missing_path_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no tokenizer in"):
+        loading.tiny_tokenizer(tmp_path)
 
 
-def test_test_tokenizer_is_not_collected_as_a_test():
-    assert loading.test_tokenizer.__test__ is False
+def test_the_tiny_tokenizer_ships_inside_the_package():
+    import recexplainer
+
+    assert loading.TINY_TOKENIZER_DIR.is_relative_to(Path(recexplainer.__file__).parent)
 
 
 def test_tiny_random_llama_forward_with_inputs_embeds(tok):
@@ -87,7 +90,7 @@ def test_tiny_random_llama_is_deterministic(tok):
 def test_load_llm_local_folder_sets_pad(tok, tmp_path):
     model = loading.tiny_random_llama(tok, n_layers=1)
     model.save_pretrained(tmp_path)
-    no_pad = loading.test_tokenizer()
+    no_pad = loading.tiny_tokenizer()
     no_pad.pad_token = None
     no_pad.save_pretrained(tmp_path)
     loaded, tokenizer = loading.load_llm(str(tmp_path))

@@ -61,7 +61,7 @@ def test_chat_formatter_with_an_explicit_template_and_with_the_tokenizers_own():
     # a leading system message replaces the configured system prompt
     messages = [{"role": "system", "content": "Judge."}, {"role": "user", "content": "Score?"}]
     assert plain.messages(messages) == "Judge. USER: Score? ASSISTANT:"
-    tokenizer = loading.test_tokenizer()
+    tokenizer = loading.tiny_tokenizer()
     chat = ChatFormatter(tokenizer)
     assert chat("Hi") == tokenizer.apply_chat_template(
         [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True

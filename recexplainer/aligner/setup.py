@@ -23,7 +23,7 @@ def load_base_llm(llm: Any, assets_cache: str | None = None) -> tuple[torch.nn.M
     from recexplainer.llm import loading
 
     if llm.source == "tiny_random":
-        tokenizer = loading.test_tokenizer()
+        tokenizer = loading.tiny_tokenizer()
         return loading.tiny_random_llama(
             tokenizer, n_layers=llm.tiny_layers, hidden_size=llm.tiny_hidden
         ), tokenizer

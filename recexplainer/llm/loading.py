@@ -31,8 +31,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FOLDER = "SmolLM2-135M-Instruct-f32"  # under <cache>/models/
 COMPLETE_MARKER = artifacts.MARKER  # the project-wide "written last" marker
 CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
-# The checked-in test tokenizer lives in the repository, next to the tests that use it.
-TEST_TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "tests" / "assets" / "tokenizer"
+# A small tokenizer shipped with the package (SmolLM2's BPE and chat template) for llm=tiny_random.
+TINY_TOKENIZER_DIR = Path(__file__).resolve().parent / "tiny_tokenizer"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -209,24 +209,20 @@ def cached_smollm2(cache_root: Path | None = None) -> Path:
     return convert_gguf(source, out_dir)
 
 
-# --------------------------------------------------------------------------------------------- for tests
+# ------------------------------------------------------------------------------- tests and smoke runs
 
 
-def test_tokenizer(path: Path = TEST_TOKENIZER_DIR) -> PreTrainedTokenizerBase:
-    """The small tokenizer checked into ``tests/assets/tokenizer`` (SmolLM2's BPE, ChatML chat template,
-    eos = pad = ``<|im_end|>``), loaded fully offline."""
+def tiny_tokenizer(path: Path = TINY_TOKENIZER_DIR) -> PreTrainedTokenizerBase:
+    """The small tokenizer shipped with the package (``llm/tiny_tokenizer``: SmolLM2's BPE, ChatML chat
+    template, eos = pad = ``<|im_end|>``) for ``llm=tiny_random``, loaded fully offline."""
     path = Path(path)
     if not (path / "tokenizer_config.json").is_file():
         raise FileNotFoundError(
-            f"no test tokenizer in {path}; it ships with the repository's tests/assets/tokenizer "
-            "(use an editable install, `pip install -e .`, or pass its path)"
+            f"no tokenizer in {path} (the package ships one in recexplainer/llm/tiny_tokenizer)"
         )
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     _ensure_pad(tokenizer)
     return tokenizer
-
-
-test_tokenizer.__test__ = False  # not a pytest test, even when imported into a test module
 
 
 def tiny_random_llama(
