@@ -41,7 +41,7 @@ def child(mode: str, examples: int, steps: int, batch: int, threads: int, precis
 
     from recexplainer.aligner import setup
     from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate
-    from recexplainer.aligner.stage import recommender_dim
+    from recexplainer.alignment_data.io import vector_width
     from recexplainer.artifacts import is_complete
     from recexplainer.cli import CONF_DIR
     from recexplainer.config import register_configs
@@ -54,7 +54,7 @@ def child(mode: str, examples: int, steps: int, batch: int, threads: int, precis
     if not is_complete(folder):
         sys.exit(f"no alignment data at {folder}: run `recexplainer stage=alignment_data` first")
     torch.manual_seed(0)
-    model, tokenizer, formatter = setup.build(cfg, recommender_dim(folder))
+    model, tokenizer, formatter = setup.build(cfg, vector_width(folder))
     ds = AlignmentDataset.for_model(
         folder,
         "train",

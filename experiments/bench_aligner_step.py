@@ -43,7 +43,8 @@ def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict
     from recexplainer.aligner import model as model_module
     from recexplainer.aligner import setup
     from recexplainer.aligner.data import LengthGroupedSampler, collate
-    from recexplainer.aligner.stage import encoded_split, recommender_dim
+    from recexplainer.aligner.stage import encoded_split
+    from recexplainer.alignment_data.io import vector_width
     from recexplainer.artifacts import is_complete
     from recexplainer.cli import CONF_DIR
     from recexplainer.config import cpu_precision, register_configs
@@ -62,7 +63,7 @@ def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict
     precision = cpu_precision()
     bf16 = precision.startswith("bf16")
     torch.manual_seed(0)
-    model, tokenizer, formatter = setup.build(cfg, recommender_dim(folder))
+    model, tokenizer, formatter = setup.build(cfg, vector_width(folder))
     ac = cfg.aligner
     train = encoded_split(cfg, folder, "train", model, tokenizer, formatter)  # as the stage trains on it
     batch_size = 32 if variant == "batch_32" else ac.batch_size

@@ -7,9 +7,10 @@ import torch
 
 from recexplainer import artifacts
 from recexplainer.aligner import setup
-from recexplainer.aligner.data import AlignmentDataset, read_examples
+from recexplainer.aligner.data import AlignmentDataset
 from recexplainer.aligner.model import RecExplainerLM
 from recexplainer.aligner.module import AlignerModule, warmup_decay
+from recexplainer.alignment_data.io import read_examples
 from recexplainer.cli import run
 from recexplainer.pipeline import stage_folder
 

@@ -6,7 +6,6 @@ example is tokenized once; batches are grouped by length so CPU time is not spen
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -15,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import Dataset, Sampler
 
+from recexplainer.alignment_data.io import read_examples, read_vectors
 from recexplainer.text import ChatFormatter
 
 log = logging.getLogger(__name__)
@@ -63,18 +62,6 @@ def encode(
     )
 
 
-def read_examples(folder: Path, split: str, tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """All examples of a split from an alignment_data folder (optionally only some tasks)."""
-    rows = []
-    for path in sorted((folder / "examples").glob(f"*.{split}.jsonl")):
-        task = path.name.split(".")[0]
-        if tasks is not None and task not in tasks:
-            continue
-        with open(path, encoding="utf-8") as handle:
-            rows.extend(json.loads(line) for line in handle)
-    return rows
-
-
 class AlignmentDataset(Dataset):
     """Tokenized examples of one split, with the vector tables their placeholders refer to."""
 
@@ -94,9 +81,8 @@ class AlignmentDataset(Dataset):
         rows = read_examples(folder, split, tasks)
         if limit is not None and len(rows) > limit:
             rows = random.Random(seed).sample(rows, limit)
-        vectors = load_file(folder / "vectors.safetensors")
-        self.items = vectors["items"]  # (N + 1, d_rec)
-        self.users = vectors.get(f"users_{split}", torch.empty(0, self.items.shape[1]))
+        vectors = read_vectors(folder, split)
+        self.items, self.users = vectors["items"], vectors["users"]  # (N + 1, d_rec), (rows, d_rec)
         self.examples: list[Encoded] = []
         self.dropped = 0
         for row in rows:

@@ -19,6 +19,7 @@ from recexplainer.aligner import setup
 from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate
 from recexplainer.aligner.model import store_frozen_linears
 from recexplainer.aligner.module import AlignerModule
+from recexplainer.alignment_data.io import example_files, read_examples, read_vectors, vector_width
 from recexplainer.runtime import stage_precision
 from recexplainer.training import EpochTimer, build_trainer, peak_rss_mb
 
@@ -43,14 +44,6 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
 def training_seed(cfg: DictConfig) -> int:
     """The aligner's seed (initialisation, training sample, batch order): ``aligner.seed``, else ``seed``."""
     return cfg.seed if cfg.aligner.get("seed") is None else int(cfg.aligner.seed)
-
-
-def recommender_dim(folder: Path) -> int:
-    """d_rec: the width of the recommender's vectors in an alignment-data folder (read without loading them)."""
-    from safetensors import safe_open
-
-    with safe_open(str(folder / "vectors.safetensors"), "pt") as handle:
-        return handle.get_slice("items").get_shape()[1]
 
 
 def encoded_split(
@@ -104,21 +97,18 @@ def _init_projectors(cfg: DictConfig, model: Any, tokenizer: Any, folder: Path) 
     """Closed-form projector initialisation from title embeddings (aligner.projector_init=title_lsq*)."""
     import json
 
-    from safetensors.torch import load_file
-
-    from recexplainer.aligner.data import read_examples
     from recexplainer.aligner.init import init_projectors_from_titles
     from recexplainer.data.dataset import SequentialData
 
     data_folder = Path(json.loads((folder / "key.json").read_text())["upstream"]["data"])
     titles = SequentialData.load(data_folder).titles
-    vectors = load_file(folder / "vectors.safetensors")
+    vectors = read_vectors(folder, "train")
     histories: dict[int, list[int]] = {}
     for row in read_examples(folder, "train"):
         if "user_row" in row and "history" in row:
             histories.setdefault(row["user_row"], row["history"])
     rows = sorted(histories)
-    users = vectors["users_train"][rows] if rows else None
+    users = vectors["users"][rows] if rows else None
     return init_projectors_from_titles(
         model,
         tokenizer,
@@ -135,7 +125,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     folder = upstream["alignment_data"]
     seed = training_seed(cfg)
     L.seed_everything(seed, workers=True, verbose=False)
-    d_rec = recommender_dim(folder)
+    d_rec = vector_width(folder)
     model, tokenizer, formatter = setup.build(cfg, d_rec)
     # behavior prompts carry no placeholders: the projectors never see a vector, so nothing to initialise
     use_vectors = cfg.alignment.mode != "behavior"
@@ -146,7 +136,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     )
     tasks = list(ac.train_tasks) if ac.train_tasks else None
     if tasks is not None:
-        present = {path.name.split(".")[0] for path in (folder / "examples").glob("*.train.jsonl")}
+        present = set(example_files(folder, "train"))
         absent = [t for t in tasks if t not in present]
         if absent:  # e.g. item_recovery in behavior mode: expected, but say so
             log.info(

@@ -26,6 +26,7 @@ from recexplainer.alignment_data.build import (
     TaskBuilder,
     read_replay,
 )
+from recexplainer.alignment_data.io import EXAMPLES_DIR, VECTORS_FILE, example_files, examples_path
 from recexplainer.alignment_data.labels import (
     iter_scored_prefixes,
     most_similar_items,
@@ -108,8 +109,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         for n, t in tasks.items()
     }
     metrics: dict[str, float] = {}
-    examples_dir = out_dir / "examples"
-    examples_dir.mkdir(exist_ok=True)
+    (out_dir / EXAMPLES_DIR).mkdir(exist_ok=True)
     vectors: dict[str, torch.Tensor] = {"items": model.item_embeddings().detach().float().contiguous()}
     counts: Counter = Counter()
     collected: dict[tuple[str, str], list[dict]] = {}
@@ -118,7 +118,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         writers = {}
         for name in tasks:
             for split in SPLITS:
-                tmp = stack.enter_context(atomic_path(examples_dir / f"{name}.{split}.jsonl"))
+                tmp = stack.enter_context(atomic_path(examples_path(out_dir, name, split)))
                 writers[name, split] = stack.enter_context(open(tmp, "w", encoding="utf-8"))
 
         def emit(name: str, split: str, rows: list[dict]) -> None:
@@ -175,7 +175,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
                     ],
                 )
 
-    with atomic_path(out_dir / "vectors.safetensors") as tmp:
+    with atomic_path(out_dir / VECTORS_FILE) as tmp:
         save_file({k: v.contiguous() for k, v in vectors.items()}, str(tmp))
     for (name, split), n in sorted(counts.items()):
         metrics[f"count/{name}/{split}"] = n
@@ -345,7 +345,7 @@ def _log_summary(counts: Counter, metrics: dict[str, float]) -> None:
 
 def show(folder: Path, n: int) -> None:
     """Print ``n`` rendered training examples per task (validation examples where a task has none)."""
-    for path in sorted((folder / "examples").glob("*.train.jsonl")):
+    for path in example_files(folder, "train").values():
         source = path if path.stat().st_size else path.with_name(path.name.replace(".train.", ".valid."))
         with open(source, encoding="utf-8") as handle:
             rows = [json.loads(line) for _, line in zip(range(n), handle, strict=False)]

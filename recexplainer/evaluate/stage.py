@@ -19,11 +19,10 @@ from typing import Any
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from recexplainer.aligner.data import read_examples
 from recexplainer.aligner.model import autocast_weights
+from recexplainer.alignment_data.io import example_files, read_examples, read_vectors
 from recexplainer.artifacts import write_json
 from recexplainer.data.dataset import SequentialData
 from recexplainer.evaluate.evaluator import EvaluatorModule, PredictionStore
@@ -70,7 +69,7 @@ def select_examples(folder: Path, cfg: DictConfig) -> dict[str, list[dict[str, A
         if missing:
             raise ValueError(
                 f"evaluation.tasks {missing} have no {ev.split} examples in {folder}; tasks there: "
-                f"{sorted({p.name.split('.')[0] for p in (folder / 'examples').glob('*.jsonl')})}"
+                f"{sorted(example_files(folder, ev.split))}"
             )
     selected = {}
     for task, task_rows in sorted(rows.items()):
@@ -143,8 +142,7 @@ def llm_predictor(
 
     ev = cfg.evaluation
     aligned = model == "aligned"
-    vectors = load_file(upstream["alignment_data"] / "vectors.safetensors")
-    vectors = {"items": vectors["items"], "users": vectors[f"users_{split}"]}
+    vectors = read_vectors(upstream["alignment_data"], split)
     if aligned:
         net, tokenizer, formatter = setup.load(upstream["aligner"], cfg.paths.assets)
         name = "aligned"

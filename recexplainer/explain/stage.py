@@ -23,9 +23,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from recexplainer.aligner.data import read_examples
 from recexplainer.aligner.model import autocast_weights
 from recexplainer.alignment_data.explanations import evidence_text
+from recexplainer.alignment_data.io import read_examples
 from recexplainer.alignment_data.templates import SlotRenderer, render
 from recexplainer.artifacts import atomic_write_text, write_json
 from recexplainer.config import ConfigError
