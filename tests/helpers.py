@@ -220,56 +220,30 @@ def report_root(tmp_path, n_records=15, data=True):
     _curves(rec, "epoch,step,train/loss_epoch,valid/ndcg@10\n0,9,3.5,\n0,9,,0.1\n1,19,3.1,\n1,19,,0.16\n")
     aligner = _stage_folder(root, "aligner", "al", {}, 1000, alignment={"mode": "hybrid"}, aligner={})
     _curves(aligner, "epoch,step,train/loss,valid/loss\n0,9,3.5,\n0,19,2.0,\n0,19,,2.1\n")
-    evaluation = {"split": "test", "few_shot": 0, "baselines": ["popularity", "item_knn"]}
-    _stage_folder(
-        root,
-        "evaluate",
-        "old",
-        {"task3/acc": 0.5, "baseline/popularity/task3/acc": 0.11, "baseline/item_knn/task3/acc": 0.12},
-        1000,
-        up,
-        alignment={"mode": "intention"},
-        evaluation=evaluation | {"model": "aligned"},
-    )
-    _stage_folder(
-        root,
-        "evaluate",
-        "new",
-        {
-            "task1/hr@5": 0.18,
-            "task1/distinct_answers": 12,
-            "task3/acc": 1 / 3,
-            "baseline/popularity/task1/hr@5": 0.04,
-            "baseline/popularity/task3/acc": 0.795,
-            "baseline/item_knn/task3/acc": 0.648,
-        },
-        2000,
-        up,
-        alignment={"mode": "hybrid"},
-        evaluation=evaluation | {"model": "aligned"},
-    )
+    evaluation = {"evaluation": {"split": "test", "few_shot": 0, "baselines": ["popularity", "item_knn"]}}
+    evaluation["evaluation"]["model"] = "aligned"
     explain = {"explain": {"model": "aligned", "split": "test"}, "judge": {"name": "none"}}
-    old = _stage_folder(
-        root,
-        "explain",
-        "old",
-        {"explain/decision_acc": 0.5},
-        1000,
-        up,
-        alignment={"mode": "behavior"},
-        **explain,
-    )
+    old_task3 = {"task3/acc": 0.5, "baseline/popularity/task3/acc": 0.11, "baseline/item_knn/task3/acc": 0.12}
+    new_tasks = {"task1/hr@5": 0.18, "task1/distinct_answers": 12, "task3/acc": 1 / 3}
+    new_tasks |= {"baseline/popularity/task1/hr@5": 0.04, "baseline/popularity/task3/acc": 0.795}
+    new_tasks |= {"baseline/item_knn/task3/acc": 0.648}
+    new_explain = {
+        "explain/decision_acc": 0.75,
+        "explain/attribution_agreement": 0.6,
+        "explain/distinct_ratio": 0.9,
+    }
+    folders = {}  # (stage, key): metrics, mtime (the newer folder wins), mode, config sections
+    for stage, key, metrics, mtime, mode, sections in [
+        ("evaluate", "old", old_task3, 1000, "intention", evaluation),
+        ("evaluate", "new", new_tasks, 2000, "hybrid", evaluation),
+        ("explain", "old", {"explain/decision_acc": 0.5}, 1000, "behavior", explain),
+        ("explain", "new", new_explain, 2000, "hybrid", explain),
+    ]:
+        folders[stage, key] = _stage_folder(
+            root, stage, key, metrics, mtime, up, alignment={"mode": mode}, **sections
+        )
+    old, new = folders["explain", "old"], folders["explain", "new"]
     (old / "explanations.jsonl").write_text(json.dumps(_record(0, text="From the old folder.")) + "\n")
-    new = _stage_folder(
-        root,
-        "explain",
-        "new",
-        {"explain/decision_acc": 0.75, "explain/attribution_agreement": 0.6, "explain/distinct_ratio": 0.9},
-        2000,
-        up,
-        alignment={"mode": "hybrid"},
-        **explain,
-    )
     first = _record(
         1,
         decision="no",
