@@ -2,6 +2,12 @@
 
 Adding a stage: a module with ``key_fields(cfg) -> dict`` (what determines its output besides upstream
 artifacts) and ``run(cfg, out_dir, upstream) -> metrics``, registered in :data:`STAGES`.
+
+The cache-key rule: ``key_fields`` returns the config sections that determine the stage's output, whole and
+resolved, with effective values where a knob is resolved from others (the precision a stage runs at, the
+history a prompt shows), minus only the fields that cannot change the output (how a judge is reached). A
+field is never left out because it has its default value: a new knob changes every key of its stage once,
+as a bump of :attr:`Stage.version` does for a change of the stage's code; both recompute on purpose.
 """
 
 from __future__ import annotations

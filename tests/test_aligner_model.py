@@ -307,7 +307,7 @@ def test_paired_batching_puts_both_answers_of_a_prefix_in_one_batch(mega):
 
 
 @pytest.mark.slow
-def test_pair_batching_is_keyed_only_when_on(make_cfg):
+def test_pair_batching_changes_the_aligner_key(make_cfg):
     from recexplainer.pipeline import stage_folder
 
     off, default = make_cfg("aligner.pair_batching=false"), make_cfg()

@@ -284,16 +284,16 @@ def test_training_runs_in_train_mode_so_gradient_checkpointing_acts(tmp_path, mo
 
 
 @pytest.mark.slow
-def test_aligner_seed_reseeds_training_alone_and_keeps_older_keys(tmp_path, monkeypatch):
+def test_aligner_seed_reseeds_training_alone(tmp_path, monkeypatch):
     """aligner.seed: replicates of the aligner on one recommender and one alignment data folder. It seeds the
-    training sample and the run; the validation sample stays on the top-level seed; null keys as before."""
+    training sample and the run; the validation sample stays on the top-level seed."""
     from recexplainer.aligner import stage as aligner_stage
 
     from .helpers import TINY, TINY_SASREC, compose_config
 
     base = [f"paths.artifacts={tmp_path}", *TINY, *TINY_SASREC, *ALIGN, "seed=7"]
     default, reseeded = compose_config(base), compose_config([*base, "aligner.seed=3"])
-    assert "seed" not in aligner_stage.key_fields(default)["aligner"]  # cached aligners keep their keys
+    assert aligner_stage.key_fields(default)["aligner"]["seed"] is None  # keyed like every field
     for upstream in ("recommender", "alignment_data"):
         assert stage_folder(default, upstream) == stage_folder(reseeded, upstream)
     assert stage_folder(default, "aligner") != stage_folder(reseeded, "aligner")
@@ -359,7 +359,7 @@ def test_cpu_bf16_trains_and_evaluates_with_fp32_weights_saved(tmp_path, caplog)
 @pytest.mark.slow
 def test_evaluation_precision_evaluates_an_fp32_aligner_in_bf16(trained, monkeypatch):
     """evaluation.precision: the fp32 aligner evaluated with bf16 weights (bf16-true) without retraining;
-    null or the trainer's own precision keeps the evaluate key of before."""
+    null and the trainer's own precision give the same evaluate key (the effective precision is keyed)."""
     from .helpers import TINY, TINY_SASREC, compose_config
 
     cfg, aligner_folder = trained

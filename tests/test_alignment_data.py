@@ -314,14 +314,14 @@ def test_item_tasks_repeat_items_with_varied_templates(root):
 @pytest.mark.slow
 def test_text_hist_len_shortens_the_titles_but_not_the_vectors_or_labels(root, context, hybrid):
     """alignment.text_hist_len=2: a hybrid user shows its last two titles; the user's history, labels and
-    vector rows are those of the whole prefix; null keeps the stage key of before the knob."""
+    vector rows are those of the whole prefix; the key holds the effective value."""
     from recexplainer.alignment_data import stage as alignment_stage
 
     data, _ = context
     default = compose_config(
         [f"paths.artifacts={root}", *TINY, "alignment=hybrid", "alignment.text_hist_len=null"]
     )
-    assert "text_hist_len" not in alignment_stage.key_fields(default)["alignment"]
+    assert alignment_stage.key_fields(default)["alignment"]["text_hist_len"] is None
     # intention renders no titles: the knob changes neither its examples nor its key
     intention = compose_config([f"paths.artifacts={root}", *TINY, "alignment=intention"])
     cut = compose_config(

@@ -27,15 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
-    aligner = OmegaConf.to_container(cfg.aligner, resolve=True)
-    # null = the top-level seed (keyed below): keys from before the knob existed still hold
-    if aligner.get("seed") is None:
-        aligner.pop("seed", None)
-    if not aligner.get("pair_batching"):  # off: the same batches as before the knob, the same keys
-        aligner.pop("pair_batching", None)
     return {
         "llm": OmegaConf.to_container(cfg.llm, resolve=True),
-        "aligner": aligner,
+        "aligner": OmegaConf.to_container(cfg.aligner, resolve=True),
         "seed": cfg.seed,
         "precision": stage_precision(cfg, "aligner"),
     }

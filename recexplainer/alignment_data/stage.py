@@ -65,10 +65,7 @@ def shown_history(cfg: DictConfig) -> int | None:
 
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
     alignment = OmegaConf.to_container(cfg.alignment, resolve=True)
-    # null (every title) is left out: keys from before the knob existed still hold
-    alignment.pop("text_hist_len", None)
-    if shown_history(cfg) is not None:
-        alignment["text_hist_len"] = shown_history(cfg)
+    alignment["text_hist_len"] = shown_history(cfg)  # the effective value (intention renders no titles)
     return {
         "alignment": alignment,
         "tasks": OmegaConf.to_container(cfg.tasks, resolve=True),

@@ -48,7 +48,7 @@ def requires(cfg: DictConfig) -> tuple[str, ...]:
 
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
     evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
-    evaluation.pop("precision", None)  # in the key as the effective "precision" below (older keys hold)
+    evaluation.pop("precision", None)  # keyed as the effective precision below
     fields = {"evaluation": evaluation, "seed": cfg.seed}
     if cfg.evaluation.model == "unaligned":  # the aligned model's LLM is part of the aligner's key
         fields["llm"] = OmegaConf.to_container(cfg.llm, resolve=True)
