@@ -117,17 +117,17 @@ def test_explain_with_an_openai_compatible_judge_and_resume(make_cfg, monkeypatc
             "judge.concurrency=1",
         ]
         cfg = make_cfg(*cfg_overrides)
-        from recexplainer.evaluate.predictors import LLMPredictor
+        from recexplainer.explain import generate
 
-        original, calls = LLMPredictor.explain, {"n": 0}
+        original, calls = generate.explain_batch, {"n": 0}
 
-        def dying(self, rows, *args):
+        def dying(predictor, rows, *args):
             calls["n"] += len(rows)
             if calls["n"] > 4:
                 raise RuntimeError("killed")
-            return original(self, rows, *args)
+            return original(predictor, rows, *args)
 
-        monkeypatch.setattr(LLMPredictor, "explain", dying)
+        monkeypatch.setattr(generate, "explain_batch", dying)
         with pytest.raises(RuntimeError, match="killed"):
             run(cfg)
         generated = (stage_folder(cfg, "explain") / "generated.jsonl").read_text().splitlines()
@@ -188,16 +188,16 @@ def test_local_judge_of_the_unaligned_model_reuses_its_llm(make_cfg, monkeypatch
 def test_explain_runs_the_llm_under_bf16_autocast_with_cpu_bf16(make_cfg, monkeypatch):
     """trainer=cpu_bf16: the explain stage's LLM runs under bf16 autocast on the CPU, as the Trainer-driven
     stages do (bf16-mixed), and writes its explanations."""
-    from recexplainer.evaluate.predictors import LLMPredictor
+    from recexplainer.explain import generate
 
     seen = []
-    explain = LLMPredictor.explain
+    explain = generate.explain_batch
 
-    def spy(self, *args, **kwargs):
+    def spy(*args, **kwargs):
         seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-        return explain(self, *args, **kwargs)
+        return explain(*args, **kwargs)
 
-    monkeypatch.setattr(LLMPredictor, "explain", spy)
+    monkeypatch.setattr(generate, "explain_batch", spy)
     folder = run(make_cfg(*EXPLAIN, "trainer=cpu_bf16"))
     assert seen and all(seen)
     assert len((folder / "explanations.jsonl").read_text().splitlines()) == 6

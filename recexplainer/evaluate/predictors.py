@@ -93,7 +93,7 @@ class LLMPredictor:
             text = text.replace(placeholder + " ", "").replace(placeholder, "")
         return text
 
-    def _encode(self, row: dict[str, Any]) -> dict[str, Any]:
+    def encode(self, row: dict[str, Any]) -> dict[str, Any]:
         shots = [(self._text(s["prompt"]), s["target"]) for s in self.shots.get(row["task"], [])]
         if self.aligned and not shots:
             e = encode(
@@ -139,7 +139,7 @@ class LLMPredictor:
             raise ValueError(
                 "few-shot prompts are for the unaligned model (evaluation.few_shot needs model=unaligned)"
             )
-        encoded = [self._encode(r) for r in rows]
+        encoded = [self.encode(r) for r in rows]
         if KINDS[kind].answer == "yes_no":
             p_yes = yes_probability(self.decoder.next_token_logits(encoded), self.yes_ids, self.no_ids)
             return [{"outputs": [], "titles": [], "items": [], "p_yes": float(p)} for p in p_yes]
@@ -168,36 +168,6 @@ class LLMPredictor:
             "items": [self.index.match(t) for t in titles],
             "items_fuzzy": [self.index.fuzzy(t, self.fuzzy_cutoff) for t in titles],
         }
-
-    def explain(
-        self,
-        rows: Sequence[dict[str, Any]],
-        max_new_tokens: int,
-        prefix: str = "",
-        decisions: Sequence[float] | None = None,
-    ) -> list[tuple[float, str, float]]:
-        """(P(yes) of the decision, explanation text, P(yes) of the first answer token after this prompt)
-        per row.
-
-        ``prefix`` (e.g. ``"{decision}, because"``) starts the answer with the model's own decision so
-        that a model fine-tuned to answer tersely still explains; the returned text includes it. The
-        decision is this prompt's P(yes), or ``decisions`` (one P(yes) per row, e.g. the model's answer
-        to the task-3 question about the same pair) where given.
-        """
-        encoded = [self._encode(r) for r in rows]
-        p_prompt = yes_probability(self.decoder.next_token_logits(encoded), self.yes_ids, self.no_ids)
-        p_yes = p_prompt.tolist() if decisions is None else [float(p) for p in decisions]
-        starts = [prefix.replace("{decision}", "Yes" if p > 0.5 else "No") for p in p_yes]
-        if prefix:
-            for e, start in zip(encoded, starts, strict=True):
-                e["input_ids"] = (
-                    list(e["input_ids"]) + self.tokenizer(start, add_special_tokens=False)["input_ids"]
-                )
-        texts = self.decoder.generate(encoded, max_new_tokens)
-        return [
-            (float(p), (start + t[0]).strip() if start else t[0].strip(), float(q))
-            for p, start, t, q in zip(p_yes, starts, texts, p_prompt.tolist(), strict=True)
-        ]
 
 
 class BaselinePredictor:

@@ -31,7 +31,7 @@ from recexplainer.artifacts import atomic_write_text, write_json
 from recexplainer.config import ConfigError
 from recexplainer.data.dataset import SequentialData
 from recexplainer.evaluate.evaluator import PredictionStore
-from recexplainer.explain import faithfulness, templated
+from recexplainer.explain import faithfulness, generate, templated
 from recexplainer.explain.judge import Judge, JudgeCache, LocalJudge, OpenAIJudge, rubric_prompt
 from recexplainer.recommender.attribution import leave_one_out, top_attributed
 from recexplainer.runtime import autocast, inference_device, stage_precision
@@ -167,7 +167,9 @@ def _generate(cfg: DictConfig, out_dir: Path, predictor: Any, rows: list[dict[st
                 if ex.decision == "interest_prompt":  # the model's task-3 answer about the same pair
                     answers = predictor.predict("interest", [r["decision_row"] for r in batch])
                     decisions = [a["p_yes"] for a in answers]
-                outputs = predictor.explain(batch, ex.max_new_tokens, ex.answer_prefix, decisions)
+                outputs = generate.explain_batch(
+                    predictor, batch, ex.max_new_tokens, ex.answer_prefix, decisions
+                )
             records = [
                 {"id": r["id"], "p_yes": p, "text": text, "p_yes_prompt": q}
                 for r, (p, text, q) in zip(batch, outputs, strict=True)
