@@ -6,6 +6,7 @@ Nothing here touches the network unless ``load_llm(..., local_files_only=False)`
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -214,13 +215,19 @@ def cached_smollm2(cache_root: Path | None = None) -> Path:
 
 def tiny_tokenizer(path: Path = TINY_TOKENIZER_DIR) -> PreTrainedTokenizerBase:
     """The small tokenizer shipped with the package (``llm/tiny_tokenizer``: SmolLM2's BPE, ChatML chat
-    template, eos = pad = ``<|im_end|>``) for ``llm=tiny_random``, loaded fully offline."""
+    template, eos = pad = ``<|im_end|>``; its vocabulary gzipped) for ``llm=tiny_random``, loaded offline."""
     path = Path(path)
     if not (path / "tokenizer_config.json").is_file():
         raise FileNotFoundError(
             f"no tokenizer in {path} (the package ships one in recexplainer/llm/tiny_tokenizer)"
         )
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    with tempfile.TemporaryDirectory() as tmp:  # the loaded tokenizer keeps nothing open in it
+        for file in path.iterdir():
+            target = Path(tmp) / (file.stem if file.suffix == ".gz" else file.name)
+            target.write_bytes(
+                gzip.decompress(file.read_bytes()) if file.suffix == ".gz" else file.read_bytes()
+            )
+        tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
     _ensure_pad(tokenizer)
     return tokenizer
 
