@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from recexplainer.aligner.data import collate
-from recexplainer.aligner.model import base_model
+from recexplainer.aligner import base_model, collate
 
 
 class TitleTrie:

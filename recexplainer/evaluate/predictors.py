@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recexplainer.aligner.data import encode
+from recexplainer.aligner import encode
 from recexplainer.evaluate.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
 from recexplainer.evaluate.tasks import KINDS, titles_asked
 from recexplainer.text import DEFAULT_SEPARATOR, ChatFormatter, TitleIndex, normalize, parse_list, split_mark

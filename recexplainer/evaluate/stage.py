@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from recexplainer.aligner.model import autocast_weights
+from recexplainer.aligner import autocast_weights
 from recexplainer.alignment_data.io import example_files, read_examples, read_vectors
 from recexplainer.artifacts import write_json
 from recexplainer.data.dataset import SequentialData

@@ -23,7 +23,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from recexplainer.aligner.model import autocast_weights
+from recexplainer.aligner import autocast_weights
 from recexplainer.alignment_data.explanations import evidence_text
 from recexplainer.alignment_data.io import read_examples
 from recexplainer.alignment_data.templates import SlotRenderer, render
