@@ -143,13 +143,14 @@ def _hydra_main(cfg: DictConfig) -> None:
 def _run_and_report(cfg: DictConfig) -> Path:
     from recexplainer.assets import AssetError
     from recexplainer.data.loaders import DataFormatError
+    from recexplainer.explain.judge import JudgeFailed
 
     try:
         folder = run(cfg)
     except ConfigError as err:
         log.error("config error: %s", err)
         raise SystemExit(2) from err
-    except (DataFormatError, AssetError, FileNotFoundError) as err:  # the user can fix these: no traceback
+    except (DataFormatError, AssetError, FileNotFoundError, JudgeFailed) as err:  # the user can fix these
         log.error("%s: %s", type(err).__name__, err)
         raise SystemExit(2) from err
     metrics = folder / "metrics.json"

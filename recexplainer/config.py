@@ -312,6 +312,9 @@ class JudgeConfig:
     retry_unparsable: bool = (
         False  # re-ask prompts whose cached reply could not be parsed (default: reuse it)
     )
+    # the explain stage fails (judgments cached, nothing else lost) when more than this share of the judge's
+    # requests failed (unreachable endpoint, HTTP errors after the retries); unparsable replies do not count
+    max_failed_share: float = 0.2
 
 
 @dataclass
@@ -466,6 +469,8 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
         value = _select(cfg, key)
         if value is not None and not 0 <= value < 2**32:
             raise ConfigError(f"{key}={value} must be in [0, 2**32)")
+    if not 0.0 <= cfg.judge.max_failed_share <= 1.0:
+        raise ConfigError(f"judge.max_failed_share={cfg.judge.max_failed_share} must be in [0, 1]")
     _validate_precisions(cfg)
     _validate_alignment(cfg)
     _validate_evaluation(cfg)

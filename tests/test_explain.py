@@ -257,3 +257,49 @@ def test_the_decision_comes_from_the_task3_question_or_the_explain_prompt(make_c
     else:
         assert asked == [] and [r["p_yes"] == r["p_yes_prompt"] for r in records] == [True] * 6
         assert [r["decision"] == "yes" for r in records] == own
+
+
+@pytest.mark.slow
+def test_an_unreachable_judge_stops_the_stage_and_keeps_the_explanations(make_cfg):
+    """Every request fails: the stage stops with a clear error instead of metrics without the judge; the
+    explanations are kept, so the rerun once the endpoint answers generates nothing again."""
+    from recexplainer import cli
+    from recexplainer.explain import generate
+    from recexplainer.explain.judge import JudgeFailed
+
+    server = FakeServer([], default=500)
+    try:
+        cfg = make_cfg(
+            *EXPLAIN,
+            "judge=openai",
+            "judge.model=fake",
+            f"judge.base_url={server.url}",
+            "judge.backoff_s=0.01",
+            "judge.max_retries=1",
+        )
+        with pytest.raises(JudgeFailed, match=r"6 of 6 judgments by .* failed .*HTTP 500"):
+            run(cfg)
+        assert len((stage_folder(cfg, "explain") / "generated.jsonl").read_text().splitlines()) == 6
+        with pytest.raises(SystemExit) as exit_info:  # the command line: exit code 2, no traceback
+            cli._run_and_report(cfg)
+        assert exit_info.value.code == 2
+        server.default = "2"  # the endpoint answers again
+        calls = []
+        original = generate.explain_batch
+        generate.explain_batch = lambda *a, **k: calls.append(1) or original(*a, **k)
+        try:
+            folder = run(cfg)
+        finally:
+            generate.explain_batch = original
+        assert calls == []  # every explanation came from generated.jsonl
+        assert json.loads((folder / "metrics.json").read_text())["explain/judge_n"] == 6
+    finally:
+        server.close()
+
+
+def test_judge_max_failed_share_is_a_share(make_cfg):
+    from recexplainer.config import ConfigError, validate
+    from recexplainer.pipeline import STAGES
+
+    with pytest.raises(ConfigError, match=r"judge.max_failed_share=1.5 must be in \[0, 1\]"):
+        validate(make_cfg("judge.max_failed_share=1.5"), tuple(STAGES))

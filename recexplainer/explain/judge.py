@@ -116,6 +116,11 @@ class TransientError(RuntimeError):
     """A failure worth retrying (network, timeout, 429, 5xx)."""
 
 
+class JudgeFailed(RuntimeError):
+    """Too many judgments failed: the explain stage stops (exit code 2, no traceback) instead of reporting
+    metrics without the judge."""
+
+
 class Judge:
     """Scores prompts with ``complete(messages) -> reply``; subclasses provide ``complete``."""
 

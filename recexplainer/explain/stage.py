@@ -32,7 +32,7 @@ from recexplainer.config import ConfigError
 from recexplainer.data.dataset import SequentialData
 from recexplainer.evaluate.evaluator import PredictionStore
 from recexplainer.explain import faithfulness, generate, templated
-from recexplainer.explain.judge import Judge, JudgeCache, LocalJudge, OpenAIJudge, rubric_prompt
+from recexplainer.explain.judge import Judge, JudgeCache, JudgeFailed, LocalJudge, OpenAIJudge, rubric_prompt
 from recexplainer.recommender.attribution import leave_one_out, top_attributed
 from recexplainer.runtime import autocast, inference_device, stage_precision
 from recexplainer.text import DEFAULT_SEPARATOR, TitleIndex, join_titles, parse_yes_no
@@ -53,6 +53,7 @@ JUDGE_TRANSIENT = (
     "cache_dir",
     "api_key_env",
     "retry_unparsable",
+    "max_failed_share",
 )
 
 
@@ -182,6 +183,20 @@ def _generate(cfg: DictConfig, out_dir: Path, predictor: Any, rows: list[dict[st
     return done
 
 
+def check_judge_failures(judge: Judge, judgments: list[Any], jc: DictConfig) -> None:
+    """Raise :class:`JudgeFailed` when more than ``judge.max_failed_share`` of the requests failed; the
+    judgments that succeeded stay in the judge's cache and the explanations in ``generated.jsonl``."""
+    failed = [j for j in judgments if j.error and not j.error.startswith("unparsable")]
+    if judgments and len(failed) > jc.max_failed_share * len(judgments):
+        where = f" at {jc.base_url}" if jc.get("base_url") else ""
+        raise JudgeFailed(
+            f"{len(failed)} of {len(judgments)} judgments by {judge.name}{where} failed (more than "
+            f"judge.max_failed_share={jc.max_failed_share}); first error: {failed[0].error}. The generated "
+            "explanations and the judgments that succeeded are kept: fix the judge (judge.base_url, the key in "
+            "the variable judge.api_key_env names) and rerun, or run with judge=none"
+        )
+
+
 def build_judge(cfg: DictConfig, predictor: Any) -> Judge | None:
     jc = cfg.judge
     if jc.name == "none":
@@ -288,6 +303,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             record["judge_score"], record["judge_error"] = judgment.score, judgment.error
             if judgment.error:  # what the judge said, to read the failures
                 record["judge_reply"] = (judgment.reply or "")[:500]
+        check_judge_failures(judge, judgments, cfg.judge)
 
     metrics = explanation_metrics(records, target_patterns(cfg)) | predictor_metrics
     if judge is not None:
