@@ -9,6 +9,7 @@ Choices that a type cannot express (``dedup: first|last|none``) are checked by :
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -442,8 +443,32 @@ def _validate_precisions(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not a precision; choose one of {', '.join(allowed)}")
 
 
+def _validate_known_keys(node: DictConfig, path: str = "") -> None:
+    """The schema is the whole truth: a key that no schema declares (``+recommender.hiden_size=32``: Hydra's
+    ``+`` adds keys past the schema) is refused, naming the closest known key."""
+    import difflib
+
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key not in known:
+                name = f"{path}.{key}" if path else str(key)
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"; did you mean {path + '.' if path else ''}{close[0]}?" if close else ""
+                raise ConfigError(
+                    f"{name} is not a configuration key{hint} (keys of {path or 'the top level'}: "
+                    f"{', '.join(known)})"
+                )
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _validate_known_keys(child, f"{path}.{key}" if path else str(key))
+
+
 def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     """Check choices and ranges that types cannot express; raise ConfigError naming the key."""
+    _validate_known_keys(cfg)
     stages = (*stages, REPORT_STAGE) if REPORT_STAGE not in stages else stages
     if cfg.stage not in stages:
         raise ConfigError(f"stage={cfg.stage!r} is not a stage; choose one of {', '.join(stages)}")

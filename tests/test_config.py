@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -113,4 +114,22 @@ def test_misspelled_key_in_a_user_yaml_fails(tmp_path: Path):
 def test_invalid_values_fail_at_start_up_naming_the_key(override, key):
     cfg = compose_config([override])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg, tuple(STAGES))
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        (
+            "+recommender.hiden_size=32",
+            "recommender.hiden_size is not a configuration key; did you mean recommender.hidden_size?",
+        ),
+        ("+judge.api_key=SECRET", "judge.api_key is not a configuration key"),
+        ("+aligner.lr_projector=0.1", "aligner.lr_projector is not a configuration key"),
+        ("+nosuch=1", "nosuch is not a configuration key"),
+    ],
+)
+def test_keys_no_schema_declares_are_refused_even_with_plus(override, says):
+    cfg = compose_config([override])
+    with pytest.raises(ConfigError, match=re.escape(says)):
         validate(cfg, tuple(STAGES))
