@@ -138,3 +138,12 @@ def test_unparsable_replies_are_cached_and_reasked_only_on_request(server_factor
     assert len(server.requests) == 2 and again.stats["unparsable"] == 1
     retry = _judge(server.url, tmp_path, concurrency=1, retry_unparsable=True)
     assert retry.judge_one("p").score is None and len(server.requests) == 4  # asked again
+
+
+def test_a_failed_request_is_not_an_unparsable_reply():
+    from recexplainer.explain.judge import Judgment
+
+    assert Judgment(None, None, error="TransientError: HTTP 500 from the judge endpoint").failed
+    assert not Judgment(None, "I would say good", error="unparsable reply").failed
+    assert not Judgment(None, "", error="unparsable reply (cached)", cached=True).failed
+    assert not Judgment(2, "2").failed

@@ -69,8 +69,7 @@ def store_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
 def autocast_weights(model: nn.Module | None, dtype: torch.dtype | None) -> Iterator[int]:
     """Inference under ``dtype`` autocast: inside the block every linear weight (LoRA and projectors
     included; not a head tied to the input embeddings) is stored in ``dtype``, so decoding gives the same
-    tokens and probabilities without casting each weight at every call (SmolLM2-135M generation on a CPU:
-    about 1.2x faster); afterwards the original weights are back, on the module's current device. Every
+    tokens and probabilities without casting each weight at every call; afterwards the original weights are back, on the module's current device. Every
     use of the model inside the block must run under autocast. Yields how many layers were converted;
     ``dtype`` (or ``model``) None does nothing."""
     modules = [] if dtype is None or model is None else _castable_linears(model, dtype, frozen_only=False)

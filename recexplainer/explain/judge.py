@@ -79,6 +79,11 @@ class Judgment:
     error: str | None = None
     cached: bool = False
 
+    @property
+    def failed(self) -> bool:
+        """The request itself failed (no reply after the retries), as opposed to an unparsable reply."""
+        return self.error is not None and self.reply is None
+
 
 class JudgeCache:
     """Append-only JSON lines of judgments, keyed by sha256(judge model, prompt). Unparsable replies are

@@ -186,7 +186,7 @@ def _generate(cfg: DictConfig, out_dir: Path, predictor: Any, rows: list[dict[st
 def check_judge_failures(judge: Judge, judgments: list[Any], jc: DictConfig) -> None:
     """Raise :class:`JudgeFailed` when more than ``judge.max_failed_share`` of the requests failed; the
     judgments that succeeded stay in the judge's cache and the explanations in ``generated.jsonl``."""
-    failed = [j for j in judgments if j.error and not j.error.startswith("unparsable")]
+    failed = [j for j in judgments if j.failed]
     if judgments and len(failed) > jc.max_failed_share * len(judgments):
         where = f" at {jc.base_url}" if jc.get("base_url") else ""
         raise JudgeFailed(
