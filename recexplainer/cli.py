@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -159,7 +160,35 @@ def _run_and_report(cfg: DictConfig) -> Path:
     return folder
 
 
+SECRET_KEY = re.compile(r"(^|_)(api_?key|apikey|secret|token|password|passwd|credentials?)$", re.IGNORECASE)
+SECRET_VALUE = re.compile(
+    r"\b(sk-[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{20,})"
+)  # OpenAI- / Hugging Face-style keys
+
+
+def secret_override(args: list[str]) -> str | None:
+    """The first command-line override that sets a secret, by its key or its value; None if none does.
+
+    Hydra writes every override into the run folder (``.hydra/overrides.yaml``, ``config.yaml``) before any
+    check of ours runs, so a secret must be refused before Hydra starts."""
+    for arg in args:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key.startswith("-"):
+            continue
+        leaf = key.rsplit(".", 1)[-1]
+        if (SECRET_KEY.search(leaf) and not leaf.endswith("_env")) or SECRET_VALUE.search(value):
+            return key
+    return None
+
+
 def main() -> None:
+    key = secret_override(sys.argv[1:])
+    if key is not None:
+        sys.exit(
+            f"config error: {key}=... looks like a secret; secrets are never set through the config (it is "
+            "saved with every run). Export it in the environment variable that judge.api_key_env names "
+            "(OPENAI_API_KEY by default) and run again."
+        )
     if not CONF_DIR.is_dir():
         sys.exit(f"config folder not found at {CONF_DIR}; install the package in editable mode (make setup)")
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")

@@ -10,6 +10,7 @@ Choices that a type cannot express (``dedup: first|last|none``) are checked by :
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +164,7 @@ class AlignmentConfig:
 
 @dataclass
 class TaskConfig:
-    kind: str = MISSING  # what the task asks; see recexplainer/alignment_data/labels.py
+    kind: str = MISSING  # what the task asks: a registered task kind (recexplainer/tasks/)
     task_id: int = MISSING  # the paper's task number (1 retrieval ... 6 history reconstruction)
     modes: list[str] = field(default_factory=lambda: ["behavior", "intention", "hybrid"])
     templates: list[str] = MISSING  # paraphrased instructions; named fields only, e.g. {user}, {item}
@@ -335,6 +336,7 @@ class Config:
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     show: int = 0  # alignment_data: print this many rendered examples per task
+    plugins: list[str] = field(default_factory=list)  # modules imported at start-up (your own task kinds)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
@@ -446,7 +448,6 @@ def _validate_precisions(cfg: DictConfig) -> None:
 def _validate_known_keys(node: DictConfig, path: str = "") -> None:
     """The schema is the whole truth: a key that no schema declares (``+recommender.hiden_size=32``: Hydra's
     ``+`` adds keys past the schema) is refused, naming the closest known key."""
-    import difflib
 
     schema = OmegaConf.get_type(node)
     if dataclasses.is_dataclass(schema):
@@ -466,9 +467,75 @@ def _validate_known_keys(node: DictConfig, path: str = "") -> None:
             _validate_known_keys(child, f"{path}.{key}" if path else str(key))
 
 
+def _import_plugins(modules: list[str]) -> None:
+    """Import the user's modules (e.g. task kinds registered with ``recexplainer.tasks.register``)."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ConfigError(
+                f"plugins: cannot import {module!r} ({err}); give an importable module name (its folder on "
+                "PYTHONPATH or installed)"
+            ) from None
+
+
+SIZE_KEYS = ("n_layers", "n_heads", "max_len", "inner_size", "max_epochs", "lora_r", "lora_alpha")
+
+
+def _range_error(key: str, value: Any) -> str | None:
+    """Why a value is out of range by what its key names (None: fine or not a ranged key)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if "dropout" in key and not 0 <= value < 1:
+        return "must be in [0, 1) (a probability)"
+    if (key == "lr" or key.endswith("_lr")) and value <= 0:
+        return "must be > 0 (a learning rate)"
+    if key == "weight_decay" and value < 0:
+        return "must be >= 0"
+    if (key.endswith("_size") or key in SIZE_KEYS) and value <= 0:
+        return "must be > 0 (a size)"
+    return None
+
+
+def _validate_ranges(node: Any, path: str = "") -> None:
+    """Probabilities, learning rates and sizes anywhere in the config (the recommender and dataset groups
+    included, whose schemas are open), checked by their key names."""
+    if not isinstance(node, DictConfig):
+        return
+    for key in node:
+        full = f"{path}.{key}" if path else str(key)
+        if OmegaConf.is_missing(node, key) or full.startswith("hydra"):
+            continue
+        value = node[key]
+        if isinstance(value, DictConfig):
+            _validate_ranges(value, full)
+            continue
+        problem = _range_error(str(key), value)
+        if problem:
+            raise ConfigError(f"{full}={value} {problem}")
+
+
+def _validate_task_names(cfg: DictConfig) -> None:
+    """Task lists name tasks of the tasks group (a typo would otherwise surface after the upstream stages
+    ran, or silently drop a task)."""
+    known = list(cfg.tasks)
+    for key in ("aligner.train_tasks", "evaluation.tasks"):
+        names = _select(cfg, key)
+        unknown = [n for n in names or [] if n not in known]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{key}: unknown task(s) {unknown}{hint}; the tasks group has {', '.join(known)}"
+            )
+
+
 def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     """Check choices and ranges that types cannot express; raise ConfigError naming the key."""
     _validate_known_keys(cfg)
+    _import_plugins(cfg.get("plugins") or [])
     stages = (*stages, REPORT_STAGE) if REPORT_STAGE not in stages else stages
     if cfg.stage not in stages:
         raise ConfigError(f"stage={cfg.stage!r} is not a stage; choose one of {', '.join(stages)}")
@@ -480,6 +547,8 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
         value = _select(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key}={value} must be positive")
+    _validate_ranges(cfg)
+    _validate_task_names(cfg)
     if cfg.dataset.preprocess.min_seq_len < 3:
         raise ConfigError(
             "dataset.preprocess.min_seq_len must be >= 3: the leave-one-out split needs one train, "
@@ -537,21 +606,18 @@ def _validate_evaluation(cfg: DictConfig) -> None:
 
 
 def _validate_alignment(cfg: DictConfig) -> None:
-    from recexplainer.alignment_data.templates import TemplateError, validate_format, validate_task
+    from recexplainer import tasks as kinds
+    from recexplainer.alignment_data.templates import TemplateError, validate_format
 
     try:
         validate_format("explain.evidence", cfg.explain.evidence, {"up", "down"})
         validate_format("alignment.user_format", cfg.alignment.user_format, {"placeholder", "titles"})
         validate_format("alignment.item_format", cfg.alignment.item_format, {"placeholder", "title"})
         for name, task in cfg.tasks.items():
-            validate_task(name, task)
+            kinds.validate(name, task)
             for key in ("top_fraction", "bottom_fraction", "eval_items_fraction", "yes_share"):
                 if not 0 <= task[key] <= 1:
                     raise ConfigError(f"tasks.{name}.{key}={task[key]} must be in [0, 1]")
-            if task.kind == "explanation" and task.evidence is not None:
-                validate_format(f"tasks.{name}.evidence", task.evidence, {"up", "down"})
-            if task.kind == "ranking" and task.n_candidates < 2:
-                raise ConfigError(f"tasks.{name}.n_candidates={task.n_candidates} must be at least 2")
     except TemplateError as err:
         raise ConfigError(str(err)) from None
     prefix = cfg.explain.answer_prefix

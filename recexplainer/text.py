@@ -85,6 +85,27 @@ def parse_list(text: str, separator: str = DEFAULT_SEPARATOR, limit: int | None 
     return pieces[:limit] if limit is not None else pieces
 
 
+def distinct_titles(titles: Sequence[str], k: int) -> list[str]:
+    """The first ``k`` distinct titles (after the matcher's ``normalize``), in beam order.
+
+    Beam search can return one title several times (different token paths that decode or parse to the same
+    title, e.g. with and without a trailing period); a repeat would only take a candidate slot, so the
+    candidates are the first ``k`` distinct ones (a wider search, ``evaluation.beam_width``, fills all ``k``).
+    An empty title (an unparsable beam) is kept as a miss, so that the beam count stays visible.
+    """
+    seen: set[str] = set()
+    out = []
+    for title in titles:
+        key = normalize(title)
+        if key and key in seen:
+            continue
+        seen.add(key)
+        out.append(title)
+        if len(out) == k:
+            break
+    return out
+
+
 def _clean(piece: str) -> str:
     """One parsed title: numbering, bullets, surrounding quotes and trailing punctuation dropped."""
     piece = _NUMBERING.sub("", piece).strip().strip(_QUOTES).strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import resource
 import statistics
 import sys
@@ -11,6 +12,8 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -79,6 +82,46 @@ class EpochTimer(Callback):
         if best_epoch is not None and best_epoch in self.elapsed_at_epoch:
             out["train/sec_to_best_epoch"] = self.elapsed_at_epoch[best_epoch]
         return out
+
+
+class RandomStateCheckpoint(Callback):
+    """Saves the torch / numpy / Python random states with every checkpoint and puts them back just before
+    the first training batch after a resume, where the uninterrupted run had them: dropout and any other
+    draw then continue exactly (the batch order is the samplers' own, restored with the checkpoint). Under
+    DDP the checkpoint holds rank 0's states, so a resumed multi-process run is not bit-identical."""
+
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        numpy_state = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        state, self._pending = self._pending, None
+        if not state:
+            return
+        torch.set_rng_state(state["torch"])
+        kind, keys, *rest = state["numpy"]
+        np.random.set_state((kind, keys.numpy(), *rest))
+        random.setstate(_tuples(state["python"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value):
+    """random.setstate wants tuples; a checkpoint round trip may give lists."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def finish_wandb_run() -> None:
@@ -161,7 +204,7 @@ def build_trainer(
         enable_progress_bar=t.enable_progress_bar,
         log_every_n_steps=t.log_every_n_steps,
         max_epochs=max_epochs,
-        callbacks=callbacks,
+        callbacks=[*callbacks, RandomStateCheckpoint()],
         logger=build_logger(cfg, out_dir, name),
         gradient_clip_val=grad_clip,
         default_root_dir=str(out_dir),

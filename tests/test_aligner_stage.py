@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from recexplainer import artifacts
 from recexplainer.aligner import setup
@@ -98,7 +99,9 @@ def test_encoded_prompts_use_the_chat_template_and_mask_the_prompt(trained):
 
 
 @pytest.mark.slow
-def test_killed_aligner_resumes_mid_epoch_with_the_remaining_batches(tmp_path, monkeypatch):
+def test_killed_aligner_resumes_mid_epoch_bit_identically(tmp_path, monkeypatch):
+    """Killed after a mid-epoch checkpoint (LoRA dropout on): the resumed run trains on the remaining
+    batches only and ends with the uninterrupted run's weights, losses and smoothed loss."""
     from .helpers import TINY, TINY_SASREC, compose_config
 
     def config(root):
@@ -111,6 +114,7 @@ def test_killed_aligner_resumes_mid_epoch_with_the_remaining_batches(tmp_path, m
                 "aligner.checkpoint_every_n_steps=1",
                 "aligner.accumulate_grad_batches=1",
                 "aligner.max_steps=-1",
+                "aligner.lora_dropout=0.1",
             ]
         )
 
@@ -122,7 +126,7 @@ def test_killed_aligner_resumes_mid_epoch_with_the_remaining_batches(tmp_path, m
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(AlignerModule, "training_step", record)
-    run(config(tmp_path / "reference"))
+    reference_folder = run(config(tmp_path / "reference"))
     reference, seen[:] = list(seen), []
 
     def die(self, batch, batch_idx):
@@ -142,7 +146,17 @@ def test_killed_aligner_resumes_mid_epoch_with_the_remaining_batches(tmp_path, m
     run(cfg)
     assert artifacts.is_complete(folder)
     assert seen == reference  # the same batches in the same order, none twice
-    assert json.loads((folder / "metrics.json").read_text())["aligner/optimizer_steps"] == len(reference)
+    metrics = [json.loads((f / "metrics.json").read_text()) for f in (reference_folder, folder)]
+    assert metrics[1]["aligner/optimizer_steps"] == len(reference)
+    for key in ("train/loss", "train/loss_smooth", "valid/loss"):
+        assert metrics[1][key] == metrics[0][key], key
+    weights = sorted(
+        p.relative_to(folder) for p in folder.rglob("*.safetensors") if "checkpoints" not in p.parts
+    )
+    assert weights
+    for path in weights:
+        a, b = load_file(reference_folder / path), load_file(folder / path)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path
 
 
 @pytest.mark.slow

@@ -7,14 +7,15 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from recexplainer.alignment_data.build import read_replay
 from recexplainer.alignment_data.labels import Prefixes
-from recexplainer.alignment_data.templates import TemplateError, render, template_fields, validate_task
+from recexplainer.alignment_data.templates import TemplateError, render, template_fields
 from recexplainer.cli import run
 from recexplainer.config import ConfigError, TaskConfig, validate
 from recexplainer.data.dataset import SequentialData
 from recexplainer.pipeline import STAGES, stage_folder
 from recexplainer.recommender import load_recommender, pad_left
+from recexplainer.tasks import validate as validate_task
+from recexplainer.tasks.replay import read_replay
 
 from .helpers import TINY, TINY_SASREC, compose_config
 

@@ -7,18 +7,23 @@ import pytest
 import torch
 
 from recexplainer import artifacts
+from recexplainer import tasks as kinds
 from recexplainer.cli import run
 from recexplainer.evaluate import stage as eval_stage
 from recexplainer.evaluate.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
-from recexplainer.evaluate.evaluator import ExampleMeans, PredictionStore
-from recexplainer.evaluate.predictors import BaselinePredictor, LLMPredictor, distinct_titles
-from recexplainer.evaluate.tasks import answer_diversity, score
+from recexplainer.evaluate.evaluator import ExampleMeans, PredictionStore, answer_diversity
+from recexplainer.evaluate.predictors import BaselinePredictor, LLMPredictor
 from recexplainer.llm import loading
 from recexplainer.pipeline import stage_folder
+from recexplainer.text import distinct_titles
 
 from .helpers import ALIGN
 
 EVAL = [*ALIGN, "stage=evaluate", "evaluation.batch_size=4", "evaluation.tasks=null"]  # every task
+
+
+def score(kind, row, prediction):
+    return kinds.get(kind).score(row, prediction)
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +233,7 @@ def test_popularity_rule_and_top1_frequency_baselines():
         ],
     }
     pop = BaselinePredictor("popularity", titles, popularity, [np.array([1, 2])], train, 0)
-    assert pop.threshold["interest"] == 30
+    assert pop.threshold == 30
     rows = [{"id": "x", "history": [1], "labels": {"item": 3, "answer": "yes"}}]
     assert pop.predict("interest", rows)[0]["p_yes"] == 1.0
     assert pop.predict("retrieval", [{"id": "r", "history": [1, 3], "labels": {"item": 2}}])[0]["items"] == [

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from recexplainer.evaluate.metrics import (
+from recexplainer.tasks.metrics import (
     history_coverage,
     ranking_ndcg,
     retrieval_rank,

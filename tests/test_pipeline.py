@@ -84,29 +84,48 @@ def test_same_seed_gives_same_metrics(make_cfg):
         assert first[key] == second[key], key
 
 
+def _same_results(folder_a, folder_b) -> None:
+    """Bit-identical final weights and metrics (timings aside) of two recommender folders."""
+    a = torch.load(folder_a / "checkpoints" / "best.ckpt", weights_only=True)
+    b = torch.load(folder_b / "checkpoints" / "best.ckpt", weights_only=True)
+    assert a["epoch"] == b["epoch"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    metrics = [json.loads((f / "metrics.json").read_text()) for f in (folder_a, folder_b)]
+    for key, value in metrics[0].items():
+        if key.startswith(("valid/", "test/", "train/best", "model/")):
+            assert metrics[1][key] == value, key
+
+
 @pytest.mark.slow
-def test_killed_training_resumes_from_last_checkpoint(make_cfg, monkeypatch):
-    cfg = make_cfg("recommender.train.max_epochs=4")
+@pytest.mark.parametrize("kill_epoch", [1, 3])
+def test_killed_training_resumes_bit_identically(make_cfg, monkeypatch, tmp_path, kill_epoch):
+    """Dropout on, killed after an epoch's checkpoint: the resumed run ends with the uninterrupted run's
+    weights and metrics (random states and the shuffle generator are checkpointed)."""
+    overrides = ("recommender.train.max_epochs=5", "recommender.dropout=0.3")
+    reference = run(make_cfg(*overrides, f"paths.artifacts={tmp_path / 'reference'}"))
+    cfg = make_cfg(*overrides)
     from recexplainer.training import EpochTimer
 
     original = EpochTimer.on_train_epoch_end
 
-    def die_after_two(self, trainer, module):
+    def die(self, trainer, module):
         original(self, trainer, module)
-        if trainer.current_epoch == 1:
+        if trainer.current_epoch == kill_epoch:
             raise RuntimeError("simulated kill")
 
-    monkeypatch.setattr(EpochTimer, "on_train_epoch_end", die_after_two)
+    monkeypatch.setattr(EpochTimer, "on_train_epoch_end", die)
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(cfg)
     folder = stage_folder(cfg, "recommender")
     assert not artifacts.is_complete(folder) and (folder / "checkpoints" / "last.ckpt").is_file()
     saved_epoch = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
-    assert saved_epoch in (0, 1)
+    assert saved_epoch in (kill_epoch - 1, kill_epoch)
     monkeypatch.undo()
     assert run(cfg) == folder and artifacts.is_complete(folder)
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["train/epochs_run"] == 4 - (saved_epoch + 1)  # only the epochs after the checkpoint
+    assert metrics["train/epochs_run"] == 5 - (saved_epoch + 1)  # only the epochs after the checkpoint
+    _same_results(reference, folder)
 
 
 def test_mf_through_the_same_interface(make_cfg):

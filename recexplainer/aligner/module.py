@@ -54,10 +54,12 @@ class AlignerModule(L.LightningModule):
         checkpoint["batches_done_in_epoch"] = (
             self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         )
+        checkpoint["loss_ema"] = self._loss_ema  # the logged smoothed loss continues where it was
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.train_sampler is not None:
             self.train_sampler.skip = int(checkpoint.get("batches_done_in_epoch", 0))
+        self._loss_ema = checkpoint.get("loss_ema")
 
     def training_step(self, batch, batch_idx):
         lm_frozen = self.global_step < self.projector_only_steps

@@ -19,13 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-from recexplainer.alignment_data.build import (
-    EXAMPLES_PER_PREFIX,
-    ITEM_KINDS,
-    USER_KINDS,
-    TaskBuilder,
-    read_replay,
-)
+from recexplainer import tasks as kinds
+from recexplainer.alignment_data.build import TaskBuilder
 from recexplainer.alignment_data.io import EXAMPLES_DIR, VECTORS_FILE, example_files, examples_path
 from recexplainer.alignment_data.labels import (
     iter_scored_prefixes,
@@ -49,7 +44,7 @@ def active_tasks(cfg: DictConfig) -> dict[str, Any]:
     return {
         name: OmegaConf.to_object(task)
         for name, task in cfg.tasks.items()
-        if cfg.alignment.mode in task.modes and (task.kind != "replay" or task.path)
+        if cfg.alignment.mode in task.modes and (kinds.get(task.kind).source != "file" or task.path)
     }
 
 
@@ -122,16 +117,16 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             for row in rows:
                 writers[name, split].write(json.dumps(row, ensure_ascii=False) + "\n")
             counts[name, split] += len(rows)
-            if tasks[name].kind in ("retrieval", "interest", "interest_hard", "explanation"):
+            if builders[name].kind.label_statistics:
                 collected.setdefault((name, split), []).extend(
                     {"labels": r["labels"], "history": r["history"]} for r in rows
                 )
 
-        user_tasks = {n: t for n, t in tasks.items() if t.kind in USER_KINDS}
+        user_tasks = {n: t for n, t in tasks.items() if builders[n].kind.source == "user"}
         if user_tasks:
             for split in SPLITS:
                 _user_split(cfg, split, data, model, user_tasks, builders, emit, vectors)
-        item_tasks = {n: t for n, t in tasks.items() if t.kind in ITEM_KINDS}
+        item_tasks = {n: t for n, t in tasks.items() if builders[n].kind.source == "item"}
         if item_tasks:
             similar = most_similar_items(vectors["items"])
             for name, task in item_tasks.items():
@@ -152,25 +147,9 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
                         split,
                         builders[name].from_items(split, items, data.item_table, similar, repeats),
                     )
-        for name, task in tasks.items():
-            if task.kind == "replay":
-                rows = read_replay(task.path, task.max_train)
-                emit(
-                    name,
-                    "train",
-                    [
-                        builders[name].example(
-                            "train",
-                            f"l{r['line']}",
-                            {"instruction": r["instruction"]},
-                            {},
-                            r["response"],
-                            user=-1,
-                            labels={},
-                        )
-                        for r in rows
-                    ],
-                )
+        for name in tasks:
+            if builders[name].kind.source == "file":
+                emit(name, "train", builders[name].kind.file_examples(builders[name]))
 
     with atomic_path(out_dir / VECTORS_FILE) as tmp:
         save_file({k: v.contiguous() for k, v in vectors.items()}, str(tmp))
@@ -210,7 +189,7 @@ def _user_split(cfg, split, data, model, user_tasks, builders, emit, vectors) ->
         for name, task in user_tasks.items():
             k = task.train_per_user
             rows = np.flatnonzero(rank < (k if k is not None else np.inf))
-            per = EXAMPLES_PER_PREFIX.get(task.kind, 1)
+            per = kinds.get(task.kind).examples_per_prefix
             if task.max_train is not None and len(rows) * per > task.max_train:
                 rows = task_rng(cfg.seed, name, "cap").choice(rows, size=task.max_train // per, replace=False)
             caps[name] = np.zeros(len(users), dtype=bool)

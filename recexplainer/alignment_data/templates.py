@@ -2,7 +2,7 @@
 
 Templates use named fields only (``{user}``, ``{item}``, ``{candidates}``, ``{n}``, ``{instruction}``):
 no attribute or index access, no conversions or format specs, so a template can never run code.
-A template naming a field its task does not provide fails at start-up.
+A template naming a field its task kind does not provide fails at start-up (``recexplainer.tasks.validate``).
 """
 
 from __future__ import annotations
@@ -11,24 +11,6 @@ import functools
 import string
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-# Fields each task kind provides, and those every template of the kind must use.
-FIELDS: dict[str, tuple[set[str], set[str]]] = {
-    "retrieval": ({"user"}, {"user"}),
-    "ranking": ({"user", "candidates", "n"}, {"user", "candidates"}),
-    "interest": ({"user", "item"}, {"user", "item"}),
-    "interest_hard": ({"user", "item"}, {"user", "item"}),
-    "item_recovery": ({"item"}, {"item"}),
-    "item_similar": ({"item"}, {"item"}),
-    "item_metadata": ({"item"}, {"item"}),
-    "history": ({"user", "n"}, {"user"}),
-    "replay": ({"instruction"}, {"instruction"}),
-    "explanation": ({"user", "item", "evidence"}, {"user", "item"}),
-}
-# Fields of the explanation kind's target templates (yes_templates / no_templates), and those required.
-ANSWER_FIELDS: tuple[set[str], set[str]] = ({"decision", "cited", "genre"}, {"decision", "cited"})
-KINDS = tuple(FIELDS)
-MODES = ("behavior", "intention", "hybrid")
 
 
 class TemplateError(ValueError):
@@ -54,63 +36,6 @@ def template_fields(template: str) -> set[str]:
             )
         names.add(name)
     return names
-
-
-def validate_task(name: str, task: Any) -> None:
-    """Check a task config: known kind and modes, at least one template, only the kind's fields."""
-    if task.kind not in FIELDS:
-        raise TemplateError(
-            f"tasks.{name}.kind={task.kind!r} is not a task kind; choose one of {', '.join(KINDS)}"
-        )
-    bad_modes = [m for m in task.modes if m not in MODES]
-    if bad_modes:
-        raise TemplateError(
-            f"tasks.{name}.modes has unknown mode(s) {bad_modes}; choose from {', '.join(MODES)}"
-        )
-    if not task.templates:
-        raise TemplateError(f"tasks.{name}.templates is empty; give at least one template")
-    allowed, required = FIELDS[task.kind]
-    for k, template in enumerate(task.templates):
-        fields = template_fields(template)
-        unknown, missing = fields - allowed, required - fields
-        if unknown:
-            raise TemplateError(
-                f"tasks.{name}.templates[{k}] uses unknown field(s) {sorted(unknown)}; "
-                f"a {task.kind} template may use {sorted(allowed)}"
-            )
-        if missing:
-            raise TemplateError(
-                f"tasks.{name}.templates[{k}] must contain {sorted('{' + f + '}' for f in missing)}"
-            )
-    if task.user_format is not None:
-        validate_format(f"tasks.{name}.user_format", task.user_format, {"placeholder", "titles"})
-    if task.kind == "explanation":
-        _validate_answers(name, task)
-        if getattr(task, "evidence", None) is None and any(
-            "evidence" in template_fields(t) for t in task.templates
-        ):
-            raise TemplateError(
-                f"tasks.{name}.templates use {{evidence}} but tasks.{name}.evidence is null; set it "
-                "(e.g. ${{explain.evidence}}) or remove {{evidence}} from the templates"
-            )
-
-
-def _validate_answers(name: str, task: Any) -> None:
-    """Explanation targets: both lists non-empty, known fields, and each list usable without a genre."""
-    allowed, required = ANSWER_FIELDS
-    for key in ("yes_templates", "no_templates"):
-        templates = list(getattr(task, key, None) or [])
-        if not templates:
-            raise TemplateError(f"tasks.{name}.{key} is empty; give at least one target template")
-        for k, template in enumerate(templates):
-            fields = template_fields(template)
-            if fields - allowed or required - fields:
-                raise TemplateError(
-                    f"tasks.{name}.{key}[{k}] must use {sorted(required)} and may use {{genre}}; "
-                    f"it uses {sorted(fields)}"
-                )
-        if all("genre" in template_fields(t) for t in templates):
-            raise TemplateError(f"tasks.{name}.{key}: at least one template must work without {{genre}}")
 
 
 def validate_format(key: str, fmt: str, allowed: set[str]) -> None:

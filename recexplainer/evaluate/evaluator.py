@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,26 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from recexplainer import tasks as kinds
 from recexplainer.artifacts import atomic_write_text
-from recexplainer.evaluate.tasks import KINDS, score
 
 log = logging.getLogger(__name__)
+
+
+def answer_diversity(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Distinct first answers and the share of the most common one: a model (or baseline) that answers
+    a constant scores well on skewed labels, and these numbers show it."""
+    firsts = []
+    for r in records:
+        items, titles = r.get("items") or [None], r.get("titles") or [""]
+        firsts.append(items[0] if items[0] is not None else "text:" + (titles[0] if titles else "").lower())
+    if not firsts:
+        return {}
+    counts = Counter(firsts)
+    return {
+        "distinct_answers": float(len(counts)),
+        "top_answer_share": counts.most_common(1)[0][1] / len(firsts),
+    }
 
 
 class ExampleMeans(Metric):
@@ -134,7 +151,7 @@ class EvaluatorModule(L.LightningModule):
         self.store = store
         self.task_metrics = nn.ModuleDict(
             {
-                name.replace(".", "_"): ExampleMeans(KINDS[kind].metrics, sync_on_compute=sync)
+                name.replace(".", "_"): ExampleMeans(kinds.get(kind).metrics, sync_on_compute=sync)
                 for name, kind, _ in self.tasks
             }
         )
@@ -156,9 +173,9 @@ class EvaluatorModule(L.LightningModule):
         predictions = self.predictor.predict(kind, batch)
         self.seconds[name] += time.perf_counter() - start
         self.counts[name] += len(batch)
-        records = []
+        records, task = [], kinds.get(kind)
         for row, prediction in zip(batch, predictions, strict=True):
-            values = score(kind, row, prediction)
+            values = task.score(row, prediction)
             records.append({"id": row["id"], "task": name, **prediction, "metrics": values})
         self._metric(name).update([r["metrics"] for r in records])
         self.store.write(records)

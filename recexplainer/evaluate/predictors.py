@@ -16,31 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from recexplainer import tasks as kinds
 from recexplainer.aligner import encode
 from recexplainer.evaluate.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
-from recexplainer.evaluate.tasks import KINDS, titles_asked
-from recexplainer.text import DEFAULT_SEPARATOR, ChatFormatter, TitleIndex, normalize, parse_list, split_mark
-
-
-def distinct_titles(titles: Sequence[str], k: int) -> list[str]:
-    """The first ``k`` distinct titles (after the matcher's ``normalize``), in beam order.
-
-    Beam search can return one title several times (different token paths that decode or parse to the same
-    title, e.g. with and without a trailing period); a repeat would only take a candidate slot, so the
-    candidates are the first ``k`` distinct ones (a wider search, ``evaluation.beam_width``, fills all ``k``).
-    An empty title (an unparsable beam) is kept as a miss, so that the beam count stays visible.
-    """
-    seen: set[str] = set()
-    out = []
-    for title in titles:
-        key = normalize(title)
-        if key and key in seen:
-            continue
-        seen.add(key)
-        out.append(title)
-        if len(out) == k:
-            break
-    return out
+from recexplainer.text import DEFAULT_SEPARATOR, ChatFormatter, TitleIndex, split_mark
 
 
 class LLMPredictor:
@@ -85,7 +64,7 @@ class LLMPredictor:
         self.longest_title = max(lengths) if lengths else 1
         self.sep_tokens = len(tokenizer(split_mark(separator), add_special_tokens=False)["input_ids"])
         self._tries: dict[int, TitleTrie] = {}
-        self.kinds = set(KINDS)
+        self.kinds = set(kinds.evaluable())
 
     # -- prompts -------------------------------------------------------------------------------------
     def _strip(self, text: str) -> str:
@@ -140,11 +119,12 @@ class LLMPredictor:
                 "few-shot prompts are for the unaligned model (evaluation.few_shot needs model=unaligned)"
             )
         encoded = [self.encode(r) for r in rows]
-        if KINDS[kind].answer == "yes_no":
+        task = kinds.get(kind)
+        if task.answer == "yes_no":
             p_yes = yes_probability(self.decoder.next_token_logits(encoded), self.yes_ids, self.no_ids)
             return [{"outputs": [], "titles": [], "items": [], "p_yes": float(p)} for p in p_yes]
-        n_titles = max(titles_asked(kind, r) for r in rows)
-        beams = self.beam_width if kind == "retrieval" else 1
+        n_titles = max(task.titles_asked(r) for r in rows)
+        beams = self.beam_width if task.beam_search else 1
         outputs = self.decoder.generate(
             encoded,
             self.max_new_tokens(n_titles),
@@ -155,13 +135,8 @@ class LLMPredictor:
         return [self.parse(kind, texts) for texts in outputs]
 
     def parse(self, kind: str, texts: Sequence[str]) -> dict[str, Any]:
-        """One example's prediction from its generated texts (retrieval: one per beam, in beam order)."""
-        if kind == "retrieval":  # one title per beam
-            titles = distinct_titles(
-                [(parse_list(t, self.separator, limit=1) or [""])[0] for t in texts], self.num_beams
-            )
-        else:
-            titles = parse_list(texts[0], self.separator)
+        """One example's prediction from its generated texts (beam-search kinds: one per beam, in order)."""
+        titles = kinds.get(kind).parse(texts, self.separator, self.num_beams)
         return {
             "outputs": list(texts),  # every returned sequence (retrieval: beam_width of them)
             "titles": titles,
@@ -171,29 +146,23 @@ class LLMPredictor:
 
 
 class BaselinePredictor:
-    """Non-LLM baselines answering with item ids.
+    """Non-LLM baselines answering with item ids; what each answers per task lives with the task kind
+    (``answer_<baseline>`` methods in :mod:`recexplainer.tasks`), this class holds what they are fit on.
 
     - ``random``: uniformly random items / orders / yes-probabilities (seeded per example).
     - ``popularity``: items by training interaction count (the paper's popularity baseline); for the
       interest tasks the item-popularity threshold rule (threshold fit on the training examples).
-    - ``top1_frequency``: retrieval only: the items most often the recommender's top-1 in the training
-      labels (its choices are concentrated, so this is the stronger retrieval baseline).
+    - ``top1_frequency``: the items most often the recommender's top-1 in the training labels (its choices
+      are concentrated, so this is the stronger retrieval baseline).
     - ``item_knn``: an interpretable surrogate: item-based nearest neighbours (cosine over training
       co-occurrences) scores candidates by their summed similarity to the history.
     - ``student``: a small SASRec distilled from the target's top-1 choices (``scorer`` gives its scores;
       see :mod:`recexplainer.evaluate.student`).
-    For the interest tasks, ``item_knn`` and ``student`` say yes when the item's score reaches a
-    threshold fit on the training examples, like the popularity rule.
+    For yes/no kinds, ``item_knn`` and ``student`` say yes when the item's score reaches a threshold fit on
+    the training examples, like the popularity rule.
     """
 
     NAMES = ("random", "popularity", "top1_frequency", "item_knn", "student")
-    SUPPORTS = {
-        "random": set(KINDS),
-        "popularity": set(KINDS),
-        "top1_frequency": {"retrieval"},
-        "item_knn": {"retrieval", "ranking", "interest", "interest_hard", "item_similar"},
-        "student": {"retrieval", "ranking", "interest", "interest_hard"},
-    }
 
     def __init__(
         self,
@@ -211,16 +180,18 @@ class BaselinePredictor:
             raise ValueError("the student baseline needs a scorer (the distilled model)")
         self.scorer = scorer
         self.name, self.titles, self.seed = name, list(titles), seed
-        self.kinds = self.SUPPORTS[name]
+        self.kinds = tuple(k for k, kind in kinds.evaluable().items() if name in kind.baselines())
         self.n_items = len(titles) - 1
         self.popularity = np.asarray(popularity, dtype=np.float64).copy()
         self.popularity[0] = -np.inf
         self.by_popularity = np.argsort(-self.popularity, kind="stable")
-        self.threshold: dict[str, float] = {}
-        if name == "top1_frequency":
-            counts = Counter(r["labels"]["item"] for r in train_rows.get("retrieval", []))
+        self.threshold: float | None = None
+        if name == "top1_frequency":  # the training labels of the kinds it answers: the recommender's top-1
+            counts = Counter(r["labels"]["item"] for k in self.kinds for r in train_rows.get(k, []))
             if not counts:
-                raise ValueError("the top1_frequency baseline needs training retrieval examples")
+                raise ValueError(
+                    f"the top1_frequency baseline needs training examples of {sorted(self.kinds)}"
+                )
             freq = np.zeros(self.n_items + 1)
             for item, c in counts.items():
                 freq[item] = c
@@ -229,9 +200,9 @@ class BaselinePredictor:
         if name == "item_knn":
             self._fit_knn(train_sequences)
         if name in ("popularity", "item_knn", "student"):
-            interest = train_rows.get("interest", []) + train_rows.get("interest_hard", [])
-            if interest:
-                self.threshold["interest"] = self._fit_threshold(interest)
+            yes_no = [r for k in self.kinds if kinds.get(k).answer == "yes_no" for r in train_rows.get(k, [])]
+            if yes_no:
+                self.threshold = self._fit_threshold(yes_no)
 
     # -- fitting -------------------------------------------------------------------------------------
     def _fit_knn(self, sequences: Sequence[np.ndarray]) -> None:
@@ -242,7 +213,7 @@ class BaselinePredictor:
         self._users_of = x.T.contiguous()  # (I, U) binary
         self._norm = self._users_of.sum(1).clamp(min=1).sqrt()  # sqrt(#users per item)
 
-    def _similarity(self, items: Sequence[int]) -> torch.Tensor:
+    def similarity(self, items: Sequence[int]) -> torch.Tensor:
         """(len(items), I) cosine similarity of the given items to every item."""
         idx = torch.as_tensor(list(items), dtype=torch.long)
         co = self._users_of[idx] @ self._users_of.T  # (H, I)
@@ -250,17 +221,18 @@ class BaselinePredictor:
         sim[:, 0] = 0.0
         return sim
 
-    def _scores(self, history: Sequence[int]) -> torch.Tensor:
-        """(I,) the surrogate's score of every item for a history (item_knn: summed similarity)."""
+    def scores(self, row: dict[str, Any]) -> torch.Tensor:
+        """(I,) the surrogate's score of every item for the row's history (item_knn: summed similarity)."""
+        history = self.history_list(row)
         if self.scorer is not None:
             return self.scorer(history)
-        return self._similarity(history).sum(0) if len(history) else torch.zeros(self.n_items + 1)
+        return self.similarity(history).sum(0) if len(history) else torch.zeros(self.n_items + 1)
 
     def _item_value(self, row: dict[str, Any]) -> float:
         item = row["labels"]["item"]
         if self.name == "popularity":
             return float(self.popularity[item])
-        return float(self._scores(row["history"])[item])
+        return float(self.scores(row)[item])
 
     def _fit_threshold(self, rows: list[dict[str, Any]]) -> float:
         """The threshold on the item's value that maximises training accuracy of 'yes iff value >= t'."""
@@ -270,12 +242,22 @@ class BaselinePredictor:
         accuracy = [((values >= t) == yes).mean() for t in candidates]
         return float(candidates[int(np.argmax(accuracy))])
 
-    # -- answers -------------------------------------------------------------------------------------
-    def _rng(self, row: dict[str, Any]) -> np.random.Generator:
+    # -- what the task kinds' answer_<baseline> methods use ------------------------------------------
+    def rng(self, row: dict[str, Any]) -> np.random.Generator:
+        """The example's own random stream (the same answer whatever the batch)."""
         return np.random.default_rng([self.seed, zlib.crc32(row["id"].encode())])
 
     @staticmethod
-    def _top(order: Sequence[int] | np.ndarray, exclude: set[int], k: int) -> list[int]:
+    def history_list(row: dict[str, Any]) -> list[int]:
+        return [int(i) for i in row.get("history", [])]
+
+    def history(self, row: dict[str, Any]) -> set[int]:
+        """The items the user has consumed (excluded from recommendations)."""
+        return set(self.history_list(row))
+
+    @staticmethod
+    def top(order: Sequence[int] | np.ndarray, exclude: set[int], k: int) -> list[int]:
+        """The first ``k`` items of ``order`` not in ``exclude`` (item 0, the padding id, never)."""
         out = []
         for item in order:
             item = int(item)
@@ -285,49 +267,20 @@ class BaselinePredictor:
                     break
         return out
 
-    def _answer(self, kind: str, row: dict[str, Any]) -> list[int] | float:
-        history = [int(i) for i in row.get("history", [])]
-        labels = row["labels"]
-        if self.name == "random":
-            rng = self._rng(row)
-            if kind == "retrieval":
-                return self._top(rng.permutation(self.n_items) + 1, set(history), 5)
-            if kind == "ranking":
-                return [int(i) for i in rng.permutation(labels["shown"])]
-            if kind in ("interest", "interest_hard"):
-                return float(rng.random())
-            if kind == "history":
-                return [int(i) for i in rng.choice(self.n_items, len(labels["items"]), replace=False) + 1]
-            return [int(rng.integers(1, self.n_items + 1))]
-        if kind in ("interest", "interest_hard"):
-            return float(self._item_value(row) >= self.threshold.get("interest", np.inf))
-        if self.name == "top1_frequency":
-            return self._top(self.by_top1, set(history), 5)
-        if self.name == "popularity":
-            if kind == "retrieval":
-                return self._top(self.by_popularity, set(history), 5)
-            if kind == "ranking":
-                return sorted(labels["shown"], key=lambda i: -self.popularity[i])
-            if kind == "history":
-                return self._top(self.by_popularity, set(), len(labels["items"]))
-            if kind == "item_similar":
-                return self._top(self.by_popularity, {row["item"]}, 1)
-            return self._top(self.by_popularity, set(), 1)
-        # item_knn, student
-        if kind == "item_similar":
-            sim = self._similarity([row["item"]])[0]
-            sim[row["item"]] = -1.0
-            return [int(sim.argmax())]
-        scores = self._scores(history)
-        if kind == "ranking":
-            return sorted(labels["shown"], key=lambda i: -float(scores[i]))
-        order = torch.argsort(scores + torch.as_tensor(self.popularity) * 1e-9, descending=True).tolist()
-        return self._top(order, set(history), 5)
+    def order_by_scores(self, row: dict[str, Any]) -> list[int]:
+        """Every item by the surrogate's score for the row's history, popularity breaking ties."""
+        scores = self.scores(row)
+        return torch.argsort(scores + torch.as_tensor(self.popularity) * 1e-9, descending=True).tolist()
+
+    def says_yes(self, row: dict[str, Any]) -> bool:
+        """The threshold rule: yes when the item's value reaches the threshold fit on training."""
+        return self.threshold is not None and self._item_value(row) >= self.threshold
 
     def predict(self, kind: str, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        task = kinds.get(kind)
         predictions = []
         for row in rows:
-            answer = self._answer(kind, row)
+            answer = task.baseline_answer(self, row)
             if isinstance(answer, float):
                 predictions.append({"outputs": [], "titles": [], "items": [], "p_yes": answer})
             else:

@@ -21,13 +21,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from recexplainer import tasks as kinds
 from recexplainer.aligner import autocast_weights
 from recexplainer.alignment_data.io import example_files, read_examples, read_vectors
 from recexplainer.artifacts import write_json
 from recexplainer.data.dataset import SequentialData
-from recexplainer.evaluate.evaluator import EvaluatorModule, PredictionStore
+from recexplainer.evaluate.evaluator import EvaluatorModule, PredictionStore, answer_diversity
 from recexplainer.evaluate.predictors import BaselinePredictor, LLMPredictor
-from recexplainer.evaluate.tasks import KINDS, answer_diversity, metric_prefix
 from recexplainer.runtime import environment, process_rank, stage_precision
 from recexplainer.text import ChatFormatter, TitleIndex, join_titles, split_mark
 from recexplainer.training import build_trainer
@@ -74,10 +74,11 @@ def select_examples(folder: Path, cfg: DictConfig) -> dict[str, list[dict[str, A
     selected = {}
     for task, task_rows in sorted(rows.items()):
         kind = task_rows[0]["kind"]
-        if kind not in KINDS:
+        if kind not in kinds.evaluable():
             if ev.tasks:
                 raise ValueError(
-                    f"task {task} (kind {kind}) has no evaluation metric; evaluable kinds: {sorted(KINDS)}"
+                    f"task {task} (kind {kind}) has no evaluation metric; evaluable kinds: "
+                    f"{', '.join(kinds.evaluable())}"
                 )
             continue  # e.g. item_metadata: free text without a metric
         cap = ev.max_examples_per_task.get(task, ev.max_examples)
@@ -218,7 +219,7 @@ def evaluate(
         kind = rows[0]["kind"]
         if kind not in predictor.kinds:
             continue
-        tasks.append((task, kind, metric_prefix(task, kind)))
+        tasks.append((task, kind, kinds.metric_prefix(task, kind)))
         todo = [r for r in rows if r["id"] not in done_ids]
         if todo:  # decided on the whole set, so that every process runs the same dataloaders (some empty)
             loaders.append((len(tasks) - 1, _loader(todo[rank::world], predictor, cfg.evaluation.batch_size)))
@@ -245,7 +246,7 @@ def evaluate(
     metrics = {prefix + k: v for k, v in module.results().items()}
     records = store.load()
     for task, kind, mprefix in tasks:
-        if kind == "retrieval":
+        if kinds.get(kind).diversity:
             task_records = [r for r in records if r["task"] == task]
             metrics |= {f"{prefix}{mprefix}/{k}": v for k, v in answer_diversity(task_records).items()}
         if module.counts[task] and prefix == "":
@@ -295,7 +296,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         # the LLM's numerics (trainer=cpu_bf16 / gpu: bf16 autocast), None for baselines only
         "precision": stage_precision(cfg, "evaluate") if ev.model != "none" else None,
         "decoding": {
-            "retrieval": f"beam search, {ev.beam_width or ev.num_beams} beams, as many returned sequences, "
+            "beam_search": f"beam search, {ev.beam_width or ev.num_beams} beams, as many returned sequences, "
             f"one title each; candidates: the first {ev.num_beams} distinct titles",
             "titles": "greedy (num_beams 1)",
             "yes_no": "next-token probability of yes vs no (sum over spellings yes/Yes/ yes/ Yes)",
@@ -323,15 +324,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
 
 
 def _log_table(metrics: dict[str, float]) -> None:
-    heads = [
-        "task1/hr@5",
-        "task1/ndcg@5",
-        "task2/ndcg@5",
-        "task3/acc",
-        "task3_hard/acc",
-        "task6/hcr",
-        "item_recovery/acc",
-    ]
+    heads = [c.metric for k in kinds.KINDS.values() for c in k.columns]
     sources = sorted(
         {k[: -len(h)] for k in metrics for h in heads if k.endswith(h)}, key=lambda s: (s != "", s)
     )

@@ -82,6 +82,9 @@ class SequenceDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
         self.train_set: TensorDataset | None = None
+        # one generator for the whole fit: epoch e shuffles with its e-th draws; its state is checkpointed
+        # (state_dict), so that a resumed run shuffles the next epochs as the uninterrupted one
+        self.shuffle_generator = torch.Generator().manual_seed(seed)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -89,13 +92,19 @@ class SequenceDataModule(L.LightningDataModule):
                 *training_windows(self.data, self.max_len, self.stride, self.predicts_first_item)
             )
 
+    def state_dict(self) -> dict:
+        return {"shuffle_generator": self.shuffle_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "shuffle_generator" in state_dict:
+            self.shuffle_generator.set_state(state_dict["shuffle_generator"])
+
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
             shuffle=True,
-            generator=generator,
+            generator=self.shuffle_generator,
             num_workers=self.num_workers,
         )
 

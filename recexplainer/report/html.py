@@ -19,10 +19,10 @@ from typing import Any
 
 from recexplainer.artifacts import atomic_write_text
 from recexplainer.report.tables import (
-    COLUMNS,
     CURVES,
     EXPLAIN_COLUMNS,
     _cell,
+    alignment_columns,
     bar_plot,
     collect,
     curves_plot,
@@ -148,8 +148,12 @@ def _alignment(root: Path, only: set[Path] | None, tmp: Path) -> str:
             if r["method"].startswith("baseline: "):
                 r["prefix"] = f"baseline/{r['method'].removeprefix('baseline: ')}/"
         png = tmp / f"alignment_{i}.png"
-        bar_plot(subset, COLUMNS[:7], png, f"Alignment, {dataset}")
-        parts += [f"<h3>{escape(dataset)}</h3>", _table(subset, COLUMNS, ["method"]), _img(png, dataset)]
+        bar_plot(subset, alignment_columns(headline_only=True), png, f"Alignment, {dataset}")
+        parts += [
+            f"<h3>{escape(dataset)}</h3>",
+            _table(subset, alignment_columns(), ["method"]),
+            _img(png, dataset),
+        ]
     return "".join(parts) + _superseded(old)
 
 

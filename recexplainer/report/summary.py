@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from recexplainer import tasks as kinds
 from recexplainer.artifacts import METRICS_FILE, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -22,15 +23,6 @@ RECOMMENDER = [
     ("NDCG@10", "test/ndcg@10"),
     ("HR@5", "test/hr@5"),
     ("NDCG@5", "test/ndcg@5"),
-]
-ALIGNMENT = [
-    ("task 1 HR@5", "task1/hr@5"),
-    ("task 1 NDCG@5", "task1/ndcg@5"),
-    ("task 2 NDCG@5", "task2/ndcg@5"),
-    ("task 3 acc", "task3/acc"),
-    ("task 3-hard acc", "task3_hard/acc"),
-    ("task 6 HCR", "task6/hcr"),
-    ("item recovery", "item_recovery/acc"),
 ]
 EXPLAIN = [
     ("decision accuracy", "explain/decision_acc"),
@@ -97,7 +89,8 @@ def summary(cfg: DictConfig | dict[str, Any], folders: dict[str, Path], report: 
     if "evaluate" in folders:
         m = _metrics(folders["evaluate"])
         baselines = list(cfg["evaluation"]["baselines"])
-        keys = [(name, key) for name, key in ALIGNMENT if key in m]
+        headline = [(c.title, c.metric) for k in kinds.KINDS.values() for c in k.columns]
+        keys = [(name, key) for name, key in headline if key in m]
         header = ["", "aligned LLM", *baselines]
         table = [header] + [
             [name, _fmt(m.get(key)), *[_fmt(m.get(f"baseline/{b}/{key}")) for b in baselines]]

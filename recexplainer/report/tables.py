@@ -19,20 +19,19 @@ from typing import Any
 
 import yaml
 
+from recexplainer import tasks as kinds
 from recexplainer.artifacts import MARKER, atomic_write_text
 
-COLUMNS = [
-    ("T1 HR@5", "task1/hr@5"),
-    ("T1 NDCG@5", "task1/ndcg@5"),
-    ("T2 NDCG@5", "task2/ndcg@5"),
-    ("T3 Acc", "task3/acc"),
-    ("T3-hard Acc", "task3_hard/acc"),
-    ("T6 HCR", "task6/hcr"),
-    ("Item rec. Acc", "item_recovery/acc"),
-    ("T1 valid", "task1/valid_ratio"),
-    ("T1 distinct", "task1/distinct_answers"),
-    ("T3 yes-rate", "task3/yes_rate"),
-]
+
+def alignment_columns(headline_only: bool = False) -> list[tuple[str, str]]:
+    """(header, metric) of every registered task kind's headline columns (the paper's Table 1), then of
+    their checks; asked at report time, so a kind registered by the user's code has its columns."""
+    columns = kinds.report_columns()
+    if headline_only:
+        columns = [c for k in kinds.KINDS.values() for c in k.columns]
+    return [(c.label, c.metric) for c in columns]
+
+
 MODE_LETTER = {"behavior": "B", "intention": "I", "hybrid": "H"}
 
 
@@ -196,13 +195,13 @@ def rows(runs: list[dict[str, Any]], superseded: list[dict[str, Any]] | None = N
             superseded.append({"dataset": dataset, "method": method, "folder": str(run["folder"])})
         elif method:
             seen_methods.add((dataset, method))
-            values = {key: metrics.get(key) for _, key in COLUMNS}
+            values = {key: metrics.get(key) for _, key in alignment_columns()}
             out.append({"dataset": dataset, "method": method, "values": values, "folder": str(run["folder"])})
         for name in ev.get("baselines", []):
             if (dataset, name) in seen_baselines:
                 continue
             seen_baselines.add((dataset, name))
-            values = {key: metrics.get(f"baseline/{name}/{key}") for _, key in COLUMNS}
+            values = {key: metrics.get(f"baseline/{name}/{key}") for _, key in alignment_columns()}
             out.append(
                 {
                     "dataset": dataset,
@@ -221,7 +220,8 @@ def _cell(value: float | None, key: str) -> str:
     return f"{value:.0f}" if key.endswith("distinct_answers") else f"{value:.4f}"
 
 
-def markdown(table: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUMNS) -> str:
+def markdown(table: list[dict[str, Any]], columns: list[tuple[str, str]] | None = None) -> str:
+    columns = columns or alignment_columns()
     lines = []
     for dataset in dict.fromkeys(r["dataset"] for r in table):
         lines += [f"### {dataset}", "", "| method | " + " | ".join(h for h, _ in columns) + " |"]
@@ -234,7 +234,8 @@ def markdown(table: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUM
     return "\n".join(lines)
 
 
-def to_csv(table: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUMNS) -> str:
+def to_csv(table: list[dict[str, Any]], columns: list[tuple[str, str]] | None = None) -> str:
+    columns = columns or alignment_columns()
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["dataset", "method", *[k for _, k in columns], "folder"])
@@ -389,7 +390,7 @@ def write_report(root: Path, out: Path, only: set[Path] | None = None) -> list[P
             slug = "_".join("".join(c if c.isalnum() else " " for c in dataset).split())
             paths.append(out / f"alignment_{slug}.png")
             subset = [r for r in table if r["dataset"] == dataset]
-            bar_plot(subset, COLUMNS[:7], paths[-1], f"Alignment, {dataset}")
+            bar_plot(subset, alignment_columns(headline_only=True), paths[-1], f"Alignment, {dataset}")
     if explain_runs:
         old_explain: list[dict[str, Any]] = []
         explain_table = explain_rows(explain_runs, old_explain)

@@ -1,0 +1,73 @@
+"""Task 1, retrieval: the LLM names the item the recommender ranks first for a user.
+
+Label: the recommender's top-1 over the whole catalog (the prefix's items masked). Answer: beam search,
+one title per returned sequence; the candidates are the first five distinct titles. Metrics: HR@5 and
+NDCG@5 of the top-1 among them (exact and fuzzy title matching) and the share of real titles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from recexplainer.tasks.base import Column, TaskKind, predicted, register
+from recexplainer.tasks.metrics import retrieval_scores, valid_ratio
+from recexplainer.text import distinct_titles, parse_list
+
+K = 5  # candidates per answer
+
+
+@register
+class Retrieval(TaskKind):
+    name = "retrieval"
+    order = 1
+    fields = frozenset({"user"})
+    required = frozenset({"user"})
+    label_statistics = True
+    prefix, answer = "task1", "titles"
+    metrics = ("hr@5", "ndcg@5", "hr@5_fuzzy", "ndcg@5_fuzzy", "valid_ratio")
+    beam_search = diversity = True
+    columns = (
+        Column("T1 HR@5", "task 1 HR@5", "task1/hr@5"),
+        Column("T1 NDCG@5", "task 1 NDCG@5", "task1/ndcg@5"),
+    )
+    checks = (
+        Column("T1 valid", "task 1 valid titles", "task1/valid_ratio"),
+        Column("T1 distinct", "task 1 distinct answers", "task1/distinct_answers"),
+    )
+
+    def examples(self, builder, p, row, key, user, base):
+        top1 = int(p.order[row, 0])
+        labels = {"item": top1, "score": float(p.scores[row, top1])}
+        text, slots = user
+        return [
+            builder.example(
+                p.split, key, {"user": text}, {"user": slots}, builder.titles[top1], labels=labels, **base
+            )
+        ]
+
+    def parse(self, texts: Sequence[str], separator: str, k: int) -> list[str]:
+        return distinct_titles([(parse_list(t, separator, limit=1) or [""])[0] for t in texts], k)
+
+    def score(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
+        items, fuzzy = predicted(prediction)
+        target = row["labels"]["item"]
+        out = {"valid_ratio": valid_ratio(items)}
+        out["hr@5"], out["ndcg@5"] = retrieval_scores(items, target, K)
+        out["hr@5_fuzzy"], out["ndcg@5_fuzzy"] = retrieval_scores(fuzzy, target, K)
+        return out
+
+    # baselines: five items the user has not consumed
+    def answer_random(self, b, row):
+        return b.top(b.rng(row).permutation(b.n_items) + 1, b.history(row), K)
+
+    def answer_popularity(self, b, row):
+        return b.top(b.by_popularity, b.history(row), K)
+
+    def answer_top1_frequency(self, b, row):
+        return b.top(b.by_top1, b.history(row), K)
+
+    def answer_item_knn(self, b, row):
+        return b.top(b.order_by_scores(row), b.history(row), K)
+
+    answer_student = answer_item_knn
