@@ -264,6 +264,9 @@ class EvaluationConfig:
     constrained: bool = MISSING  # decode only catalog titles (prefix trie); report as its own setting
     max_new_tokens_margin: int = MISSING  # generation bound: titles asked x longest title + separators + this
     fuzzy_cutoff: float = MISSING  # difflib ratio for the separately reported fuzzy match
+    # recai: the public reference code's definitions under the plain metric names | lenient: parsed titles,
+    # repeats removed; the other one is reported too, as <metric>/lenient or <metric>/recai
+    scoring: str = MISSING
     few_shot: int = MISSING  # unaligned model: training examples shown as earlier turns
     # the LLM's numerics at inference (evaluate and explain stages); None: trainer.precision. E.g. bf16-mixed (autocast) or bf16-true
     # (weights cast) to evaluate an aligner trained in fp32 faster on a GPU or a CPU with native bf16
@@ -383,6 +386,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logger.mode": ("offline", "online", "disabled"),
     "evaluation.model": ("aligned", "unaligned", "none"),
     "evaluation.split": ("valid", "test"),
+    "evaluation.scoring": ("recai", "lenient"),
     "explain.model": ("aligned", "unaligned", "template", "template_random"),
     "explain.split": ("valid", "test"),
     "explain.decision": ("explain_prompt", "interest_prompt"),

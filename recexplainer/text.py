@@ -85,6 +85,13 @@ def parse_list(text: str, separator: str = DEFAULT_SEPARATOR, limit: int | None 
     return pieces[:limit] if limit is not None else pieces
 
 
+def split_strict(text: str, separator: str = DEFAULT_SEPARATOR) -> list[str]:
+    """A list answer as the reference scoring reads it: split on the separator only (no numbering, bullet
+    or quote removal), pieces stripped, empty pieces dropped."""
+    mark = split_mark(separator)
+    return [piece.strip() for piece in text.split(mark) if piece.strip()]
+
+
 def distinct_titles(titles: Sequence[str], k: int) -> list[str]:
     """The first ``k`` distinct titles (after the matcher's ``normalize``), in beam order.
 
@@ -139,10 +146,20 @@ class TitleIndex:
             if parsed:
                 self.exact.setdefault(parsed, item)
         self._keys = list(self.exact)
+        # the reference scoring's rule: the whole answer, strip().lower(), equals a title (with or without
+        # its [N] suffix); no whitespace collapsing, no punctuation or quote removal
+        self.strict: dict[str, int] = {}
+        for item, title in enumerate(self.titles[1:], start=1):
+            for key in (title.strip().lower(), strip_suffix(title).strip().lower()):
+                self.strict.setdefault(key, item)
 
     def match(self, text: str) -> int | None:
         """Item id of an exact (normalised) title match, else None."""
         return self.exact.get(normalize(text))
+
+    def strict_match(self, text: str) -> int | None:
+        """Item id when ``text.strip().lower()`` is a title exactly (the reference scoring), else None."""
+        return self.strict.get(text.strip().lower())
 
     def fuzzy(self, text: str, cutoff: float = 0.85) -> int | None:
         """Item id of the most similar title when its difflib ratio is at least ``cutoff``."""

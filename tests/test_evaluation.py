@@ -15,7 +15,7 @@ from recexplainer.evaluate.evaluator import ExampleMeans, PredictionStore, answe
 from recexplainer.evaluate.predictors import BaselinePredictor, LLMPredictor
 from recexplainer.llm import loading
 from recexplainer.pipeline import stage_folder
-from recexplainer.text import distinct_titles
+from recexplainer.text import TitleIndex, distinct_titles, parse_list, split_strict
 
 from .helpers import ALIGN
 
@@ -78,6 +78,66 @@ def test_ranking_history_and_recovery_scores():
     recovery = {"labels": {"item": 3}}
     assert score("item_recovery", recovery, {"items": [3, 1]})["acc"] == 1.0
     assert score("item_recovery", recovery, {"items": [None, 3]})["acc"] == 0.0  # first title counts
+
+
+# -- the reference (RecAI) scoring: hand-computed values ------------------------------------------------
+def recai(kind, row, strict, **prediction):
+    values = kinds.get(kind).scores(row, {"items": strict, "items_strict": strict, **prediction}, "recai")
+    return {k: v for k, v in values.items() if "_fuzzy" not in k and k != "valid_ratio"}
+
+
+def test_recai_task1_keeps_repeated_beams_in_their_slots():
+    row = {"labels": {"item": 7}}
+    # [A, A, T]: T is 3rd of the returned sequences (RecAI: NDCG 1/log2(4) = 0.5); lenient dedups: 2nd (0.631)
+    values = kinds.get("retrieval").scores(row, {"items": [3, 3, 7], "items_strict": [3, 3, 7]}, "recai")
+    assert values["ndcg@5"] == pytest.approx(0.5) and values["ndcg@5/lenient"] == pytest.approx(
+        1 / np.log2(3)
+    )
+    assert recai("retrieval", row, [1, 2, 3, 4, 5, 7])["hr@5"] == 0.0  # only the first five count
+    assert recai("retrieval", row, [])["hr@5"] == 0.0
+
+
+def test_recai_task2_gives_a_repeat_no_gain_and_no_shift():
+    row = {"labels": {"items": [1, 2, 3, 4, 5], "shown": [5, 4, 3, 2, 1]}}
+    # [A, A, B, C, D]: RecAI 0.987 (hand-computed), lenient 1.0 (the repeat removed, then cut to 5)
+    dcg = 1000 + 0 + 100 / np.log2(4) + 10 / np.log2(5) + 1 / np.log2(6)
+    idcg = 1000 + 100 / np.log2(3) + 10 / 2 + 1 / np.log2(5)
+    values = kinds.get("ranking").scores(
+        row, {"items": [1, 1, 2, 3, 4], "items_strict": [1, 1, 2, 3, 4]}, "recai"
+    )
+    assert values["ndcg@5"] == pytest.approx(dcg / idcg) and round(values["ndcg@5"], 3) == 0.987
+    assert values["ndcg@5/lenient"] == pytest.approx(1.0)
+
+
+def test_recai_task6_reads_only_the_first_len_history_titles():
+    row = {"labels": {"items": [1, 2, 3, 4, 5]}}
+    answer = [9, 10, 11, 12, 13, 1, 2, 3, 4, 5]  # five wrong titles, then the whole history
+    values = kinds.get("history").scores(row, {"items": answer, "items_strict": answer}, "recai")
+    assert values["hcr"] == 0.0 and values["hcr/lenient"] == 1.0
+
+
+def test_recai_task3_counts_a_tie_as_yes_and_lenient_as_no():
+    row = {"labels": {"answer": "yes"}}
+    values = kinds.get("interest").scores(row, {"p_yes": 0.5}, "recai")
+    assert values == {"acc": 1.0, "yes_rate": 1.0, "acc/lenient": 0.0, "yes_rate/lenient": 0.0}
+    values = kinds.get("interest").scores(row, {"p_yes": 0.5}, "lenient")
+    assert values == {"acc": 0.0, "yes_rate": 0.0, "acc/recai": 1.0, "yes_rate/recai": 1.0}
+
+
+def test_recai_matches_whole_answers_only():
+    index = TitleIndex(["", "Fargo (1996)", "Heat (1995)", "Heat (1995) [2]", "Gone Fishin' (1997)"])
+    assert index.strict_match("  FARGO (1996) ") == 1
+    for text in ("1. Fargo (1996)", "Fargo (1996).", '"Fargo (1996)"', "- Fargo (1996)", "Fargo  (1996)"):
+        assert index.strict_match(text) is None and index.match(parse_list(text)[0]) == 1, text
+    assert index.strict_match("Heat (1995) [2]") == 3 and index.strict_match("Heat (1995)") == 2
+    assert index.strict_match("gone fishin' (1997)") == 4
+    assert split_strict("Fargo (1996); 2. Heat (1995);  ; Heat (1995) [2]") == [
+        "Fargo (1996)",
+        "2. Heat (1995)",
+        "Heat (1995) [2]",
+    ]
+    item = {"labels": {"item": 1}}
+    assert recai("item_recovery", item, [None, 1])["acc"] == 0.0  # the first answer counts
 
 
 def test_yes_no_score_and_answer_diversity():
@@ -278,6 +338,11 @@ def test_evaluate_stage_writes_metrics_protocol_and_predictions(evaluated):
     # the mean of the per-example values is the reported metric
     hr = [r["metrics"]["hr@5"] for r in records if r["task"] == "retrieval"]
     assert metrics["task1/hr@5"] == pytest.approx(sum(hr) / len(hr))
+    # the reference scoring under the plain names, the lenient one next to it
+    assert cfg.evaluation.scoring == "recai" and protocol["matching"]["scoring"] == "recai"
+    for key in ("task1/hr@5", "task2/ndcg@5", "task3/acc", "task6/hcr", "item_recovery/acc"):
+        assert f"{key}/lenient" in metrics and f"baseline/popularity/{key}/lenient" in metrics
+    assert len(first["items_strict"]) == len(first["outputs"])  # every returned sequence, whole
 
 
 @pytest.mark.slow

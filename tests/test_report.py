@@ -120,3 +120,33 @@ def test_report_plots_training_curves_across_resumed_logs_and_judge_scores(tmp_p
     paths = {p.name: p for p in write_report(tmp_path, tmp_path / "report")}
     assert "training_aligner.png" in paths and paths["training_aligner.png"].stat().st_size > 1000
     assert "judge_scores.png" in paths and "training_recommender.png" not in paths  # no recommender logs
+
+
+def test_summary_shows_the_other_scoring_where_it_differs(tmp_path):
+    from recexplainer.report.summary import summary
+
+    folder = tmp_path / "evaluate"
+    folder.mkdir()
+    metrics = {
+        "task1/hr@5": 0.12,
+        "task1/hr@5/lenient": 0.125,
+        "baseline/popularity/task1/hr@5": 0.04,
+        "baseline/popularity/task1/hr@5/lenient": 0.04,
+        "task3/acc": 0.8,
+        "task3/acc/lenient": 0.8,
+        "baseline/popularity/task3/acc": 0.8075,
+        "baseline/popularity/task3/acc/lenient": 0.8075,
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    cfg = {
+        "dataset": {"name": "ml-100k"},
+        "recommender": {"name": "sasrec"},
+        "llm": {"name": "smollm2"},
+        "alignment": {"mode": "hybrid"},
+        "evaluation": {"split": "test", "baselines": ["popularity"], "scoring": "recai"},
+    }
+    lines = summary(cfg, {"evaluate": folder}).splitlines()
+    row = lines.index(next(x for x in lines if x.strip().startswith("task 1 HR@5")))
+    assert lines[row].split()[-2:] == ["0.120", "0.040"]
+    assert "(lenient scoring)" in lines[row + 1] and lines[row + 1].split()[-2:] == ["0.125", "0.040"]
+    assert not any("lenient" in x for x in lines[row + 2 :])  # task 3: the same under both scorings

@@ -138,6 +138,7 @@ class EvaluatorModule(L.LightningModule):
         done: Sequence[dict[str, Any]] = (),
         loader_tasks: Sequence[int] | None = None,
         sync: bool = True,
+        scoring: str = "recai",
     ):
         """``sync``: reduce the metrics across processes at ``results()`` (the Trainer-driven LLM pass);
         False for predictors stepped by one process alone (baselines), which must not wait for the others."""
@@ -148,10 +149,12 @@ class EvaluatorModule(L.LightningModule):
         self.tasks = list(tasks)
         # dataloader i holds the examples of tasks[loader_tasks[i]] (tasks already finished have none)
         self.loader_tasks = list(range(len(self.tasks))) if loader_tasks is None else list(loader_tasks)
-        self.store = store
+        self.store, self.scoring = store, scoring
         self.task_metrics = nn.ModuleDict(
             {
-                name.replace(".", "_"): ExampleMeans(kinds.get(kind).metrics, sync_on_compute=sync)
+                name.replace(".", "_"): ExampleMeans(
+                    kinds.get(kind).metric_names(scoring), sync_on_compute=sync
+                )
                 for name, kind, _ in self.tasks
             }
         )
@@ -175,7 +178,7 @@ class EvaluatorModule(L.LightningModule):
         self.counts[name] += len(batch)
         records, task = [], kinds.get(kind)
         for row, prediction in zip(batch, predictions, strict=True):
-            values = task.score(row, prediction)
+            values = task.scores(row, prediction, self.scoring)
             records.append({"id": row["id"], "task": name, **prediction, "metrics": values})
         self._metric(name).update([r["metrics"] for r in records])
         self.store.write(records)

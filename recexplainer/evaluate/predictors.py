@@ -19,7 +19,7 @@ import torch
 from recexplainer import tasks as kinds
 from recexplainer.aligner import encode
 from recexplainer.evaluate.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
-from recexplainer.text import DEFAULT_SEPARATOR, ChatFormatter, TitleIndex, split_mark
+from recexplainer.text import DEFAULT_SEPARATOR, ChatFormatter, TitleIndex, split_mark, split_strict
 
 
 class LLMPredictor:
@@ -136,12 +136,17 @@ class LLMPredictor:
 
     def parse(self, kind: str, texts: Sequence[str]) -> dict[str, Any]:
         """One example's prediction from its generated texts (beam-search kinds: one per beam, in order)."""
-        titles = kinds.get(kind).parse(texts, self.separator, self.num_beams)
+        task = kinds.get(kind)
+        titles = task.parse(texts, self.separator, self.num_beams)
+        # the reference scoring's reading: every returned sequence whole (beam search), else the first
+        # sequence split on the separator; exact match after strip().lower()
+        pieces = list(texts) if task.beam_search else split_strict(texts[0], self.separator)
         return {
             "outputs": list(texts),  # every returned sequence (retrieval: beam_width of them)
             "titles": titles,
             "items": [self.index.match(t) for t in titles],
             "items_fuzzy": [self.index.fuzzy(t, self.fuzzy_cutoff) for t in titles],
+            "items_strict": [self.index.strict_match(t) for t in pieces],
         }
 
 
@@ -286,6 +291,12 @@ class BaselinePredictor:
             else:
                 titles = [self.titles[i] for i in answer]
                 predictions.append(
-                    {"outputs": titles, "titles": titles, "items": answer, "items_fuzzy": answer}
+                    {
+                        "outputs": titles,
+                        "titles": titles,
+                        "items": answer,
+                        "items_fuzzy": answer,
+                        "items_strict": answer,
+                    }
                 )
         return predictions

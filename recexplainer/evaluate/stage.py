@@ -226,7 +226,13 @@ def evaluate(
     if done:
         log.info("evaluate %s: resuming, %d examples already scored", name, len(done))
     module = EvaluatorModule(
-        predictor, tasks, store, done, loader_tasks=[i for i, _ in loaders], sync=trainer is not None
+        predictor,
+        tasks,
+        store,
+        done,
+        loader_tasks=[i for i, _ in loaders],
+        sync=trainer is not None,
+        scoring=cfg.evaluation.scoring,
     )
     start = time.perf_counter()
     if trainer is not None and loaders:
@@ -308,7 +314,14 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             "padding": "left",
         },
         "matching": {
-            "headline": "exact match after strip, lower-case and whitespace collapsing",
+            "scoring": ev.scoring,
+            "recai": "each answer whole (task 1: each returned sequence; lists: split on the separator), exact "
+            "match after strip().lower() (with or without a [N] suffix); no deduplication: a repeat keeps its "
+            "slot; lists cut to the length asked (task 6: the first len(history) titles); task 3 yes when "
+            "P(yes) >= P(no). Reported under the plain names when scoring=recai, else as <metric>/recai",
+            "lenient": "parsed titles (numbering, bullets, quotes and trailing punctuation dropped), exact match "
+            "after strip, lower-case and whitespace collapsing; repeats removed before cutting to k; task 3 yes "
+            "when P(yes) > P(no). Reported under the plain names when scoring=lenient, else as <metric>/lenient",
             "fuzzy": f"difflib ratio >= {ev.fuzzy_cutoff}, reported as *_fuzzy",
             "list_separator": cfg.alignment.title_separator,
             "list_split_on": split_mark(cfg.alignment.title_separator),

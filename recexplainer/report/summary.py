@@ -92,10 +92,17 @@ def summary(cfg: DictConfig | dict[str, Any], folders: dict[str, Path], report: 
         headline = [(c.title, c.metric) for k in kinds.KINDS.values() for c in k.columns]
         keys = [(name, key) for name, key in headline if key in m]
         header = ["", "aligned LLM", *baselines]
-        table = [header] + [
-            [name, _fmt(m.get(key)), *[_fmt(m.get(f"baseline/{b}/{key}")) for b in baselines]]
-            for name, key in keys
-        ]
+        scoring = cfg["evaluation"].get("scoring", "recai")
+        other = "lenient" if scoring == "recai" else "recai"
+
+        def cells(key: str) -> list[str]:
+            return [_fmt(m.get(key)), *[_fmt(m.get(f"baseline/{b}/{key}")) for b in baselines]]
+
+        table = [header]
+        for name, key in keys:
+            table.append([name, *cells(key)])
+            if f"{key}/{other}" in m and cells(f"{key}/{other}") != cells(key):  # the other scoring differs
+                table.append([f"  ({other} scoring)", *cells(f"{key}/{other}")])
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         lines.append(
             f"Alignment: how well the LLM reproduces the recommender ({cfg['evaluation']['split']}):"

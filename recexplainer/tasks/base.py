@@ -16,6 +16,10 @@ from recexplainer.alignment_data.templates import TemplateError, template_fields
 from recexplainer.text import parse_list
 
 SOURCES = ("user", "item", "file")
+SCORINGS = (
+    "recai",
+    "lenient",
+)  # the headline metrics' definitions (evaluation.scoring); the other gets a suffix
 MODES = ("behavior", "intention", "hybrid")
 
 
@@ -47,6 +51,7 @@ class TaskKind:
     prefix: ClassVar[str | None] = None  # metric-name prefix (task1, task2, ...)
     answer: ClassVar[str | None] = None  # "titles": a generated list of titles; "yes_no": next-token P(yes)
     metrics: ClassVar[tuple[str, ...]] = ()  # per-example metric names (without the prefix)
+    strict: ClassVar[tuple[str, ...]] = ()  # those of them the reference (RecAI) scoring defines too
     beam_search: ClassVar[bool] = False  # decoded by beam search, one title per returned sequence
     diversity: ClassVar[bool] = False  # report how many distinct first answers the model gives
     columns: ClassVar[tuple[Column, ...]] = ()  # headline report columns
@@ -104,8 +109,29 @@ class TaskKind:
         return parse_list(texts[0], separator)
 
     def score(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
-        """One example's metric values (names without the prefix)."""
+        """One example's metric values under the lenient scoring (names without the prefix): parsed titles
+        (numbering, bullets, quotes and trailing punctuation dropped), repeats removed."""
         raise NotImplementedError(f"task kind {self.name} has no evaluation metric")
+
+    def score_recai(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
+        """The :attr:`strict` metrics under the public reference code's rules: each answer whole, exact
+        after strip().lower() (``prediction["items_strict"]``), no deduplication, lists cut to the length
+        asked."""
+        return {}
+
+    def metric_names(self, scoring: str) -> tuple[str, ...]:
+        """Every per-example metric of a run scored by ``scoring``: the headline names, then the strict
+        metrics under the other scoring as ``<metric>/<other scoring>``."""
+        other = _other(scoring)
+        return self.metrics + tuple(f"{m}/{other}" for m in self.strict)
+
+    def scores(self, row: dict[str, Any], prediction: dict[str, Any], scoring: str) -> dict[str, float]:
+        """One example's metrics (:meth:`metric_names`): ``scoring`` under the plain names."""
+        lenient, recai = self.score(row, prediction), self.score_recai(row, prediction)
+        headline, other = (recai, lenient) if scoring == "recai" else (lenient, recai)
+        out = {**lenient, **headline}
+        out.update({f"{m}/{_other(scoring)}": other[m] for m in self.strict})
+        return out
 
     def baselines(self) -> set[str]:
         """The baselines that answer this kind: those with an ``answer_<baseline>`` method."""
@@ -114,6 +140,12 @@ class TaskKind:
     def baseline_answer(self, baseline: Any, row: dict[str, Any]) -> list[int] | float:
         """A baseline's answer: item ids in order, or P(yes) for yes/no kinds."""
         return getattr(self, f"answer_{baseline.name}")(baseline, row)
+
+
+def _other(scoring: str) -> str:
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}; choose one of {', '.join(SCORINGS)}")
+    return SCORINGS[1 - SCORINGS.index(scoring)]
 
 
 KINDS: dict[str, TaskKind] = {}
@@ -150,6 +182,11 @@ def metric_prefix(task: str, kind: str) -> str:
 def report_columns() -> list[Column]:
     """Every kind's headline columns in registry order, then their secondary ones."""
     return [c for k in KINDS.values() for c in k.columns] + [c for k in KINDS.values() for c in k.checks]
+
+
+def strict_items(prediction: dict[str, Any]) -> Sequence[int | None]:
+    """The answers as the reference scoring reads them (an empty answer is one miss)."""
+    return prediction.get("items_strict") or [None]
 
 
 def predicted(prediction: dict[str, Any]) -> tuple[Sequence[int | None], Sequence[int | None]]:

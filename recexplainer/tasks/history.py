@@ -1,15 +1,16 @@
 """Task 6, history reconstruction: the LLM lists the items of the user's history prefix.
 
 Label: the prefix's items, oldest first. Answer: greedy decoding of a list of titles. Metric: HCR, the
-share of the history's items among the generated titles.
+share of the history's items among the first len(history) generated titles (the reference scoring) or
+among all of them (lenient).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from recexplainer.tasks.base import Column, TaskKind, predicted, register
-from recexplainer.tasks.metrics import history_coverage, valid_ratio
+from recexplainer.tasks.base import Column, TaskKind, predicted, register, strict_items
+from recexplainer.tasks.metrics import history_coverage, history_coverage_recai, valid_ratio
 
 
 @register
@@ -20,6 +21,7 @@ class History(TaskKind):
     required = frozenset({"user"})
     prefix, answer = "task6", "titles"
     metrics = ("hcr", "hcr_fuzzy", "valid_ratio")
+    strict = ("hcr",)
     columns = (Column("T6 HCR", "task 6 HCR", "task6/hcr"),)
 
     def examples(self, builder, p, row, key, user, base):
@@ -44,6 +46,9 @@ class History(TaskKind):
             "hcr": history_coverage(items, history),
             "hcr_fuzzy": history_coverage(fuzzy, history),
         }
+
+    def score_recai(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
+        return {"hcr": history_coverage_recai(strict_items(prediction), row["labels"]["items"])}
 
     # baselines: as many items as the history holds
     def answer_random(self, b, row):

@@ -23,6 +23,7 @@ class _YesNo(TaskKind):
     label_statistics = True
     answer = "yes_no"
     metrics = ("acc", "yes_rate")
+    strict = ("acc", "yes_rate")
     hard = False
 
     def examples(self, builder, p, row, key, user, base):
@@ -58,8 +59,10 @@ class _YesNo(TaskKind):
         return out
 
     def score(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
-        said_yes = prediction["p_yes"] > 0.5
-        return {"acc": float(said_yes == (row["labels"]["answer"] == "yes")), "yes_rate": float(said_yes)}
+        return _yes_no(row, prediction["p_yes"] > 0.5)  # a tie is no
+
+    def score_recai(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
+        return _yes_no(row, prediction["p_yes"] >= 0.5)  # yes when P(yes) >= P(no)
 
     # baselines: P(yes); the fitted ones say yes when the item's value reaches a threshold fit on training
     def answer_random(self, b, row):
@@ -69,6 +72,10 @@ class _YesNo(TaskKind):
         return float(b.says_yes(row))
 
     answer_item_knn = answer_student = answer_popularity
+
+
+def _yes_no(row: dict[str, Any], said_yes: bool) -> dict[str, float]:
+    return {"acc": float(said_yes == (row["labels"]["answer"] == "yes")), "yes_rate": float(said_yes)}
 
 
 @register

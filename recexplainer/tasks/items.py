@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from recexplainer.tasks.base import Column, TaskKind, predicted, register
+from recexplainer.tasks.base import Column, TaskKind, predicted, register, strict_items
 from recexplainer.tasks.metrics import valid_ratio
 
 
@@ -26,6 +26,7 @@ class _ItemKind(TaskKind):
 class _NameAnItem(_ItemKind):
     answer = "titles"
     metrics = ("acc", "acc_fuzzy", "valid_ratio")
+    strict = ("acc",)
 
     def score(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
         items, fuzzy = predicted(prediction)  # the first title is the answer
@@ -35,6 +36,9 @@ class _NameAnItem(_ItemKind):
             "acc": float(items[0] == item),
             "acc_fuzzy": float(fuzzy[0] == item),
         }
+
+    def score_recai(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
+        return {"acc": float(strict_items(prediction)[0] == row["labels"]["item"])}
 
     def answer_random(self, b, row):
         return [int(b.rng(row).integers(1, b.n_items + 1))]

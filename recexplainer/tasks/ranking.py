@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from recexplainer.alignment_data.templates import TemplateError
-from recexplainer.tasks.base import Column, TaskKind, predicted, register
-from recexplainer.tasks.metrics import ranking_ndcg, valid_ratio
+from recexplainer.tasks.base import Column, TaskKind, predicted, register, strict_items
+from recexplainer.tasks.metrics import ranking_ndcg, ranking_ndcg_recai, valid_ratio
 
 
 @register
@@ -24,6 +24,7 @@ class Ranking(TaskKind):
     required = frozenset({"user", "candidates"})
     prefix, answer = "task2", "titles"
     metrics = ("ndcg@5", "ndcg@5_fuzzy", "valid_ratio")
+    strict = ("ndcg@5",)
     columns = (Column("T2 NDCG@5", "task 2 NDCG@5", "task2/ndcg@5"),)
 
     def validate(self, name: str, task: Any) -> None:
@@ -67,6 +68,9 @@ class Ranking(TaskKind):
             "ndcg@5": ranking_ndcg(items, ranked),
             "ndcg@5_fuzzy": ranking_ndcg(fuzzy, ranked),
         }
+
+    def score_recai(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
+        return {"ndcg@5": ranking_ndcg_recai(strict_items(prediction), row["labels"]["items"])}
 
     # baselines: an order of the shown candidates
     def answer_random(self, b, row):

@@ -1,8 +1,9 @@
 """Task 1, retrieval: the LLM names the item the recommender ranks first for a user.
 
 Label: the recommender's top-1 over the whole catalog (the prefix's items masked). Answer: beam search,
-one title per returned sequence; the candidates are the first five distinct titles. Metrics: HR@5 and
-NDCG@5 of the top-1 among them (exact and fuzzy title matching) and the share of real titles.
+one title per returned sequence. Metrics: HR@5 and NDCG@5 of the top-1 among the candidates: the first
+five returned sequences, each whole (the reference scoring), or the first five distinct parsed titles
+(lenient; exact and fuzzy title matching); the share of real titles.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from recexplainer.tasks.base import Column, TaskKind, predicted, register
-from recexplainer.tasks.metrics import retrieval_scores, valid_ratio
+from recexplainer.tasks.base import Column, TaskKind, predicted, register, strict_items
+from recexplainer.tasks.metrics import retrieval_scores, retrieval_scores_recai, valid_ratio
 from recexplainer.text import distinct_titles, parse_list
 
 K = 5  # candidates per answer
@@ -26,6 +27,7 @@ class Retrieval(TaskKind):
     label_statistics = True
     prefix, answer = "task1", "titles"
     metrics = ("hr@5", "ndcg@5", "hr@5_fuzzy", "ndcg@5_fuzzy", "valid_ratio")
+    strict = ("hr@5", "ndcg@5")
     beam_search = diversity = True
     columns = (
         Column("T1 HR@5", "task 1 HR@5", "task1/hr@5"),
@@ -56,6 +58,10 @@ class Retrieval(TaskKind):
         out["hr@5"], out["ndcg@5"] = retrieval_scores(items, target, K)
         out["hr@5_fuzzy"], out["ndcg@5_fuzzy"] = retrieval_scores(fuzzy, target, K)
         return out
+
+    def score_recai(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
+        hr, ndcg = retrieval_scores_recai(strict_items(prediction), row["labels"]["item"], K)
+        return {"hr@5": hr, "ndcg@5": ndcg}
 
     # baselines: five items the user has not consumed
     def answer_random(self, b, row):
