@@ -10,6 +10,7 @@ Cache folder: ``paths.assets`` in the config, else ``$RECEXPLAINER_CACHE``, else
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -159,6 +160,15 @@ def fetch(name: str, cache: str | os.PathLike | None = None, verify: bool = True
                     )
                 os.replace(partial, target)
     return folder
+
+
+def verify_asset(name: str, cache: str | os.PathLike | None = None) -> None:
+    """Check the cached files of an asset against their checksums (those present: a missing file is
+    reported when a stage reads the asset); AssetError naming the corrupt file."""
+    asset = _get(name)
+    folder = cache_root(cache) / "assets" / name
+    present = {k: v for k, v in asset.files.items() if (folder / k).is_file()}
+    _verify(dataclasses.replace(asset, files=present), folder)
 
 
 def _verify(asset: Asset, folder: Path) -> None:

@@ -232,3 +232,13 @@ def test_movielens_100k_from_the_offline_asset():
     assert stats["dropped/duplicates"] == 0 and stats["renamed/duplicate_titles"] == 23
     assert data.item_table[1]["title"] == "Toy Story" and "Animation" in data.item_table[1]["genres"]
     assert len(set(data.titles)) == len(data.titles)
+
+
+def test_a_non_numeric_id_in_a_numeric_column_is_logged(tmp_path, caplog):
+    rows = [f"{u}\t10\t4\t{u}" for u in range(1, 41)] + ["4x\t20\t4\t99"]
+    with caplog.at_level("WARNING"):
+        raw = load_recbole_atomic(atomic_cfg(), write_toy(tmp_path, rows, ITEMS))
+    assert "4x" in list(raw.users)  # kept, as a RecBole token
+    assert any(
+        "1 of 41 'user_id' values are not numbers (first: '4x'" in r.getMessage() for r in caplog.records
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import html
 import json
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class DataFormatError(ValueError):
@@ -38,10 +41,28 @@ class RawData:
             raise DataFormatError(f"{self.source}: no interactions found (empty file?)")
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+ENCODING = "utf-8"
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text without the line break) of a text file (plain or .gz), decoded line by line so
+    that an undecodable byte is reported with its line; a NUL byte means the file is not text."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            for lineno, raw in enumerate(handle, start=1):
+                if b"\x00" in raw:
+                    raise DataFormatError(f"{path}:{lineno}: binary data (NUL bytes); expected a text file")
+                try:
+                    text = raw.decode(ENCODING)
+                except UnicodeDecodeError as err:
+                    raise DataFormatError(
+                        f"{path}:{lineno}: not {ENCODING} text (byte 0x{raw[err.start]:02x} at column "
+                        f"{err.start + 1}); convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+                    ) from None
+                yield lineno, text.rstrip("\n").rstrip("\r")
+    except (OSError, EOFError) as err:  # a truncated or non-gzip .gz file
+        raise DataFormatError(f"{path}: cannot be read ({err})") from None
 
 
 def _require_file(path: Path, what: str) -> Path:
@@ -64,26 +85,23 @@ def _to_float(value: str, path: Path, line: int, name: str) -> float:
 
 def _read_atomic(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """Header names (``name:type`` -> ``name``) and an iterator of (line number, fields)."""
-    handle = _open_text(path)
-    header_line = handle.readline().rstrip("\n")
+    lines = _lines(path)
+    _, header_line = next(lines, (1, ""))
     if not header_line.strip():
-        handle.close()
         raise DataFormatError(f"{path}:1: missing header line (expected tab-separated `name:type` columns)")
     names = [col.split(":", 1)[0].strip() for col in header_line.split("\t")]
 
     def rows() -> Iterator[tuple[int, list[str]]]:
-        with handle:
-            for lineno, raw in enumerate(handle, start=2):
-                raw = raw.rstrip("\n").rstrip("\r")
-                if not raw.strip():
-                    continue
-                parts = raw.split("\t")
-                if len(parts) != len(names):
-                    raise DataFormatError(
-                        f"{path}:{lineno}: expected {len(names)} tab-separated fields ({', '.join(names)}), "
-                        f"got {len(parts)}"
-                    )
-                yield lineno, parts
+        for lineno, raw in lines:
+            if not raw.strip():
+                continue
+            parts = raw.split("\t")
+            if len(parts) != len(names):
+                raise DataFormatError(
+                    f"{path}:{lineno}: expected {len(names)} tab-separated fields ({', '.join(names)}), "
+                    f"got {len(parts)}"
+                )
+            yield lineno, parts
 
     return names, rows()
 
@@ -125,8 +143,18 @@ def load_recbole_atomic(cfg: Any, folder: Path) -> RawData:
         if ir is not None:
             ratings.append(_to_float(parts[ir], inter_path, lineno, rating_field))
 
+    if not users:
+        raise DataFormatError(f"{inter_path}: no interactions found (header only?)")
+    _warn_mixed_ids(users, user_field, inter_path)
+    _warn_mixed_ids(items, item_field, inter_path)
     item_info: dict[str, dict[str, Any]] = {}
     item_path = folder / f"{prefix}.item"
+    if not item_path.is_file() and cfg.missing_title != "id":
+        raise DataFormatError(
+            f"item file not found: {item_path} (the titles come from it); add it, or set "
+            "dataset.missing_title=id to name items by their ids"
+        )
+    lines_of: dict[str, int] = {}
     if item_path.is_file():
         _require_file(item_path, "item (.item)")
         names, rows = _read_atomic(item_path)
@@ -140,6 +168,12 @@ def load_recbole_atomic(cfg: Any, folder: Path) -> RawData:
             key = parts[ki].strip()
             if not key:
                 raise DataFormatError(f"{item_path}:{lineno}: empty field {item_field!r}")
+            if key in lines_of:
+                raise DataFormatError(
+                    f"{item_path}:{lineno}: item {key!r} is listed again (first on line {lines_of[key]}); "
+                    "keep one line per item"
+                )
+            lines_of[key] = lineno
             info: dict[str, Any] = {"title": " ".join(parts[kt].split())}
             for out, col in meta_cols.items():
                 value = parts[col].strip()
@@ -155,6 +189,25 @@ def load_recbole_atomic(cfg: Any, folder: Path) -> RawData:
     )
 
 
+def _warn_mixed_ids(values: list[str], field: str, path: Path) -> None:
+    """Ids are kept as strings (RecBole tokens); say so when a mostly numeric column holds some that are not
+    numbers, which usually means a shifted or corrupted line."""
+    if not values:
+        return
+    odd = [k for k, v in enumerate(values) if not v.isdigit()]
+    if odd and len(odd) < 0.05 * len(values):
+        log.warning(
+            "%s: %d of %d %r values are not numbers (first: %r in data row %d); ids are kept as strings, "
+            "so they count as their own users / items",
+            path,
+            len(odd),
+            len(values),
+            field,
+            values[odd[0]],
+            odd[0] + 1,
+        )
+
+
 AMAZON_JSON_HINT = (
     "Amazon 2018 files are one JSON object per line (the 2014 files use Python literals: convert them first)"
 )
@@ -162,19 +215,18 @@ AMAZON_JSON_HINT = (
 
 def json_lines(path: Path, hint: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-empty line of a JSON-lines file (plain or .gz)."""
-    with _open_text(path) as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(
-                    f"{path}:{lineno}: not valid JSON ({err.msg}){'; ' + hint if hint else ''}"
-                ) from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    for lineno, raw in _lines(path):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(
+                f"{path}:{lineno}: not valid JSON ({err.msg}){'; ' + hint if hint else ''}"
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def _field(obj: dict[str, Any], name: str, path: Path, lineno: int) -> Any:

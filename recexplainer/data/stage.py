@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from recexplainer.artifacts import write_json
-from recexplainer.assets import asset_dir
+from recexplainer.artifacts import atomic_write_text, write_json
+from recexplainer.assets import asset_dir, sha256, verify_asset
 from recexplainer.data.loaders import RawData, load_amazon, load_recbole_atomic, make_synthetic
 from recexplainer.data.preprocess import preprocess
+from recexplainer.runtime import process_rank
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +29,37 @@ def _input_files(cfg: DictConfig) -> list[Path]:
 
 
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
-    """What determines the data stage's output: the dataset config, the input files' identity, the seed."""
+    """What determines the data stage's output: the dataset config, the input files' content (SHA-256), the
+    seed. An offline asset's content is pinned by its registry checksums: its files are verified instead
+    (a corrupted cache is an error, not a silent reuse of an older folder)."""
     fields: dict[str, Any] = {"dataset": OmegaConf.to_container(cfg.dataset, resolve=True)}
+    if cfg.dataset.format == "recbole_atomic" and not cfg.dataset.path and cfg.dataset.asset:
+        verify_asset(cfg.dataset.asset, cfg.paths.assets)
+    memo = Path(cfg.paths.artifacts) / "data" / CHECKSUMS_FILE
     fields["files"] = [
-        {"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
-        for p in _input_files(cfg)
-        if p.is_file()
+        {"path": str(p.resolve()), "sha256": file_digest(p, memo)} for p in _input_files(cfg) if p.is_file()
     ]
     if cfg.dataset.preprocess.sample_users is not None:
         fields["seed"] = cfg.seed
     return fields
+
+
+CHECKSUMS_FILE = "checksums.json"  # path -> (size, mtime, sha256): a large file is hashed once, not every run
+
+
+def file_digest(path: Path, memo: Path) -> str:
+    """SHA-256 of ``path``, memoised in ``memo`` by the file's size and modification time."""
+    stat = path.stat()
+    known = json.loads(memo.read_text()) if memo.is_file() else {}
+    entry = known.get(str(path.resolve()))
+    if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
+        return entry["sha256"]
+    digest = sha256(path)
+    known[str(path.resolve())] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    if process_rank() == 0:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(memo, json.dumps(known, indent=1))
+    return digest
 
 
 def read_raw(cfg: DictConfig) -> RawData:
