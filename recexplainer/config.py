@@ -41,6 +41,7 @@ class DatasetBase:
     name: str = MISSING
     format: str = MISSING
     missing_title: str = "error"  # items without a title: "error", "drop" their interactions, or "id"
+    encoding: str = "utf-8"  # of the dataset's text files (e.g. latin-1 for older MovieLens / RecBole files)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
@@ -159,6 +160,7 @@ class AlignmentConfig:
     item_format: str = MISSING  # how an item fills {item} / candidates: fields {placeholder} and {title}
     title_separator: str = "; "
     max_hist_len: int = 9  # the last N history items form a prefix (the paper: 9 / 13 / 16)
+    mask: str = "prefix"  # items the recommender may not return when labels are drawn: prefix | history
     text_hist_len: int | None = None  # {titles} shows the last N items of a prefix; null: all (the paper)
 
 
@@ -387,6 +389,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "evaluation.model": ("aligned", "unaligned", "none"),
     "evaluation.split": ("valid", "test"),
     "evaluation.scoring": ("recai", "lenient"),
+    "alignment.mask": ("prefix", "history"),
     "explain.model": ("aligned", "unaligned", "template", "template_random"),
     "explain.split": ("valid", "test"),
     "explain.decision": ("explain_prompt", "interest_prompt"),

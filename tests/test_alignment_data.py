@@ -221,6 +221,25 @@ def test_metrics_record_counts_and_label_statistics(hybrid):
     assert 0 <= metrics["labels/interest/test/popularity_auc"] <= 1
 
 
+def test_history_mask_keeps_every_consumed_item_out_of_the_labels(root, hybrid, context):
+    """alignment.mask=history: no label is an item the user consumed before the position; the default
+    (prefix) masks only the window the recommender is shown, and the statistics say how often that matters."""
+    data, _ = context
+    masked = build(root, "hybrid", "alignment.mask=history")
+    for folder, mask in ((hybrid, "prefix"), (masked, "history")):
+        rows = examples(folder, "retrieval", "train") + examples(folder, "retrieval", "test")
+        consumed = [
+            r["labels"]["item"] in set(data.sequence(r["user"])[: r["prefix_end"]].tolist()) for r in rows
+        ]
+        metrics = json.loads((folder / "metrics.json").read_text())
+        earlier = metrics["labels/retrieval/train/top1_in_earlier_history"]
+        if mask == "history":
+            assert not any(consumed) and earlier == 0.0
+        else:
+            assert not any(r["labels"]["item"] in r["history"] for r in rows) and 0.0 <= earlier <= 1.0
+    assert json.loads((masked / "protocol.json").read_text())["labels"].endswith("before the position masked")
+
+
 def test_show_prints_examples(root, hybrid, capsys):
     build(root, "hybrid", "show=2")  # reused from cache: show still prints
     out = capsys.readouterr().out

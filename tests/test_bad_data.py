@@ -59,7 +59,7 @@ VARIANTS = {
     "wrong encoding": (
         GOOD_INTER,
         ITEM_HEADER.encode() + b"10\tAm\xe9lie (2001)\n",
-        r"toy\.item:2: not utf-8 text \(byte 0xe9 at column 6\).*iconv",
+        r"toy\.item:2: not utf-8 text \(byte 0xe9 at column 6\); set dataset\.encoding .*iconv",
     ),
     "random bytes": (bytes(range(128, 256)) * 4, GOOD_ITEM, r"toy\.inter:1: not utf-8 text"),
 }
@@ -142,3 +142,21 @@ def test_a_corrupted_asset_cache_is_an_error_not_a_reused_folder(tmp_path, make_
     assert exit_info.value.code == 2
     message = next(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
     assert "is corrupt (sha256" in message and "recexplainer.assets fetch ml-100k" in message
+
+
+def test_a_latin1_file_reads_with_dataset_encoding(tmp_path, make_cfg):
+    from recexplainer.data.loaders import load_recbole_atomic
+
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    _write(folder / "toy.inter", GOOD_INTER)
+    _write(folder / "toy.item", ITEM_HEADER.encode() + b"10\tAm\xe9lie (2001)\n20\tBeta (1991)\n")
+    cfg = make_cfg(
+        "dataset=recbole_atomic",
+        "dataset.name=toy",
+        f"dataset.path={folder}",
+        "dataset.encoding=latin-1",
+        tiny=False,
+    )
+    raw = load_recbole_atomic(cfg.dataset, folder)
+    assert raw.item_info["10"]["title"] == "Amélie (2001)"

@@ -68,6 +68,9 @@ def sample_prefixes(
     return np.array(users, dtype=np.int64), np.array(ends, dtype=np.int64), np.array(ranks, dtype=np.int64)
 
 
+MASKS = ("prefix", "history")
+
+
 @torch.no_grad()
 def iter_scored_prefixes(
     model: Recommender,
@@ -78,11 +81,16 @@ def iter_scored_prefixes(
     rank_in_user: np.ndarray,
     max_hist_len: int,
     batch_size: int = 1024,
+    mask: str = "prefix",
 ) -> Iterator[Prefixes]:
     """Run the recommender over the prefixes in batches; yield each batch with every item ranked.
 
-    Batches keep memory flat: (batch, n_items) scores at a time, whatever the number of prefixes.
+    ``mask``: the items the recommender may not return: ``prefix`` (the items it is shown, the paper's
+    protocol) or ``history`` (every item the user consumed before the position, as the recommender's own
+    evaluation masks). Batches keep memory flat: (batch, n_items) scores at a time.
     """
+    if mask not in MASKS:
+        raise ValueError(f"alignment.mask={mask!r}; choose one of {', '.join(MASKS)}")
     seq_len = model.max_len or max_hist_len
     for start in range(0, len(users), batch_size):
         sl = slice(start, start + batch_size)
@@ -91,7 +99,12 @@ def iter_scored_prefixes(
             for u, e in zip(users[sl], ends[sl], strict=True)
         ]
         uv = model.user_vector(pad_left(chunk, seq_len), torch.from_numpy(users[sl])).float()  # (B, D)
-        scores = model.score_user_vectors(uv, exclude=pad_left(chunk))  # (B, N + 1)
+        masked = (
+            chunk
+            if mask == "prefix"
+            else [data.sequence(int(u))[: int(e)] for u, e in zip(users[sl], ends[sl], strict=True)]
+        )
+        scores = model.score_user_vectors(uv, exclude=pad_left(masked))  # (B, N + 1)
         order = (torch.argsort(scores[:, 1:], dim=1, descending=True, stable=True) + 1).numpy()  # (B, N)
         ranks = np.full(scores.shape, order.shape[1], dtype=np.int64)  # (B, N + 1)
         np.put_along_axis(ranks, order, np.arange(order.shape[1])[None, :], axis=1)

@@ -119,7 +119,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             counts[name, split] += len(rows)
             if builders[name].kind.label_statistics:
                 collected.setdefault((name, split), []).extend(
-                    {"labels": r["labels"], "history": r["history"]} for r in rows
+                    {"labels": r["labels"], "history": r["history"], "earlier": _earlier(data, r)}
+                    for r in rows
                 )
 
         user_tasks = {n: t for n, t in tasks.items() if builders[n].kind.source == "user"}
@@ -160,7 +161,12 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     write_json(
         out_dir / "protocol.json",
         {
-            "labels": "from the recommender's ranking of all items for each prefix, the prefix's items masked",
+            "labels": "from the recommender's ranking of all items for each prefix, "
+            + (
+                "the prefix's items masked"
+                if cfg.alignment.mask == "prefix"
+                else "every item the user consumed before the position masked"
+            ),
             "prefix": f"the last {cfg.alignment.max_hist_len} items before the position",
             "prefix_text": (
                 "every item of the prefix"
@@ -206,13 +212,26 @@ def _user_split(cfg, split, data, model, user_tasks, builders, emit, vectors) ->
             limit = task.max_eval if task.max_eval is not None else data.n_users
             caps[name] = np.array([order[int(u)] < limit for u in users], dtype=bool)
     user_vectors = []
-    for batch in iter_scored_prefixes(model, data, split, users, ends, rank, cfg.alignment.max_hist_len):
+    scored = iter_scored_prefixes(
+        model, data, split, users, ends, rank, cfg.alignment.max_hist_len, mask=cfg.alignment.mask
+    )
+    for batch in scored:
         user_vectors.append(batch.user_vectors)
         sl = slice(batch.offset, batch.offset + len(batch.users))
         for name in user_tasks:
             emit(name, split, builders[name].from_prefixes(batch, caps[name][sl]))
     d = vectors["items"].shape[1]
     vectors[f"users_{split}"] = torch.cat(user_vectors) if user_vectors else torch.empty(0, d)
+
+
+def _earlier(data: SequentialData, row: dict[str, Any]) -> bool | None:
+    """Whether the example's labelled item is one the user consumed before the prefix window (possible
+    under alignment.mask=prefix); None for examples without one item label."""
+    item = row["labels"].get("item")
+    if item is None or "prefix_end" not in row:
+        return None
+    before = data.sequence(int(row["user"]))[: int(row["prefix_end"]) - len(row["history"])]
+    return bool(item in set(before.tolist()))
 
 
 def _check_titles(titles: list[str], alignment: Any) -> None:
@@ -253,6 +272,10 @@ def label_statistics(
         labels = [r["labels"] for r in rows]
         if not labels:
             continue
+        earlier = [r["earlier"] for r in rows if r.get("earlier") is not None]
+        if earlier:  # labels the user had consumed before the prefix (0 under alignment.mask=history)
+            key = "top1" if "answer" not in labels[0] else "item"
+            out[f"labels/{name}/{split}/{key}_in_earlier_history"] = float(np.mean(earlier))
         if "answer" not in labels[0]:
             items = Counter(lab["item"] for lab in labels)
             total = sum(items.values())

@@ -41,10 +41,7 @@ class RawData:
             raise DataFormatError(f"{self.source}: no interactions found (empty file?)")
 
 
-ENCODING = "utf-8"
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def _lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
     """(line number, text without the line break) of a text file (plain or .gz), decoded line by line so
     that an undecodable byte is reported with its line; a NUL byte means the file is not text."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -54,11 +51,12 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 if b"\x00" in raw:
                     raise DataFormatError(f"{path}:{lineno}: binary data (NUL bytes); expected a text file")
                 try:
-                    text = raw.decode(ENCODING)
+                    text = raw.decode(encoding)
                 except UnicodeDecodeError as err:
                     raise DataFormatError(
-                        f"{path}:{lineno}: not {ENCODING} text (byte 0x{raw[err.start]:02x} at column "
-                        f"{err.start + 1}); convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+                        f"{path}:{lineno}: not {encoding} text (byte 0x{raw[err.start]:02x} at column "
+                        f"{err.start + 1}); set dataset.encoding to the file's encoding (e.g. latin-1) or "
+                        "convert the file, e.g. `iconv -f latin1 -t utf-8`"
                     ) from None
                 yield lineno, text.rstrip("\n").rstrip("\r")
     except (OSError, EOFError) as err:  # a truncated or non-gzip .gz file
@@ -83,9 +81,9 @@ def _to_float(value: str, path: Path, line: int, name: str) -> float:
     return out
 
 
-def _read_atomic(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+def _read_atomic(path: Path, encoding: str = "utf-8") -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """Header names (``name:type`` -> ``name``) and an iterator of (line number, fields)."""
-    lines = _lines(path)
+    lines = _lines(path, encoding)
     _, header_line = next(lines, (1, ""))
     if not header_line.strip():
         raise DataFormatError(f"{path}:1: missing header line (expected tab-separated `name:type` columns)")
@@ -119,7 +117,7 @@ def load_recbole_atomic(cfg: Any, folder: Path) -> RawData:
     """RecBole atomic files: ``<prefix>.inter`` (required) and ``<prefix>.item`` (titles, metadata)."""
     prefix = cfg.file_prefix or cfg.name
     inter_path = _require_file(folder / f"{prefix}.inter", "interaction (.inter)")
-    names, rows = _read_atomic(inter_path)
+    names, rows = _read_atomic(inter_path, cfg.encoding)
     iu = _column(names, cfg.user_field, inter_path, "user_field")
     ii = _column(names, cfg.item_field, inter_path, "item_field")
     it = _column(names, cfg.time_field, inter_path, "time_field")
@@ -157,7 +155,7 @@ def load_recbole_atomic(cfg: Any, folder: Path) -> RawData:
     lines_of: dict[str, int] = {}
     if item_path.is_file():
         _require_file(item_path, "item (.item)")
-        names, rows = _read_atomic(item_path)
+        names, rows = _read_atomic(item_path, cfg.encoding)
         ki = _column(names, cfg.item_field, item_path, "item_field")
         kt = _column(names, cfg.title_field, item_path, "title_field")
         meta_cols = {
@@ -213,9 +211,9 @@ AMAZON_JSON_HINT = (
 )
 
 
-def json_lines(path: Path, hint: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
+def json_lines(path: Path, hint: str = "", encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-empty line of a JSON-lines file (plain or .gz)."""
-    for lineno, raw in _lines(path):
+    for lineno, raw in _lines(path, encoding):
         if not raw.strip():
             continue
         try:
@@ -247,7 +245,7 @@ def load_amazon(cfg: Any) -> RawData:
     meta = _require_file(Path(cfg.meta_file).expanduser(), "Amazon metadata")
     users, items, times, ratings = [], [], [], []
     description_chars = cfg.description_chars
-    for lineno, obj in json_lines(reviews, AMAZON_JSON_HINT):
+    for lineno, obj in json_lines(reviews, AMAZON_JSON_HINT, cfg.encoding):
         users.append(str(_field(obj, "reviewerID", reviews, lineno)))
         items.append(str(_field(obj, "asin", reviews, lineno)))
         times.append(
@@ -256,7 +254,7 @@ def load_amazon(cfg: Any) -> RawData:
         overall = obj.get("overall")
         ratings.append(math.nan if overall is None else _to_float(overall, reviews, lineno, "overall"))
     item_info: dict[str, dict[str, Any]] = {}
-    for lineno, obj in json_lines(meta, AMAZON_JSON_HINT):
+    for lineno, obj in json_lines(meta, AMAZON_JSON_HINT, cfg.encoding):
         asin = str(_field(obj, "asin", meta, lineno))
         title = _clean_text(obj.get("title", ""))
         info: dict[str, Any] = {"title": title}

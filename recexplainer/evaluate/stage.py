@@ -130,6 +130,7 @@ def _student(
         epochs=sc.epochs,
         lr=sc.lr,
         max_prefixes=sc.max_prefixes,
+        mask=cfg.alignment.mask,
     )
     return student.scorer(model, cfg.alignment.max_hist_len), stats
 

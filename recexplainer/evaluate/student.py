@@ -25,15 +25,20 @@ log = logging.getLogger(__name__)
 
 
 def teacher_labels(
-    teacher: Recommender, data: SequentialData, max_hist_len: int, seed: int, max_prefixes: int | None
+    teacher: Recommender,
+    data: SequentialData,
+    max_hist_len: int,
+    seed: int,
+    max_prefixes: int | None,
+    mask: str = "prefix",
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Training prefixes and the target's top-1 item for each."""
+    """Training prefixes and the target's top-1 item for each (``mask``: as the alignment labels)."""
     users, ends, ranks = sample_prefixes(data, "train", None, seed)
     if max_prefixes is not None and len(users) > max_prefixes:
         keep = np.sort(np.random.default_rng(seed).choice(len(users), max_prefixes, replace=False))
         users, ends, ranks = users[keep], ends[keep], ranks[keep]
     histories, labels = [], []
-    for p in iter_scored_prefixes(teacher, data, "train", users, ends, ranks, max_hist_len):
+    for p in iter_scored_prefixes(teacher, data, "train", users, ends, ranks, max_hist_len, mask=mask):
         histories.extend(p.histories)
         labels.append(p.order[:, 0])
     return histories, np.concatenate(labels)
@@ -49,11 +54,12 @@ def distill(
     lr: float = 2e-3,
     batch_size: int = 256,
     max_prefixes: int | None = 50_000,
+    mask: str = "prefix",
 ) -> tuple[SASRec, dict[str, float]]:
     """Train the student; returns it (eval mode) and its fit statistics."""
     start = time.perf_counter()
     torch.manual_seed(seed)
-    histories, labels = teacher_labels(teacher, data, max_hist_len, seed, max_prefixes)
+    histories, labels = teacher_labels(teacher, data, max_hist_len, seed, max_prefixes, mask)
     seqs = pad_left(histories, max_hist_len)
     targets = torch.as_tensor(labels, dtype=torch.long)
     student = SASRec(
