@@ -16,10 +16,8 @@ from recexplainer.alignment_data.templates import TemplateError, template_fields
 from recexplainer.text import parse_list
 
 SOURCES = ("user", "item", "file")
-SCORINGS = (
-    "recai",
-    "lenient",
-)  # the headline metrics' definitions (evaluation.scoring); the other gets a suffix
+# the headline metrics' definitions (evaluation.scoring); the other one is reported with a suffix
+SCORINGS = ("recai", "lenient")
 MODES = ("behavior", "intention", "hybrid")
 
 
@@ -39,9 +37,8 @@ class TaskKind:
     """
 
     name: ClassVar[str]
-    order: ClassVar[float] = (
-        100.0  # position in reports and listings (the paper's task number where it has one)
-    )
+    # position in reports and listings (the paper's task number where it has one)
+    order: ClassVar[float] = 100.0
     source: ClassVar[str] = "user"
     fields: ClassVar[frozenset[str]]  # template fields the kind provides
     required: ClassVar[frozenset[str]]  # fields every template of the kind must use
