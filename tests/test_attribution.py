@@ -12,7 +12,7 @@ from recexplainer.alignment_data.explanations import (
     shared_genre,
 )
 from recexplainer.explain import faithfulness
-from recexplainer.explain.stage import explanation_metrics
+from recexplainer.explain.metrics import explanation_metrics
 from recexplainer.recommender.attribution import (
     item_scores,
     leave_one_out,

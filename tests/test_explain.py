@@ -206,7 +206,7 @@ def test_explain_runs_the_llm_under_bf16_autocast_with_cpu_bf16(make_cfg, monkey
 def test_judge_scores_are_compared_with_the_faithfulness_metrics():
     """A judge that rewards faithful explanations shows a positive rank correlation with the attribution
     agreement and the counterfactual change; explanations citing nothing count as unfaithful."""
-    from recexplainer.explain.stage import judge_vs_faithfulness, spearman
+    from recexplainer.explain.metrics import judge_vs_faithfulness, spearman
 
     def record(score, agreement, cited_abs, wins):
         r = {"judge_score": score, "attribution_agreement": agreement}

@@ -10,12 +10,9 @@ no model name, no decision) and, while running, ``generated.jsonl``: a killed ru
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import random
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +30,11 @@ from recexplainer.data.dataset import SequentialData
 from recexplainer.evaluate.evaluator import PredictionStore
 from recexplainer.explain import faithfulness, generate, templated
 from recexplainer.explain.judge import Judge, JudgeCache, JudgeFailed, LocalJudge, OpenAIJudge, rubric_prompt
+from recexplainer.explain.metrics import explanation_metrics, score_predictor_metrics, target_patterns
+from recexplainer.explain.outputs import blind_csv, judge_histogram, log_to_loggers, report_markdown
 from recexplainer.recommender.attribution import leave_one_out, top_attributed
 from recexplainer.runtime import autocast, inference_device, stage_precision
-from recexplainer.text import DEFAULT_SEPARATOR, TitleIndex, join_titles, parse_yes_no
+from recexplainer.text import TitleIndex, parse_yes_no
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +308,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     if judge is not None:
         metrics |= {f"explain/judge_{k}": float(v) for k, v in judge.stats.items()}
     atomic_write_text(out_dir / "explanations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    _log(cfg, out_dir, metrics, records, titles)
+    log_to_loggers(cfg, out_dir, metrics, records, titles)
     write_json(
         out_dir / "protocol.json",
         {
@@ -343,251 +342,3 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         out_dir / "ratings_key.json", key
     )  # rating_id -> explanation id, kept apart from the raters' file
     return metrics
-
-
-def _log(
-    cfg: DictConfig, out_dir: Path, metrics: dict, records: list[dict[str, Any]], titles: list[str]
-) -> None:
-    """Metrics to the configured logger (CSV or W&B); with W&B also the explanations as a table."""
-    from recexplainer.training import build_logger
-
-    for logger in build_logger(cfg, out_dir, "explain"):
-        _log_to(logger, metrics, records, titles, cfg.alignment.title_separator)
-
-
-def _log_to(
-    logger: Any, metrics: dict, records: list[dict[str, Any]], titles: list[str], separator: str
-) -> None:
-    logger.log_metrics(metrics)
-    if hasattr(logger, "log_table"):
-        logger.log_table(
-            key="explanations",
-            columns=["id", "history", "item", "recommender", "llm decision", "p_yes", "explanation", "judge"],
-            data=[
-                [
-                    r["id"],
-                    join_titles([titles[i] for i in r["history"]], separator),
-                    titles[r["item"]],
-                    r["answer"],
-                    r["decision"],
-                    r["p_yes"],
-                    r["text"],
-                    r.get("judge_score"),
-                ]
-                for r in records
-            ],
-        )
-    logger.save()
-
-
-def score_predictor_metrics(cfg: DictConfig, records: list[dict[str, Any]]) -> dict[str, float]:
-    """Held-out MSE of predicting the recommender's score from the explanation's embedding."""
-    if cfg.explain.score_predictor == "none":
-        return {}
-    from recexplainer.assets import asset_dir
-    from recexplainer.explain import regressor
-
-    encode = regressor.minilm_encoder(asset_dir("minilm-l6-v2", cfg.paths.assets))
-    features = encode([r["text"] for r in records])
-    targets = np.array([r["score"] for r in records])
-    result = regressor.cross_validated_mse(
-        features, targets, alpha=cfg.explain.score_predictor_alpha, seed=cfg.seed
-    )
-    return {f"explain/{k}": v for k, v in result.items()}
-
-
-def target_patterns(cfg: DictConfig) -> list:
-    """Regexes of the explanation task's target templates (none when the tasks have no such task)."""
-    try:
-        task = templated.explanation_config(cfg)
-    except ConfigError:
-        return []
-    return [faithfulness.template_pattern(t) for t in [*task.yes_templates, *task.no_templates]]
-
-
-def explanation_metrics(records: list[dict[str, Any]], patterns: list | None = None) -> dict[str, float]:
-    """Decision, citation, attribution and faithfulness metrics over the explained pairs (``explain/...``).
-
-    ``patterns``: the training target forms; ``template_copy_rate`` is the share of texts that are one of
-    them with some titles filled in (a copied form, not necessarily a wrong explanation)."""
-    n = len(records)
-    m: dict[str, float] = {"explain/n": float(n)}
-    if not n:
-        return m
-    m["explain/decision_acc"] = float(np.mean([r["decision"] == r["answer"] for r in records]))
-    m["explain/yes_rate"] = float(np.mean([r["decision"] == "yes" for r in records]))
-    if all(
-        r.get("p_yes_prompt") is not None for r in records
-    ):  # the explain prompt's own P(yes), whatever decided
-        m["explain/prompt_decision_acc"] = float(
-            np.mean([(r["p_yes_prompt"] > 0.5) == (r["answer"] == "yes") for r in records])
-        )
-    parsed = [r for r in records if r["text_decision"] is not None]
-    m["explain/text_decision_valid"] = len(parsed) / n
-    if parsed:
-        m["explain/text_decision_acc"] = float(np.mean([r["text_decision"] == r["answer"] for r in parsed]))
-        m["explain/text_decision_consistency"] = float(
-            np.mean([r["text_decision"] == r["decision"] for r in parsed])
-        )
-    m["explain/mean_words"] = float(np.mean([len(r["text"].split()) for r in records]))
-    m["explain/citation_rate"] = float(np.mean([bool(r["cited"]) for r in records]))
-    m["explain/hallucination_rate"] = float(np.mean([bool(r["hallucinated"]) for r in records]))
-    with_mentions = [r for r in records if r["mentioned"]]
-    if with_mentions:
-        m["explain/citation_precision"] = float(
-            np.mean([len(r["cited"]) / len(r["mentioned"]) for r in with_mentions])
-        )
-    cf = [r["counterfactual"] for r in records if "counterfactual" in r]
-    m["explain/faithfulness_n"] = float(len(cf))
-    if cf:
-        for key in ("cited_delta", "random_delta", "cited_abs", "random_abs"):
-            m[f"explain/faithfulness_{key}"] = float(np.mean([c[key] for c in cf]))
-        m["explain/faithfulness_win_rate"] = float(np.mean([c["cited_wins"] for c in cf]))
-        random_abs = m["explain/faithfulness_random_abs"]
-        if random_abs > 0:
-            m["explain/faithfulness_ratio"] = m["explain/faithfulness_cited_abs"] / random_abs
-    agreement = [r["attribution_agreement"] for r in records if r.get("attribution_agreement") is not None]
-    if agreement:
-        m["explain/attribution_agreement"] = float(np.mean(agreement))
-    m["explain/distinct_ratio"] = len({" ".join(r["text"].split()).lower() for r in records}) / n
-    if patterns:
-        m["explain/template_copy_rate"] = float(
-            np.mean([faithfulness.copies_template(r["text"], patterns) for r in records])
-        )
-    scores = [r["judge_score"] for r in records if r.get("judge_score") is not None]
-    if "judge_score" in records[0]:
-        m["explain/judge_n"] = float(len(scores))
-        if scores:
-            m["explain/judge_mean"] = float(np.mean(scores))
-            counts = Counter(scores)
-            for s in range(4):
-                m[f"explain/judge_dist_{s}"] = counts.get(s, 0) / len(scores)
-            m |= judge_vs_faithfulness(records)
-    return m
-
-
-def spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman's rank correlation (ties: average ranks); None when either side is constant or n < 3."""
-    if len(x) < 3:
-        return None
-
-    def ranks(values: list[float]) -> np.ndarray:
-        v = np.asarray(values, dtype=np.float64)
-        order = np.argsort(v, kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v), dtype=np.float64)
-        for value in np.unique(v):  # average the ranks of ties
-            tied = v == value
-            r[tied] = r[tied].mean()
-        return r
-
-    rx, ry = ranks(x), ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
-        return None
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def judge_vs_faithfulness(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Does the judge reward what the recommender confirms? Over judged explanations: Spearman's rho
-    between the judge score and the attribution agreement, and between the judge score and the cited
-    items' counterfactual score change; the mean judge score of explanations whose cited items move the
-    recommender's score more than random ones (faithful) and of the others (unfaithful or citing nothing)."""
-    judged = [r for r in records if r.get("judge_score") is not None]
-    out: dict[str, float] = {}
-    pairs = [
-        (r["judge_score"], r["attribution_agreement"])
-        for r in judged
-        if r.get("attribution_agreement") is not None
-    ]
-    rho = spearman([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
-    if rho is not None:
-        out["explain/judge_rho_attribution_agreement"] = rho
-    pairs = [(r["judge_score"], r["counterfactual"]["cited_abs"]) for r in judged if "counterfactual" in r]
-    rho = spearman([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
-    if rho is not None:
-        out["explain/judge_rho_faithfulness"] = rho
-    faithful = [r["judge_score"] for r in judged if r.get("counterfactual", {}).get("cited_wins")]
-    other = [r["judge_score"] for r in judged if not r.get("counterfactual", {}).get("cited_wins")]
-    if faithful:
-        out["explain/judge_mean_faithful"] = float(np.mean(faithful))
-    if other:
-        out["explain/judge_mean_unfaithful"] = float(np.mean(other))
-    return out
-
-
-def report_markdown(
-    records: list[dict[str, Any]], titles: list[str], metrics: dict[str, float], k: int, cfg: DictConfig
-) -> str:
-    lines = [
-        f"# Explanations: {cfg.explain.model} {cfg.llm.name}, {cfg.alignment.mode} prompts, {cfg.dataset.name}",
-        "",
-        "| metric | value |",
-        "| --- | --- |",
-        *[f"| {key} | {value:.4f} |" for key, value in sorted(metrics.items())],
-        "",
-    ]
-    judged = {}
-    for r in records:
-        if r.get("judge_score") is not None:
-            judged.setdefault(r["judge_score"], r)
-    if judged:
-        lines += ["## The judge's scores, one example each", ""]
-        for score in sorted(judged):
-            r = judged[score]
-            lines.append(
-                f"- **{score}**: {titles[r['item']]} (recommender: {r['answer']}): {r['text']!r} "
-                f"(cited: {', '.join(titles[i] for i in r['cited']) or '-'}; attribution agreement "
-                f"{r['attribution_agreement'] if r.get('attribution_agreement') is not None else '-'})"
-            )
-        lines.append("")
-    for r in records[:k]:
-        history = join_titles([titles[i] for i in r["history"]], cfg.alignment.title_separator)
-        judge = f", judge {r['judge_score']}" if r.get("judge_score") is not None else ""
-        lines += [
-            f"## {r['id']}",
-            "",
-            f"- history: {history}",
-            f"- item: {titles[r['item']]} (recommender: **{r['answer']}**, rank {r['rank']})",
-            f"- LLM decision: **{r['decision']}** (P(yes) {r['p_yes']:.3f}{judge})",
-            f"- cited: {', '.join(titles[i] for i in r['cited']) or '-'}; "
-            f"hallucinated: {', '.join(titles[i] for i in r['hallucinated']) or '-'}",
-            "",
-            "> " + r["text"].replace("\n", " "),
-            "",
-        ]
-    return "\n".join(lines)
-
-
-def judge_histogram(scores: list[int | None], path: Path, judge: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = Counter(s for s in scores if s is not None)
-    fig, ax = plt.subplots(figsize=(4.5, 3))
-    ax.bar(range(4), [counts.get(s, 0) for s in range(4)])
-    ax.set_xticks(range(4))
-    ax.set_xlabel("judge score")
-    ax.set_ylabel("explanations")
-    ax.set_title(f"{judge} ({sum(counts.values())} judged, {scores.count(None)} failed)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def blind_csv(
-    records: list[dict[str, Any]], titles: list[str], seed: int, separator: str = DEFAULT_SEPARATOR
-) -> tuple[str, dict[str, str]]:
-    """Shuffled, anonymised rows for human raters (history, item, explanation only), and the key that
-    maps each rating id back to its explanation."""
-    order = list(range(len(records)))
-    random.Random(f"{seed}/blind").shuffle(order)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["rating_id", "history", "item", "explanation", "score_0_to_3"])
-    for i, j in enumerate(order):
-        r = records[j]
-        history = join_titles([titles[h] for h in r["history"]], separator)
-        writer.writerow([i, history, titles[r["item"]], r["text"], ""])
-    return buffer.getvalue(), {str(i): records[j]["id"] for i, j in enumerate(order)}
