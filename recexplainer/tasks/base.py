@@ -181,6 +181,19 @@ def report_columns() -> list[Column]:
     return [c for k in KINDS.values() for c in k.columns] + [c for k in KINDS.values() for c in k.checks]
 
 
+def decision_labels(builder: Any, p: Any, row: int, item: int, answer: str) -> dict[str, Any]:
+    """Labels of a yes / no decision about ``item`` for prefix ``row``: the answer and where the recommender
+    ranks the item (rank, items ranked, score) and its popularity."""
+    return {
+        "item": item,
+        "answer": answer,
+        "rank": int(p.ranks[row, item]),
+        "n_ranked": int(p.n_valid[row]),
+        "score": float(p.scores[row, item]),
+        "popularity": int(builder.popularity[item]),
+    }
+
+
 def strict_items(prediction: dict[str, Any]) -> Sequence[int | None]:
     """The answers as the reference scoring reads them (an empty answer is one miss)."""
     return prediction.get("items_strict") or [None]

@@ -15,7 +15,7 @@ from recexplainer.alignment_data.explanations import ExplanationWriter, evidence
 from recexplainer.alignment_data.labels import band, pick, task_rng
 from recexplainer.alignment_data.templates import TemplateError, template_fields, validate_format
 from recexplainer.recommender.attribution import leave_one_out, top_attributed
-from recexplainer.tasks.base import TaskKind, register
+from recexplainer.tasks.base import TaskKind, decision_labels, register
 
 # fields of the target templates (yes_templates / no_templates), and those required
 ANSWER_FIELDS, ANSWER_REQUIRED = frozenset({"decision", "cited", "genre"}), frozenset({"decision", "cited"})
@@ -89,12 +89,7 @@ class Explanation(TaskKind):
                 task.evidence, history, attributions, builder.titles, task.n_cited
             )
         labels = {
-            "item": item,
-            "answer": answer,
-            "rank": int(p.ranks[row, item]),
-            "n_ranked": int(p.n_valid[row]),
-            "score": float(p.scores[row, item]),
-            "popularity": int(builder.popularity[item]),
+            **decision_labels(builder, p, row, item, answer),
             "attributions": [round(float(a), 6) for a in attributions],  # per history item, oldest first
             "cited": cited,
             "genre": genre,

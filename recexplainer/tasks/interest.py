@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from recexplainer.alignment_data.labels import band, pick
-from recexplainer.tasks.base import Column, TaskKind, register
+from recexplainer.tasks.base import Column, TaskKind, decision_labels, register
 
 
 class _YesNo(TaskKind):
@@ -42,14 +42,7 @@ class _YesNo(TaskKind):
         out = []
         for item, answer, tag in ((pos, "yes", "pos"), (neg, "no", "neg")):
             item_text, item_slots = builder.item_text(item)
-            labels = {
-                "item": item,
-                "answer": answer,
-                "rank": int(p.ranks[row, item]),
-                "n_ranked": int(p.n_valid[row]),
-                "score": float(p.scores[row, item]),
-                "popularity": int(popularity[item]),
-            }
+            labels = decision_labels(builder, p, row, item, answer)
             if self.hard:
                 labels["hard_fallback"] = fallback
             values, field_slots = {"user": text, "item": item_text}, {"user": slots, "item": item_slots}
