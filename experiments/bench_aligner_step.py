@@ -9,6 +9,8 @@ spoils one round, not a variant):
 - ``bf16_weights``: + frozen linear weights stored in bf16 (the default under ``bf16-mixed``);
 - ``batch_32``: the defaults with micro-batches of 32 examples instead of 16 (not in the default list:
   ``--variants bf16_weights,batch_32``).
+- ``compile``: the defaults with the model under ``torch.compile(dynamic=True)`` (inductor; not in the default
+  list; the two warm-up steps, which compile, are timed apart as ``warmup_seconds``).
 
 Every variant trains the same length-grouped micro-batches (``--steps`` of them, after one warm-up step) of
 the default configuration's alignment data, with AdamW, under the precision ``trainer=cpu`` resolves to on this
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 
 VARIANTS = ("dropout", "no_dropout", "no_mask", "bf16_weights")
-EXTRA = ("batch_32",)
+EXTRA = ("batch_32", "compile")
 
 
 def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict:
@@ -71,31 +73,40 @@ def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict
     batches = list(sampler)
     random.Random(1).shuffle(batches)  # a fixed sample of the run's batches, every length
     pad = tokenizer.pad_token_id
-    batches = [collate([train[i] for i in b], pad_id=pad) for b in batches[: steps + 1]]
-    if variant in ("bf16_weights", "batch_32") and bf16:
+    # timed: batches 1..steps for every variant; untimed warm-up: batch 0 (compile: also the extra last batch,
+    # a second shape, which triggers the dynamic-shape compile)
+    batches = [collate([train[i] for i in b], pad_id=pad) for b in batches[: steps + 2]]
+    warm, timed = ([batches[0], batches[-1]] if variant == "compile" else [batches[0]]), batches[1:-1]
+    if variant in ("bf16_weights", "batch_32", "compile") and bf16:
         model_module.store_frozen_linears(model, torch.bfloat16)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     model.train()
 
+    forward = torch.compile(model, dynamic=True) if variant == "compile" else model
+
     def step(batch):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**batch).loss
+            loss = forward(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
 
-    step(batches[0])  # warm-up
     start = time.perf_counter()
-    for batch in batches[1:]:
+    for batch in warm:  # warm-up (and compilation)
+        step(batch)
+    warmup_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    for batch in timed:
         step(batch)
     seconds = time.perf_counter() - start
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches[1:])
+    tokens = sum(int(b["attention_mask"].sum()) for b in timed)
     return {
         "variant": variant,
         "precision": precision,
         "batch_size": batch_size,
         "seconds": seconds,
+        "warmup_seconds": warmup_seconds,
         "tokens": tokens,
         "tokens_per_s": tokens / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
