@@ -161,9 +161,8 @@ def _run_and_report(cfg: DictConfig) -> Path:
 
 
 SECRET_KEY = re.compile(r"(^|_)(api_?key|apikey|secret|token|password|passwd|credentials?)$", re.IGNORECASE)
-SECRET_VALUE = re.compile(
-    r"\b(sk-[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{20,})"
-)  # OpenAI- / Hugging Face-style keys
+# OpenAI- / Hugging Face-style key values
+SECRET_VALUE = re.compile(r"\b(sk-[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{20,})")
 
 
 def secret_override(args: list[str]) -> str | None:

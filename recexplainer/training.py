@@ -114,14 +114,9 @@ class RandomStateCheckpoint(Callback):
         torch.set_rng_state(state["torch"])
         kind, keys, *rest = state["numpy"]
         np.random.set_state((kind, keys.numpy(), *rest))
-        random.setstate(_tuples(state["python"]))
+        random.setstate(state["python"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuples(value):
-    """random.setstate wants tuples; a checkpoint round trip may give lists."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def finish_wandb_run() -> None:

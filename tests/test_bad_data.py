@@ -3,6 +3,7 @@ file (and the line and field where they apply), without a traceback."""
 
 import gzip
 import logging
+import os
 import re
 
 import pytest
@@ -160,3 +161,19 @@ def test_a_latin1_file_reads_with_dataset_encoding(tmp_path, make_cfg):
     )
     raw = load_recbole_atomic(cfg.dataset, folder)
     assert raw.item_info["10"]["title"] == "Amélie (2001)"
+
+
+def test_the_data_key_follows_the_files_content_not_their_timestamps(tmp_path, make_cfg):
+    from recexplainer.data.stage import CHECKSUMS_FILE, key_fields
+
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    _write(folder / "toy.inter", GOOD_INTER)
+    _write(folder / "toy.item", GOOD_ITEM)
+    cfg = make_cfg("dataset=recbole_atomic", "dataset.name=toy", f"dataset.path={folder}", tiny=False)
+    first = key_fields(cfg)
+    assert (tmp_path / "artifacts" / "data" / CHECKSUMS_FILE).is_file()  # the digests are memoised
+    os.utime(folder / "toy.inter", (1, 1))  # touched, same content: the same key
+    assert key_fields(cfg) == first
+    _write(folder / "toy.inter", GOOD_INTER + "2\t10\t3\t102\n")  # new content: a new key
+    assert key_fields(cfg)["files"] != first["files"]

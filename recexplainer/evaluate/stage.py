@@ -338,7 +338,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
 
 
 def _log_table(metrics: dict[str, float]) -> None:
-    heads = [c.metric for k in kinds.KINDS.values() for c in k.columns]
+    heads = [c.metric for c in kinds.headline_columns()]
     sources = sorted(
         {k[: -len(h)] for k in metrics for h in heads if k.endswith(h)}, key=lambda s: (s != "", s)
     )

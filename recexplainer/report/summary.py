@@ -89,8 +89,7 @@ def summary(cfg: DictConfig | dict[str, Any], folders: dict[str, Path], report: 
     if "evaluate" in folders:
         m = _metrics(folders["evaluate"])
         baselines = list(cfg["evaluation"]["baselines"])
-        headline = [(c.title, c.metric) for k in kinds.KINDS.values() for c in k.columns]
-        keys = [(name, key) for name, key in headline if key in m]
+        keys = [(c.title, c.metric) for c in kinds.headline_columns() if c.metric in m]
         header = ["", "aligned LLM", *baselines]
         scoring = cfg["evaluation"].get("scoring", "recai")
         other = "lenient" if scoring == "recai" else "recai"

@@ -26,9 +26,7 @@ from recexplainer.artifacts import MARKER, atomic_write_text
 def alignment_columns(headline_only: bool = False) -> list[tuple[str, str]]:
     """(header, metric) of every registered task kind's headline columns (the paper's Table 1), then of
     their checks; asked at report time, so a kind registered by the user's code has its columns."""
-    columns = kinds.report_columns()
-    if headline_only:
-        columns = [c for k in kinds.KINDS.values() for c in k.columns]
+    columns = kinds.headline_columns() if headline_only else kinds.report_columns()
     return [(c.label, c.metric) for c in columns]
 
 

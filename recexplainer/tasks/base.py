@@ -176,9 +176,14 @@ def metric_prefix(task: str, kind: str) -> str:
     return KINDS[kind].prefix if task == kind else task
 
 
+def headline_columns() -> list[Column]:
+    """Every kind's headline columns (the paper's Table 1), in registry order."""
+    return [c for k in KINDS.values() for c in k.columns]
+
+
 def report_columns() -> list[Column]:
-    """Every kind's headline columns in registry order, then their secondary ones."""
-    return [c for k in KINDS.values() for c in k.columns] + [c for k in KINDS.values() for c in k.checks]
+    """The headline columns, then every kind's secondary ones."""
+    return headline_columns() + [c for k in KINDS.values() for c in k.checks]
 
 
 def decision_labels(builder: Any, p: Any, row: int, item: int, answer: str) -> dict[str, Any]:
