@@ -9,7 +9,7 @@ ARGS ?=
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-aligner-step bench-evaluation bench-explain bench gpu-wheels gpu-check evaluate quick paper-table report report-browser clean
+.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-aligner-step bench-evaluation bench-explain bench-budget bench gpu-wheels gpu-check evaluate quick paper-table report report-browser clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -35,10 +35,10 @@ quick: setup ## the whole pipeline on generated data with SmolLM2 in minutes (a 
 
 paper-table: setup ## B / I / H grid + unaligned LLM + baselines on the default dataset, then the report (hours on a CPU)
 	$(VENV)/bin/recexplainer -m experiment=paper_grid $(ARGS)
-	$(VENV)/bin/recexplainer stage=evaluate alignment=behavior evaluation.model=unaligned evaluation.baselines=[] $(ARGS)
+	$(VENV)/bin/recexplainer stage=evaluate prompt=behavior evaluation.model=unaligned evaluation.baselines=[] $(ARGS)
 	$(PY) -m recexplainer.report --root $(ARTIFACTS)
 
-evaluate: setup ## whole pipeline up to the evaluate stage (alignment=hybrid by default; ARGS='alignment=intention')
+evaluate: setup ## whole pipeline up to the evaluate stage (prompt=hybrid by default; ARGS='prompt=intention')
 	$(VENV)/bin/recexplainer stage=evaluate $(ARGS)
 
 report: $(VENV)/.installed ## index.html, tables and plots from every stage folder into $(ARTIFACTS)/report/; prints the paths
@@ -84,6 +84,11 @@ bench-explain: setup ## explanations side by side on the same pairs: the aligned
 	$(VENV)/bin/recexplainer stage=explain explain.model=template_random $(ARGS)
 	$(VENV)/bin/recexplainer stage=explain explain.model=unaligned $(ARGS)
 	$(VENV)/bin/recexplainer stage=explain experiment=explain_paper $(ARGS)
+	$(PY) -m recexplainer.report --root $(ARTIFACTS)
+
+bench-budget: setup ## alignment quality vs aligner budget (10 / 25 / 60 / 120 min, every task; task 1 constrained too), then the report (hours)
+	$(VENV)/bin/recexplainer -m experiment=budget_curve $(ARGS)
+	$(VENV)/bin/recexplainer -m experiment=budget_curve evaluation.tasks=[retrieval] evaluation.constrained=true $(ARGS)
 	$(PY) -m recexplainer.report --root $(ARTIFACTS)
 
 bench: bench-recommender bench-alignment-data bench-aligner bench-aligner-step bench-evaluation bench-explain ## every benchmark (run alone on an idle machine)

@@ -29,7 +29,7 @@ from pathlib import Path
 OVERRIDES = [
     "paths.artifacts=/tmp/bench-aligner-artifacts",
     "recommender.train.max_epochs=3",
-    "alignment=hybrid",
+    "prompt=hybrid",
 ]
 
 

@@ -49,7 +49,7 @@ def main() -> None:
         "runs": {},
     }
     for preset in ("default", "paper"):
-        r = run(root, "stage=alignment_data", f"tasks={preset}", "alignment=hybrid")
+        r = run(root, "stage=alignment_data", f"tasks={preset}", "prompt=hybrid")
         m = r["metrics"]
         result["runs"][preset] = {
             "stage_s": m["time/alignment_data_s"],

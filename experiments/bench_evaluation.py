@@ -58,7 +58,7 @@ def main() -> None:
         help="decode with a randomly initialised model of this shape (composes llm=tiny_random first)",
     )
     parser.add_argument("--out", type=Path)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides (e.g. alignment=hybrid)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (e.g. prompt=hybrid)")
     args = parser.parse_args()
     if args.random_weights and args.aligned:
         raise SystemExit("--random-weights replaces the model: it cannot be combined with --aligned")

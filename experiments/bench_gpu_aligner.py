@@ -1,7 +1,7 @@
 """Aligner training throughput for a model *shape*, randomly initialised (part of `make gpu-check`).
 
 Real weights may not be at hand on an offline GPU machine, and throughput does not depend on them: this
-builds a ``LlamaForCausalLM`` with the shape of SmolLM2-135M or of a 1B Llama (Llama-3.2-1B sizes), adds the
+builds a ``LlamaForCausalLM`` with the shape of SmolLM2-135M, a 1B or an 8B Llama (Llama-3.2-1B / Llama-3-8B), adds the
 placeholder tokens, LoRA (r 16, alpha 32, on q/k/v/o) and the mlp2x_gelu projectors, and trains it with the
 aligner's own LightningModule on synthetic alignment-like examples (prompts of ``--min-len`` to
 ``--max-len`` tokens with one user and three item placeholders, 8 answer tokens), in length-grouped batches,
@@ -9,6 +9,7 @@ as the stage does. Reports real (non-padding) tokens/s after ``--warmup`` steps 
 
     python experiments/bench_gpu_aligner.py --arch smollm2_135m --precision bf16-mixed --steps 40
     python experiments/bench_gpu_aligner.py --arch llama_1b --precision bf16-mixed --steps 30 --batch 8
+    python experiments/bench_gpu_aligner.py --arch llama_8b --precision bf16-mixed --steps 12 --batch 8
     python experiments/bench_gpu_aligner.py --arch tiny --accelerator cpu --precision 32-true --steps 4  # smoke
 """
 
@@ -43,6 +44,14 @@ ARCHS = {
         hidden_size=2048,
         intermediate_size=8192,
         num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+    ),
+    "llama_8b": dict(  # meta-llama/Meta-Llama-3-8B-Instruct sizes (experiment=gpu_7b)
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
         num_attention_heads=32,
         num_key_value_heads=8,
         vocab_size=128256,

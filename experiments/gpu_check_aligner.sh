@@ -2,7 +2,7 @@
 # GPU code-path check of the aligner, evaluation and explanation stages (run on a lent GPU machine): the
 # whole pipeline on synthetic data with the tiny random Llama under trainer=gpu (bf16-mixed) and trainer=ddp
 # (1 device). Real LLM weights cannot travel to that machine (size limit), so this checks code paths, not
-# quality; then bf16 training throughput for the SmolLM2-135M and 1B-Llama shapes (random weights:
+# quality; then bf16 training throughput for the SmolLM2-135M, 1B- and 8B-Llama shapes (random weights:
 # experiments/bench_gpu_aligner.py), and that trainer=fsdp and trainer=deepspeed start and take steps.
 # Files in $OUT: log.txt, metrics.jsonl (one line per pipeline run), throughput.jsonl. GPU_CHECK_DEADLINE
 # (epoch seconds, optional) bounds the whole check: steps get what time is left and are skipped past it.
@@ -32,7 +32,8 @@ done
 grep -E "Error|error" "$OUT/log.txt" | head -20
 
 echo "== throughput (bf16-mixed, random weights, LoRA r16 + projectors)" | tee -a "$OUT/log.txt"
-for a in "--arch smollm2_135m --batch 16 --steps 30" "--arch llama_1b --batch 8 --steps 20"; do
+for a in "--arch smollm2_135m --batch 16 --steps 30" "--arch llama_1b --batch 8 --steps 20" \
+         "--arch llama_8b --batch 8 --steps 12"; do
   b=$(budget 150); SECONDS=0
   [ "$b" -lt 30 ] && { echo "skipped (deadline): $a" | tee -a "$OUT/log.txt"; continue; }
   timeout "$b" "$PY" experiments/bench_gpu_aligner.py $a --precision bf16-mixed --out "$OUT/throughput.jsonl" \

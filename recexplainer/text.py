@@ -2,7 +2,7 @@
 
 - titles: normalisation, the `` [N]`` suffix that makes repeated catalog titles unique, the catalog index
   that maps generated text back to items (exact match after normalisation; fuzzy match as its own setting);
-- lists of titles: joined with the configured separator (``alignment.title_separator``) in training
+- lists of titles: joined with the configured separator (``prompt.title_separator``) in training
   targets and prompts, parsed back with the same separator from LLM output;
 - yes / no answers;
 - chat formatting of prompts for the aligner, the evaluation, the explain stage and the local judge.

@@ -74,7 +74,7 @@ def tiny_lm(seed: int = 0) -> LlamaForCausalLM:
 ALIGN = [
     "stage=aligner",
     "llm=tiny_random",
-    "alignment=hybrid",
+    "prompt=hybrid",
     *[f"tasks.{t}.max_eval=8" for t in ("retrieval", "ranking", "interest", "interest_hard", "history")],
     *[f"tasks.{t}.max_eval=4" for t in ("item_recovery", "item_similar", "item_metadata")],
     "aligner.max_train_examples=24",
@@ -218,7 +218,7 @@ def report_root(tmp_path, n_records=15, data=True):
         recommender={"name": "sasrec"},
     )
     _curves(rec, "epoch,step,train/loss_epoch,valid/ndcg@10\n0,9,3.5,\n0,9,,0.1\n1,19,3.1,\n1,19,,0.16\n")
-    aligner = _stage_folder(root, "aligner", "al", {}, 1000, alignment={"mode": "hybrid"}, aligner={})
+    aligner = _stage_folder(root, "aligner", "al", {}, 1000, prompt={"mode": "hybrid"}, aligner={})
     _curves(aligner, "epoch,step,train/loss,valid/loss\n0,9,3.5,\n0,19,2.0,\n0,19,,2.1\n")
     evaluation = {"evaluation": {"split": "test", "few_shot": 0, "baselines": ["popularity", "item_knn"]}}
     evaluation["evaluation"]["model"] = "aligned"
@@ -240,7 +240,7 @@ def report_root(tmp_path, n_records=15, data=True):
         ("explain", "new", new_explain, 2000, "hybrid", explain),
     ]:
         folders[stage, key] = _stage_folder(
-            root, stage, key, metrics, mtime, up, alignment={"mode": mode}, **sections
+            root, stage, key, metrics, mtime, up, prompt={"mode": mode}, **sections
         )
     old, new = folders["explain", "old"], folders["explain", "new"]
     (old / "explanations.jsonl").write_text(json.dumps(_record(0, text="From the old folder.")) + "\n")

@@ -224,7 +224,7 @@ def test_every_mode_trains_through_the_same_path_and_overfits_a_tiny_set(tmp_pat
             *TINY,
             *TINY_SASREC,
             *ALIGN,
-            f"alignment={mode}",
+            f"prompt={mode}",
             "stage=alignment_data",
             "aligner.lora_r=8",
         ]
@@ -432,3 +432,36 @@ def test_pair_batching_reaches_the_training_sampler(tmp_path, monkeypatch):
     seen.clear()
     run(compose_config([*base, "aligner.train_tasks=[interest,retrieval]"]))
     assert seen[0][0] is None
+
+
+@pytest.mark.slow
+def test_a_time_budget_trains_the_steps_whose_batches_hold_its_tokens(trained, tmp_path):
+    """aligner.budget_minutes: 1.5 epochs' tokens train into a second epoch, up to the first step that
+    reaches the budget in the sampler's order; max_steps no longer caps it."""
+    from recexplainer.aligner.data import LengthGroupedSampler
+    from recexplainer.aligner.stage import encoded_split
+
+    from .helpers import TINY, TINY_SASREC, compose_config
+
+    cfg, folder = trained
+    model, tokenizer, formatter = setup.load(folder)
+    train = encoded_split(cfg, stage_folder(cfg, "alignment_data"), "train", model, tokenizer, formatter)
+    lengths, budget = train.lengths(), int(1.5 * train.n_tokens)
+    sampler = LengthGroupedSampler(lengths, 4, seed=cfg.seed, mega=cfg.aligner.length_group_mega)
+    micro = []  # token count of each micro-batch in training order, three epochs (6 micro-batches each)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        micro += [sum(lengths[i] for i in b) for b in sampler]
+    expected, seen = 0, 0
+    while seen < budget:  # accumulate_grad_batches=2: two micro-batches a step
+        seen += sum(micro[2 * expected : 2 * expected + 2])
+        expected += 1
+    assert 3 < expected < 6
+
+    budgeted = compose_config(
+        [f"paths.artifacts={tmp_path}", *TINY, *TINY_SASREC, *ALIGN, "aligner.budget_minutes=1",
+         f"aligner.budget_tokens_per_s={budget / 60}"]
+    )  # fmt: skip
+    metrics = json.loads((run(budgeted) / "metrics.json").read_text())
+    assert metrics["aligner/planned_steps"] == metrics["aligner/optimizer_steps"] == expected
+    assert metrics["train/epochs_run"] == 2

@@ -36,7 +36,7 @@ def build(root: Path, mode: str, *extra: str) -> Path:
             *TINY,
             *TINY_SASREC,
             "stage=alignment_data",
-            f"alignment={mode}",
+            f"prompt={mode}",
             *SMALL_TASKS,
             "tasks.interest_hard.train_per_user=1",
             *extra,
@@ -189,7 +189,7 @@ def test_modes_render_as_specified_and_placeholders_match_vectors(root, context,
                 assert not any(t in prompt for t in history_titles if len(t) > 3)
                 assert ("<user>" in prompt) == (row["user"] >= 0)
             elif row["user"] >= 0:  # hybrid user tasks: placeholder in front of the most recent title
-                # (alignment.text_hist_len=1); the explanation task too (its evidence lists what to cite)
+                # (prompt.text_hist_len=1); the explanation task too (its evidence lists what to cite)
                 shown = history_titles[-1:]
                 assert prompt.count("<user>") == 1 and all(t in prompt for t in shown)
             else:  # hybrid item tasks: placeholder in front of the title
@@ -222,10 +222,10 @@ def test_metrics_record_counts_and_label_statistics(hybrid):
 
 
 def test_history_mask_keeps_every_consumed_item_out_of_the_labels(root, hybrid, context):
-    """alignment.mask=history: no label is an item the user consumed before the position; the default
+    """prompt.mask=history: no label is an item the user consumed before the position; the default
     (prefix) masks only the window the recommender is shown, and the statistics say how often that matters."""
     data, _ = context
-    masked = build(root, "hybrid", "alignment.mask=history")
+    masked = build(root, "hybrid", "prompt.mask=history")
     for folder, mask in ((hybrid, "prefix"), (masked, "history")):
         rows = examples(folder, "retrieval", "train") + examples(folder, "retrieval", "test")
         consumed = [
@@ -333,27 +333,23 @@ def test_item_tasks_repeat_items_with_varied_templates(root):
 
 @pytest.mark.slow
 def test_text_hist_len_shortens_the_titles_but_not_the_vectors_or_labels(root, context, hybrid):
-    """alignment.text_hist_len=2: a hybrid user shows its last two titles; the user's history, labels and
+    """prompt.text_hist_len=2: a hybrid user shows its last two titles; the user's history, labels and
     vector rows are those of the whole prefix; the key holds the effective value."""
     from recexplainer.alignment_data import stage as alignment_stage
 
     data, _ = context
-    default = compose_config(
-        [f"paths.artifacts={root}", *TINY, "alignment=hybrid", "alignment.text_hist_len=null"]
-    )
+    default = compose_config([f"paths.artifacts={root}", *TINY, "prompt=hybrid", "prompt.text_hist_len=null"])
     assert alignment_stage.key_fields(default)["alignment"]["text_hist_len"] is None
     # intention renders no titles: the knob changes neither its examples nor its key
-    intention = compose_config([f"paths.artifacts={root}", *TINY, "alignment=intention"])
-    cut = compose_config(
-        [f"paths.artifacts={root}", *TINY, "alignment=intention", "alignment.text_hist_len=1"]
-    )
+    intention = compose_config([f"paths.artifacts={root}", *TINY, "prompt=intention"])
+    cut = compose_config([f"paths.artifacts={root}", *TINY, "prompt=intention", "prompt.text_hist_len=1"])
     assert stage_folder(cut, "alignment_data") == stage_folder(intention, "alignment_data")
-    short = build(root, "hybrid", "alignment.text_hist_len=2")
+    short = build(root, "hybrid", "prompt.text_hist_len=2")
     assert short != hybrid
     protocol = json.loads((short / "protocol.json").read_text())
     assert protocol["prefix_text"].startswith("the last 2 items")
     checked = 0
-    every = build(root, "hybrid", "alignment.text_hist_len=null")  # every title (the default shows one)
+    every = build(root, "hybrid", "prompt.text_hist_len=null")  # every title (the default shows one)
     for task in ("retrieval", "interest", "ranking"):
         full = {r["id"]: r for r in examples(every, task, "train")}
         for row in examples(short, task, "train"):
@@ -373,10 +369,10 @@ def test_text_hist_len_shortens_the_titles_but_not_the_vectors_or_labels(root, c
 
 @pytest.mark.slow
 def test_text_hist_len_above_the_prefix_is_refused():
-    cfg = compose_config(["alignment=hybrid", "alignment.max_hist_len=5", "alignment.text_hist_len=6"])
-    with pytest.raises(ConfigError, match="text_hist_len=6 exceeds alignment.max_hist_len=5"):
+    cfg = compose_config(["prompt=hybrid", "prompt.max_hist_len=5", "prompt.text_hist_len=6"])
+    with pytest.raises(ConfigError, match="text_hist_len=6 exceeds prompt.max_hist_len=5"):
         validate(cfg, tuple(STAGES))
-    cfg = compose_config(["alignment=hybrid", "alignment.text_hist_len=0"])
+    cfg = compose_config(["prompt=hybrid", "prompt.text_hist_len=0"])
     with pytest.raises(ConfigError, match="text_hist_len=0 must be positive"):
         validate(cfg, tuple(STAGES))
 
@@ -387,10 +383,10 @@ def test_renderer_shows_the_last_titles_of_short_and_long_histories(history):
     from recexplainer.alignment_data.templates import SlotRenderer
 
     titles = ["pad", "A", "B", "C", "D"]
-    alignment = OmegaConf.create(compose_config(["alignment=hybrid", "alignment.text_hist_len=3"]).alignment)
+    prompt = OmegaConf.create(compose_config(["prompt=hybrid", "prompt.text_hist_len=3"]).prompt)
     expected = "; ".join(titles[i] for i in history[-3:])
-    assert SlotRenderer(alignment, titles).user(history) == f"<user> {expected}"
-    assert SlotRenderer(alignment, titles).user(np.array(history, dtype=np.int64)) == f"<user> {expected}"
+    assert SlotRenderer(prompt, titles).user(history) == f"<user> {expected}"
+    assert SlotRenderer(prompt, titles).user(np.array(history, dtype=np.int64)) == f"<user> {expected}"
 
 
 def _scored(scores: np.ndarray, history: list[int]) -> Prefixes:
@@ -415,7 +411,7 @@ def test_drawn_items_do_not_depend_on_near_tie_order_inside_a_band():
     from recexplainer.alignment_data.build import TaskBuilder
     from recexplainer.alignment_data.templates import SlotRenderer
 
-    cfg = compose_config([*TINY, "alignment=hybrid"])
+    cfg = compose_config([*TINY, "prompt=hybrid"])
     n_items, history = 60, [1, 2]
     titles = ["[pad]"] + [f"Item {i}" for i in range(1, n_items + 1)]
     popularity = np.random.default_rng(1).integers(1, 50, n_items + 1)
@@ -432,7 +428,7 @@ def test_drawn_items_do_not_depend_on_near_tie_order_inside_a_band():
     keep = np.ones(len(scores), dtype=bool)
     for name in ("interest", "interest_hard", "ranking"):
         made = [
-            TaskBuilder(name, cfg.tasks[name], "hybrid", SlotRenderer(cfg.alignment, titles), 42, popularity, titles)
+            TaskBuilder(name, cfg.tasks[name], "hybrid", SlotRenderer(cfg.prompt, titles), 42, popularity, titles)
             .from_prefixes(p, keep)
             for p in (base, other)
         ]  # fmt: skip

@@ -23,6 +23,7 @@ REQUIRED = {
         "dataset.meta_file=/tmp/m.json",
     ],
     "paper_grid_steam": ["dataset.path=/tmp/steam"],
+    "none": ["stage=recommender"],  # tasks=none: for runs that stop before the alignment data
 }
 
 
@@ -52,7 +53,7 @@ def _options(group: str) -> list[str]:
     "group,option",
     [
         (g, o)
-        for g in ("dataset", "recommender", "trainer", "logger", "paths", "experiment")
+        for g in ("dataset", "recommender", "prompt", "tasks", "trainer", "logger", "paths", "experiment")
         for o in _options(g)
     ],
 )

@@ -40,7 +40,7 @@ def default_run(tmp_path_factory):
 
 def test_the_default_config_is_the_whole_method_with_the_explanation_task():
     cfg = compose_config([])
-    assert cfg.stage == "report" and cfg.alignment.mode == "hybrid" and cfg.llm.name == "smollm2_135m"
+    assert cfg.stage == "report" and cfg.prompt.mode == "hybrid" and cfg.llm.name == "smollm2_135m"
     assert "explanation" in cfg.aligner.train_tasks
     # the prompt carries the recommender's evidence: the items an explanation cites are in front of the LLM
     assert "{evidence}" in cfg.explain.template and cfg.tasks.explanation.evidence == cfg.explain.evidence

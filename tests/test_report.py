@@ -150,3 +150,26 @@ def test_summary_shows_the_other_scoring_where_it_differs(tmp_path):
     assert lines[row].split()[-2:] == ["0.120", "0.040"]
     assert "(lenient scoring)" in lines[row + 1] and lines[row + 1].split()[-2:] == ["0.125", "0.040"]
     assert not any("lenient" in x for x in lines[row + 2 :])  # task 3: the same under both scorings
+
+
+def test_a_budget_sweep_gives_a_curve_table_plot_and_html_section(tmp_path):
+    """Aligned evaluate folders that differ only in aligner.budget_minutes form one curve, points sorted by
+    budget; a folder without a budget is not on it, and a report without a sweep has no such section."""
+    evaluation = {"model": "aligned", "split": "test", "baselines": [], "few_shot": 0}
+    for key, minutes, acc in (("b", 25, 0.75), ("a", 10, 0.625), ("c", None, 0.875)):
+        _stage_folder(
+            tmp_path / "sweep", "evaluate", key, "hybrid", {"task3/acc": acc, "task1/hr@5": acc / 5},
+            evaluation=evaluation, aligner={"budget_minutes": minutes},
+        )  # fmt: skip
+    paths = write_report(tmp_path / "sweep", tmp_path / "sweep" / "report")
+    names = [p.name for p in paths]
+    assert "budget.md" in names and "budget_0.png" in names and "budget_1.png" not in names
+    table = (tmp_path / "sweep" / "report" / "budget.md").read_text()
+    assert table.index("| 10 | 0.1250") < table.index("| 25 | 0.1500") and "0.8750" not in table
+    page = (tmp_path / "sweep" / "report" / "index.html").read_text()
+    assert 'id="alignment-vs-training-budget"' in page
+    assert f'data-folder="{tmp_path / "sweep" / "evaluate" / "a"}"' in page and 'data-value="0.625"' in page
+
+    _folder(tmp_path / "plain", "a", "hybrid", "aligned", {"task3/acc": 0.5})
+    write_report(tmp_path / "plain", tmp_path / "plain" / "report")
+    assert "training-budget" not in (tmp_path / "plain" / "report" / "index.html").read_text()

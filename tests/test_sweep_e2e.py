@@ -15,7 +15,7 @@ from .helpers import SMALL_EVAL, TINY, TINY_ALIGNER, TINY_SASREC
 def test_two_point_alignment_sweep_shares_upstream_stages_and_reports_both(tmp_path):
     root = tmp_path / "artifacts"
     exe = Path(sys.executable).with_name("recexplainer")
-    args = [str(exe), "-m", f"paths.artifacts={root}", "stage=evaluate", "alignment=behavior,hybrid"]
+    args = [str(exe), "-m", f"paths.artifacts={root}", "stage=evaluate", "prompt=behavior,hybrid"]
     args += [*TINY, *TINY_SASREC, *TINY_ALIGNER, *SMALL_EVAL]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr

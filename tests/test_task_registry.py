@@ -12,12 +12,17 @@ from recexplainer.config import ConfigError
 from recexplainer.report.tables import alignment_columns
 
 TOY_YAML = """\
-kind: last_item
-task_id: 7
-modes: [behavior, intention, hybrid]
-max_eval: 12
-templates:
-  - "Which item did the user {user} consume last? Give its title."
+defaults:
+  - default
+  - _self_
+
+last_item:
+  kind: last_item
+  task_id: 7
+  modes: [behavior, intention, hybrid]
+  max_eval: 12
+  templates:
+    - "Which item did the user {user} consume last? Give its title."
 """
 
 TOY_MODULE = '''
@@ -58,8 +63,8 @@ class LastItem(TaskKind):
 def toy_plugin(tmp_path, monkeypatch):
     """The toy kind's module and YAML file in tmp_path; the registry is restored afterwards."""
     (tmp_path / "toy_last_item.py").write_text(TOY_MODULE)
-    (tmp_path / "conf" / "task").mkdir(parents=True)
-    (tmp_path / "conf" / "task" / "last_item.yaml").write_text(TOY_YAML)
+    (tmp_path / "conf" / "tasks").mkdir(parents=True)
+    (tmp_path / "conf" / "tasks" / "with_last_item.yaml").write_text(TOY_YAML)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
     kinds.KINDS.pop("last_item", None)
@@ -77,7 +82,7 @@ def test_a_plugin_task_kind_runs_through_labels_evaluation_and_report(toy_plugin
     cfg = make_cfg(
         "plugins=[toy_last_item]",
         f"hydra.searchpath=[file://{toy_plugin / 'conf'}]",
-        "+task@tasks.last_item=last_item",
+        "tasks=with_last_item",
         "stage=evaluate",
         "evaluation.model=none",
         "evaluation.baselines=[random,popularity]",

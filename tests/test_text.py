@@ -74,14 +74,12 @@ def test_chat_formatter_with_an_explicit_template_and_with_the_tokenizers_own():
 
 @pytest.mark.slow
 def test_a_non_default_separator_round_trips_through_targets_evaluation_and_explanations(make_cfg):
-    """alignment.title_separator=' | ': the training targets join titles with it, the evaluation parses the
+    """prompt.title_separator=' | ': the training targets join titles with it, the evaluation parses the
     LLM's lists with it, and explanations citing titles listed with it are matched."""
     from recexplainer.evaluate import stage as eval_stage
     from recexplainer.pipeline import stage_folder
 
-    cfg = make_cfg(
-        "stage=alignment_data", "llm=tiny_random", "alignment=hybrid", "alignment.title_separator=' | '"
-    )
+    cfg = make_cfg("stage=alignment_data", "llm=tiny_random", "prompt=hybrid", "prompt.title_separator=' | '")
     folder = run(cfg)
     titles = [row["title"] for row in map(json.loads, (stage_folder(cfg, "data") / "items.jsonl").open())]
     rows = [json.loads(line) for line in (folder / "examples" / "ranking.train.jsonl").open()][:5]

@@ -73,7 +73,7 @@ def build(cfg: Any, d_rec: int) -> tuple[RecExplainerLM, Any, ChatFormatter]:
     """The trainable aligner model for a config: LLM + placeholders + LoRA + projectors."""
     lm, tokenizer = load_base_llm(cfg.llm, cfg.paths.assets)
     user_id, item_id = add_placeholder_tokens(
-        lm, tokenizer, cfg.alignment.user_placeholder, cfg.alignment.item_placeholder
+        lm, tokenizer, cfg.prompt.user_placeholder, cfg.prompt.item_placeholder
     )
     if cfg.aligner.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -106,8 +106,8 @@ def save(model: RecExplainerLM, tokenizer: Any, cfg: Any, d_rec: int, folder: Pa
             "d_rec": d_rec,
             "llm": OmegaConf.to_container(cfg.llm, resolve=True),
             "aligner": OmegaConf.to_container(cfg.aligner, resolve=True),
-            "user_placeholder": cfg.alignment.user_placeholder,
-            "item_placeholder": cfg.alignment.item_placeholder,
+            "user_placeholder": cfg.prompt.user_placeholder,
+            "item_placeholder": cfg.prompt.item_placeholder,
             "user_token_id": model.user_token_id,
             "item_token_id": model.item_token_id,
         },

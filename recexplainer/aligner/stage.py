@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from functools import partial
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from recexplainer.aligner import setup
+from recexplainer.aligner.budget import budget_tokens, steps_for_budget
 from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate
 from recexplainer.aligner.model import store_frozen_linears
 from recexplainer.aligner.module import AlignerModule
@@ -87,6 +89,40 @@ def _loader(
     )
 
 
+def _planned_steps(cfg: DictConfig, train: AlignmentDataset, loader: DataLoader, trainer: L.Trainer) -> int:
+    """Optimizer steps of the run: ``max_epochs`` / ``max_steps``, or those of ``budget_minutes`` (which then
+    replaces both in the trainer's loop)."""
+    ac = cfg.aligner
+    steps_per_epoch = math.ceil(len(loader) / ac.accumulate_grad_batches)
+    if ac.budget_minutes is None:
+        epochs = steps_per_epoch * ac.max_epochs
+        return epochs if ac.max_steps < 0 else min(ac.max_steps, epochs)
+    tokens = budget_tokens(ac.budget_minutes, ac.budget_tokens_per_s)
+    sampler = loader.batch_sampler
+
+    def epoch_batches(epoch: int, rank: int) -> list[list[int]]:
+        other = copy.copy(sampler)  # the training sampler's batches for (epoch, rank), its state untouched
+        other.rank, other.skip = rank, 0
+        other.set_epoch(epoch)
+        return list(other)
+
+    steps, epochs = steps_for_budget(
+        epoch_batches, train.lengths(), tokens, ac.accumulate_grad_batches, trainer.world_size
+    )
+    trainer.fit_loop.max_epochs = epochs
+    trainer.fit_loop.epoch_loop.max_steps = steps
+    log.info(
+        "aligner.budget_minutes=%g at %g tokens/s: %d tokens, %d optimizer steps (%d epoch(s) of %d steps)",
+        ac.budget_minutes,
+        ac.budget_tokens_per_s,
+        tokens,
+        steps,
+        epochs,
+        steps_per_epoch,
+    )
+    return steps
+
+
 def _init_projectors(cfg: DictConfig, model: Any, tokenizer: Any, folder: Path) -> dict[str, float]:
     """Closed-form projector initialisation from title embeddings (aligner.projector_init=title_lsq*)."""
     import json
@@ -122,7 +158,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     d_rec = vector_width(folder)
     model, tokenizer, formatter = setup.build(cfg, d_rec)
     # behavior prompts carry no placeholders: the projectors never see a vector, so nothing to initialise
-    use_vectors = cfg.alignment.mode != "behavior"
+    use_vectors = cfg.prompt.mode != "behavior"
     init_stats = (
         _init_projectors(cfg, model, tokenizer, folder)
         if ac.projector_init in ("title_lsq", "title_lsq_top1") and use_vectors
@@ -137,7 +173,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
                 "aligner.train_tasks %s have no examples in %s (mode %s): skipped",
                 absent,
                 folder.name,
-                cfg.alignment.mode,
+                cfg.prompt.mode,
             )
     train = encoded_split(cfg, folder, "train", model, tokenizer, formatter)
     valid = encoded_split(cfg, folder, "valid", model, tokenizer, formatter)
@@ -200,12 +236,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         if len(valid)
         else None
     )
-    steps_per_epoch = math.ceil(len(train_loader) / ac.accumulate_grad_batches)
-    total = (
-        steps_per_epoch * ac.max_epochs
-        if ac.max_steps < 0
-        else min(ac.max_steps, steps_per_epoch * ac.max_epochs)
-    )
+    total = _planned_steps(cfg, train, train_loader, trainer)
     module = AlignerModule(
         model, ac.lr, ac.projector_lr, ac.weight_decay, ac.warmup_ratio, total, ac.projector_only_steps
     )
@@ -241,6 +272,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             "aligner/dropped_too_long": train.dropped,
             "aligner/valid_examples": len(valid),
             "aligner/optimizer_steps": trainer.global_step,
+            "aligner/planned_steps": total,
             "aligner/trainable_parameters": n_trainable,
             "aligner/total_parameters": n_total,
             "train/peak_rss_mb": peak_rss_mb(),

@@ -90,7 +90,7 @@ def iter_scored_prefixes(
     evaluation masks). Batches keep memory flat: (batch, n_items) scores at a time.
     """
     if mask not in MASKS:
-        raise ValueError(f"alignment.mask={mask!r}; choose one of {', '.join(MASKS)}")
+        raise ValueError(f"prompt.mask={mask!r}; choose one of {', '.join(MASKS)}")
     seq_len = model.max_len or max_hist_len
     for start in range(0, len(users), batch_size):
         sl = slice(start, start + batch_size)

@@ -44,25 +44,23 @@ def active_tasks(cfg: DictConfig) -> dict[str, Any]:
     return {
         name: OmegaConf.to_object(task)
         for name, task in cfg.tasks.items()
-        if cfg.alignment.mode in task.modes and (kinds.get(task.kind).source != "file" or task.path)
+        if cfg.prompt.mode in task.modes and (kinds.get(task.kind).source != "file" or task.path)
     }
 
 
 def shown_history(cfg: DictConfig) -> int | None:
-    """``alignment.text_hist_len`` where a user format renders ``{titles}``; None (every title) otherwise, so
+    """``prompt.text_hist_len`` where a user format renders ``{titles}``; None (every title) otherwise, so
     the knob cannot change an intention run's examples or cache key."""
-    n = cfg.alignment.get("text_hist_len")
-    formats = [cfg.alignment.user_format] + [
-        t.user_format for t in cfg.tasks.values() if t.get("user_format")
-    ]
+    n = cfg.prompt.get("text_hist_len")
+    formats = [cfg.prompt.user_format] + [t.user_format for t in cfg.tasks.values() if t.get("user_format")]
     return n if n is not None and any("titles" in template_fields(f) for f in formats) else None
 
 
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
-    alignment = OmegaConf.to_container(cfg.alignment, resolve=True)
-    alignment["text_hist_len"] = shown_history(cfg)  # the effective value (intention renders no titles)
+    prompt = OmegaConf.to_container(cfg.prompt, resolve=True)
+    prompt["text_hist_len"] = shown_history(cfg)  # the effective value (intention renders no titles)
     return {
-        "alignment": alignment,
+        "alignment": prompt,  # the field's name in every existing key (renaming it would orphan artifacts)
         "tasks": OmegaConf.to_container(cfg.tasks, resolve=True),
         "seed": cfg.seed,
     }
@@ -90,13 +88,13 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     model = load_recommender(upstream["recommender"])
     tasks = active_tasks(cfg)
     if not tasks:
-        raise ValueError(f"no task applies to alignment.mode={cfg.alignment.mode}; check tasks.*.modes")
-    renderer = SlotRenderer(cfg.alignment, data.titles)
-    _check_titles(data.titles, cfg.alignment)
+        raise ValueError(f"no task applies to prompt.mode={cfg.prompt.mode}; check tasks.*.modes")
+    renderer = SlotRenderer(cfg.prompt, data.titles)
+    _check_titles(data.titles, cfg.prompt)
     popularity = data.train_item_counts()
     builders = {
         n: TaskBuilder(
-            n, t, cfg.alignment.mode, renderer, cfg.seed, popularity, data.titles, model, data.item_table
+            n, t, cfg.prompt.mode, renderer, cfg.seed, popularity, data.titles, model, data.item_table
         )
         for n, t in tasks.items()
     }
@@ -164,10 +162,10 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             "labels": "from the recommender's ranking of all items for each prefix, "
             + (
                 "the prefix's items masked"
-                if cfg.alignment.mask == "prefix"
+                if cfg.prompt.mask == "prefix"
                 else "every item the user consumed before the position masked"
             ),
-            "prefix": f"the last {cfg.alignment.max_hist_len} items before the position",
+            "prefix": f"the last {cfg.prompt.max_hist_len} items before the position",
             "prefix_text": (
                 "every item of the prefix"
                 if shown_history(cfg) is None
@@ -175,7 +173,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             ),
             "splits": "train: prefixes ending inside the training part; valid / test: each user's held-out positions",
             "item_tasks": "items held out of item-task training form the valid / test split",
-            "mode": cfg.alignment.mode,
+            "mode": cfg.prompt.mode,
         },
     )
     _log_summary(counts, metrics)
@@ -213,7 +211,7 @@ def _user_split(cfg, split, data, model, user_tasks, builders, emit, vectors) ->
             caps[name] = np.array([order[int(u)] < limit for u in users], dtype=bool)
     user_vectors = []
     scored = iter_scored_prefixes(
-        model, data, split, users, ends, rank, cfg.alignment.max_hist_len, mask=cfg.alignment.mask
+        model, data, split, users, ends, rank, cfg.prompt.max_hist_len, mask=cfg.prompt.mask
     )
     for batch in scored:
         user_vectors.append(batch.user_vectors)
@@ -226,7 +224,7 @@ def _user_split(cfg, split, data, model, user_tasks, builders, emit, vectors) ->
 
 def _earlier(data: SequentialData, row: dict[str, Any]) -> bool | None:
     """Whether the example's labelled item is one the user consumed before the prefix window (possible
-    under alignment.mask=prefix); None for examples without one item label."""
+    under prompt.mask=prefix); None for examples without one item label."""
     item = row["labels"].get("item")
     if item is None or "prefix_end" not in row:
         return None
@@ -234,20 +232,20 @@ def _earlier(data: SequentialData, row: dict[str, Any]) -> bool | None:
     return bool(item in set(before.tolist()))
 
 
-def _check_titles(titles: list[str], alignment: Any) -> None:
-    for placeholder in (alignment.user_placeholder, alignment.item_placeholder):
+def _check_titles(titles: list[str], prompt: Any) -> None:
+    for placeholder in (prompt.user_placeholder, prompt.item_placeholder):
         bad = [t for t in titles[1:] if placeholder in t]
         if bad:
             raise ValueError(
                 f"{len(bad)} item title(s) contain the placeholder {placeholder!r} (first: {bad[0]!r}); "
-                "set alignment.user_placeholder / alignment.item_placeholder to other strings"
+                "set prompt.user_placeholder / prompt.item_placeholder to other strings"
             )
-    mark = split_mark(alignment.title_separator)  # what the evaluation splits generated lists on
+    mark = split_mark(prompt.title_separator)  # what the evaluation splits generated lists on
     clash = sum(mark in t for t in titles[1:])
     if clash:
         log.warning(
             "%d titles contain %r, which splits lists of titles: those titles will not be matched in lists; "
-            "set alignment.title_separator to a string no title contains (e.g. ' | ')",
+            "set prompt.title_separator to a string no title contains (e.g. ' | ')",
             clash,
             mark,
         )
@@ -273,7 +271,7 @@ def label_statistics(
         if not labels:
             continue
         earlier = [r["earlier"] for r in rows if r.get("earlier") is not None]
-        if earlier:  # labels the user had consumed before the prefix (0 under alignment.mask=history)
+        if earlier:  # labels the user had consumed before the prefix (0 under prompt.mask=history)
             key = "top1" if "answer" not in labels[0] else "item"
             out[f"labels/{name}/{split}/{key}_in_earlier_history"] = float(np.mean(earlier))
         if "answer" not in labels[0]:

@@ -69,13 +69,13 @@ def render(template: str, values: Mapping[str, Any]) -> str:
 class SlotRenderer:
     """Renders users and items into prompt text for one alignment mode, and counts their placeholders."""
 
-    def __init__(self, alignment: Any, titles: Sequence[str]):
-        self.user_format = alignment.user_format
-        self.item_format = alignment.item_format
-        self.user_placeholder = alignment.user_placeholder
-        self.item_placeholder = alignment.item_placeholder
-        self.separator = alignment.title_separator
-        self.text_hist_len = getattr(alignment, "text_hist_len", None)  # None: every item of the prefix
+    def __init__(self, prompt: Any, titles: Sequence[str]):
+        self.user_format = prompt.user_format
+        self.item_format = prompt.item_format
+        self.user_placeholder = prompt.user_placeholder
+        self.item_placeholder = prompt.item_placeholder
+        self.separator = prompt.title_separator
+        self.text_hist_len = getattr(prompt, "text_hist_len", None)  # None: every item of the prefix
         self.titles = titles
         self._items: dict[int, str] = {}
 

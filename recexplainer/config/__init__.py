@@ -3,13 +3,13 @@
 
 from recexplainer.config.schema import (
     AlignerConfig,
-    AlignmentConfig,
     AmazonDataset,
     Config,
     EvaluationConfig,
     ExplainConfig,
     JudgeConfig,
     LLMConfig,
+    PromptConfig,
     RecboleAtomicDataset,
     SyntheticDataset,
     TaskConfig,
@@ -20,7 +20,6 @@ from recexplainer.config.validate import ConfigError, validate
 
 __all__ = [
     "AlignerConfig",
-    "AlignmentConfig",
     "AmazonDataset",
     "Config",
     "ConfigError",
@@ -28,6 +27,7 @@ __all__ = [
     "ExplainConfig",
     "JudgeConfig",
     "LLMConfig",
+    "PromptConfig",
     "RecboleAtomicDataset",
     "SyntheticDataset",
     "TaskConfig",

@@ -150,7 +150,9 @@ class LoggerConfig:
 
 
 @dataclass
-class AlignmentConfig:
+class PromptConfig:
+    """How users and items appear in prompts: the paper's alignment modes (B / I / H) and their text rules."""
+
     mode: str = MISSING  # behavior | intention | hybrid
     injection: str = "add"  # aligner: add the projected vector to the placeholder embedding, or "replace" it
     user_placeholder: str = "<user>"
@@ -230,6 +232,10 @@ class AlignerConfig:
     projector_only_steps: int = MISSING
     max_epochs: int = MISSING
     max_steps: int = MISSING
+    budget_minutes: float | None = (
+        MISSING  # a time budget, counted in tokens (replaces max_epochs / max_steps)
+    )
+    budget_tokens_per_s: float = MISSING  # the throughput one budget minute stands for
     val_check_interval: float = MISSING
     gradient_checkpointing: bool = MISSING
     checkpoint_every_n_steps: int = MISSING  # save a resumable checkpoint (trainable weights only) this often
@@ -332,7 +338,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     dataset: Any = MISSING
     recommender: Any = MISSING
-    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     llm: LLMConfig = field(default_factory=LLMConfig)
     aligner: AlignerConfig = field(default_factory=AlignerConfig)

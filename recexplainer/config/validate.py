@@ -16,8 +16,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "recommender.name": ("sasrec", "mf"),
     "recommender.loss": ("ce", "bce"),
     "logger.name": ("csv", "wandb"),
-    "alignment.mode": ("behavior", "intention", "hybrid"),
-    "alignment.injection": ("add", "replace"),
+    "prompt.mode": ("behavior", "intention", "hybrid"),
+    "prompt.injection": ("add", "replace"),
     "aligner.injection": ("add", "replace"),
     "aligner.projector": ("mlp2x_gelu", "linear", "identity"),
     "aligner.loss_weighting": ("token", "example"),
@@ -28,7 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "evaluation.model": ("aligned", "unaligned", "none"),
     "evaluation.split": ("valid", "test"),
     "evaluation.scoring": ("recai", "lenient"),
-    "alignment.mask": ("prefix", "history"),
+    "prompt.mask": ("prefix", "history"),
     "explain.model": ("aligned", "unaligned", "template", "template_random"),
     "explain.split": ("valid", "test"),
     "explain.decision": ("explain_prompt", "interest_prompt"),
@@ -43,12 +43,14 @@ POSITIVE: tuple[str, ...] = (
     "recommender.train.eval_batch_size",
     "recommender.train.max_epochs",
     "dataset.preprocess.min_seq_len",
-    "alignment.max_hist_len",
-    "alignment.text_hist_len",
+    "prompt.max_hist_len",
+    "prompt.text_hist_len",
     "aligner.batch_size",
     "aligner.accumulate_grad_batches",
     "aligner.length_group_mega",
     "aligner.max_length",
+    "aligner.budget_minutes",
+    "aligner.budget_tokens_per_s",
     "aligner.lora_r",
     "evaluation.batch_size",
     "evaluation.num_beams",
@@ -163,11 +165,15 @@ def _validate_ranges(node: Any, path: str = "") -> None:
             raise ConfigError(f"{full}={value} {problem}")
 
 
-def _validate_task_names(cfg: DictConfig) -> None:
+def _validate_task_names(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     """Task lists name tasks of the tasks group (a typo would otherwise surface after the upstream stages
-    ran, or silently drop a task)."""
+    ran, or silently drop a task); checked where the run reaches the stage that reads the list, so that
+    ``tasks=none`` serves runs that stop before the alignment data."""
     known = list(cfg.tasks)
-    for key in ("aligner.train_tasks", "evaluation.tasks"):
+    reached = stages[: stages.index(cfg.stage) + 1]
+    for key, stage in (("aligner.train_tasks", "aligner"), ("evaluation.tasks", "evaluate")):
+        if stage not in reached:
+            continue
         names = _select(cfg, key)
         unknown = [n for n in names or [] if n not in known]
         if unknown:
@@ -194,7 +200,7 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
         if value is not None and value <= 0:
             raise ConfigError(f"{key}={value} must be positive")
     _validate_ranges(cfg)
-    _validate_task_names(cfg)
+    _validate_task_names(cfg, stages)
     if cfg.dataset.preprocess.min_seq_len < 3:
         raise ConfigError(
             "dataset.preprocess.min_seq_len must be >= 3: the leave-one-out split needs one train, "
@@ -212,7 +218,7 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     if not 0.0 <= cfg.judge.max_failed_share <= 1.0:
         raise ConfigError(f"judge.max_failed_share={cfg.judge.max_failed_share} must be in [0, 1]")
     _validate_precisions(cfg)
-    _validate_alignment(cfg)
+    _validate_prompt(cfg)
     _validate_evaluation(cfg)
     if cfg.dataset.format == "recbole_atomic" and not (cfg.dataset.path or cfg.dataset.asset):
         raise ConfigError("dataset.path is required for the recbole_atomic format (or dataset.asset)")
@@ -251,14 +257,14 @@ def _validate_evaluation(cfg: DictConfig) -> None:
         )
 
 
-def _validate_alignment(cfg: DictConfig) -> None:
+def _validate_prompt(cfg: DictConfig) -> None:
     from recexplainer import tasks as kinds
     from recexplainer.alignment_data.templates import TemplateError, validate_format
 
     try:
         validate_format("explain.evidence", cfg.explain.evidence, {"up", "down"})
-        validate_format("alignment.user_format", cfg.alignment.user_format, {"placeholder", "titles"})
-        validate_format("alignment.item_format", cfg.alignment.item_format, {"placeholder", "title"})
+        validate_format("prompt.user_format", cfg.prompt.user_format, {"placeholder", "titles"})
+        validate_format("prompt.item_format", cfg.prompt.item_format, {"placeholder", "title"})
         for name, task in cfg.tasks.items():
             kinds.validate(name, task)
             for key in ("top_fraction", "bottom_fraction", "eval_items_fraction", "yes_share"):
@@ -276,11 +282,11 @@ def _validate_alignment(cfg: DictConfig) -> None:
                         f"tasks.{name}.{key}: {bad[0]!r} does not start with explain.answer_prefix "
                         f"{prefix!r}; the explain stage writes that prefix and lets the LLM go on from it"
                     )
-    if cfg.alignment.user_placeholder == cfg.alignment.item_placeholder:
-        raise ConfigError("alignment.user_placeholder and alignment.item_placeholder must differ")
-    shown = cfg.alignment.get("text_hist_len")
-    if shown is not None and shown > cfg.alignment.max_hist_len:
+    if cfg.prompt.user_placeholder == cfg.prompt.item_placeholder:
+        raise ConfigError("prompt.user_placeholder and prompt.item_placeholder must differ")
+    shown = cfg.prompt.get("text_hist_len")
+    if shown is not None and shown > cfg.prompt.max_hist_len:
         raise ConfigError(
-            f"alignment.text_hist_len={shown} exceeds alignment.max_hist_len={cfg.alignment.max_hist_len}: "
+            f"prompt.text_hist_len={shown} exceeds prompt.max_hist_len={cfg.prompt.max_hist_len}: "
             "a prefix holds at most max_hist_len items (null shows them all)"
         )

@@ -56,7 +56,7 @@ class LLMPredictor:
         self.beam_width = max(beam_width or num_beams, num_beams)
         self.margin, self.fuzzy_cutoff = max_new_tokens_margin, fuzzy_cutoff
         self.shots = shots or {}
-        self.separator = separator  # alignment.title_separator: the one the training targets were joined with
+        self.separator = separator  # prompt.title_separator: the one the training targets were joined with
         self.decoder = Decoder(model, tokenizer)
         self.yes_ids, self.no_ids = answer_token_ids(tokenizer, "yes"), answer_token_ids(tokenizer, "no")
         catalog = [t for t in index.titles[1:] if t]

@@ -124,15 +124,15 @@ def _student(
     model, stats = student.distill(
         load_recommender(upstream["recommender"]),
         data,
-        cfg.alignment.max_hist_len,
+        cfg.prompt.max_hist_len,
         cfg.seed,
         hidden_size=sc.hidden_size,
         epochs=sc.epochs,
         lr=sc.lr,
         max_prefixes=sc.max_prefixes,
-        mask=cfg.alignment.mask,
+        mask=cfg.prompt.mask,
     )
-    return student.scorer(model, cfg.alignment.max_hist_len), stats
+    return student.scorer(model, cfg.prompt.max_hist_len), stats
 
 
 def llm_predictor(
@@ -168,14 +168,14 @@ def llm_predictor(
         TitleIndex(titles),
         vectors,
         aligned=aligned,
-        placeholders=(cfg.alignment.user_placeholder, cfg.alignment.item_placeholder),
+        placeholders=(cfg.prompt.user_placeholder, cfg.prompt.item_placeholder),
         num_beams=ev.num_beams,
         beam_width=ev.beam_width,
         constrained=ev.constrained,
         max_new_tokens_margin=ev.max_new_tokens_margin,
         fuzzy_cutoff=ev.fuzzy_cutoff,
         shots=shots,
-        separator=cfg.alignment.title_separator,
+        separator=cfg.prompt.title_separator,
     )
 
 
@@ -269,7 +269,7 @@ def evaluate(
                         r["id"],
                         r["task"],
                         (r.get("outputs") or [""])[0][:500],
-                        join_titles([t for t in r.get("titles") or [] if t], cfg.alignment.title_separator),
+                        join_titles([t for t in r.get("titles") or [] if t], cfg.prompt.title_separator),
                         json.dumps(r["metrics"]),
                     ]
                     for r in records[:WANDB_TABLE_ROWS]
@@ -324,8 +324,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             "after strip, lower-case and whitespace collapsing; repeats removed before cutting to k; task 3 yes "
             "when P(yes) > P(no). Reported under the plain names when scoring=lenient, else as <metric>/lenient",
             "fuzzy": f"difflib ratio >= {ev.fuzzy_cutoff}, reported as *_fuzzy",
-            "list_separator": cfg.alignment.title_separator,
-            "list_split_on": split_mark(cfg.alignment.title_separator),
+            "list_separator": cfg.prompt.title_separator,
+            "list_split_on": split_mark(cfg.prompt.title_separator),
         },
         "baselines": list(ev.baselines),
         "threshold_rules": "popularity / item_knn interest thresholds fit on the training interest examples",

@@ -1,7 +1,7 @@
 """A distilled student: a small SASRec trained to reproduce the target recommender's top-1 choices.
 
 It is the non-LLM answer to "how well can a model imitate this recommender from its outputs alone":
-every training prefix (the same ``alignment.max_hist_len`` items the alignment labels use) is labelled
+every training prefix (the same ``prompt.max_hist_len`` items the alignment labels use) is labelled
 with the target's top-1 item (history excluded), and the student learns them with a full-softmax loss.
 """
 

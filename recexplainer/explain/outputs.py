@@ -22,7 +22,7 @@ def log_to_loggers(
     from recexplainer.training import build_logger
 
     for logger in build_logger(cfg, out_dir, "explain"):
-        _log_to(logger, metrics, records, titles, cfg.alignment.title_separator)
+        _log_to(logger, metrics, records, titles, cfg.prompt.title_separator)
 
 
 def _log_to(
@@ -54,7 +54,7 @@ def report_markdown(
     records: list[dict[str, Any]], titles: list[str], metrics: dict[str, float], k: int, cfg: DictConfig
 ) -> str:
     lines = [
-        f"# Explanations: {cfg.explain.model} {cfg.llm.name}, {cfg.alignment.mode} prompts, {cfg.dataset.name}",
+        f"# Explanations: {cfg.explain.model} {cfg.llm.name}, {cfg.prompt.mode} prompts, {cfg.dataset.name}",
         "",
         "| metric | value |",
         "| --- | --- |",
@@ -76,7 +76,7 @@ def report_markdown(
             )
         lines.append("")
     for r in records[:k]:
-        history = join_titles([titles[i] for i in r["history"]], cfg.alignment.title_separator)
+        history = join_titles([titles[i] for i in r["history"]], cfg.prompt.title_separator)
         judge = f", judge {r['judge_score']}" if r.get("judge_score") is not None else ""
         lines += [
             f"## {r['id']}",

@@ -103,7 +103,7 @@ def explain_rows(
     the explanation task renders it: the history as that task shows it (``full_history``; the whole
     prefix where no explanation task is configured) and, where the template has ``{evidence}``, the
     recommender's leave-one-out ``attributions`` of the pair (one array per pair)."""
-    renderer = SlotRenderer(cfg.alignment, titles)
+    renderer = SlotRenderer(cfg.prompt, titles)
     template = cfg.explain.template
     user_first = template.index("{user}") < template.index("{item}")
     try:
@@ -290,7 +290,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
                 [titles[i] for i in r["history"]],
                 titles[r["item"]],
                 r["text"],
-                cfg.alignment.title_separator,
+                cfg.prompt.title_separator,
             )
             for r in records
         ]
@@ -336,7 +336,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     )
     if judge is not None:
         judge_histogram([r.get("judge_score") for r in records], out_dir / "judge_scores.png", judge.name)
-    blind, key = blind_csv(records, titles, cfg.seed, cfg.alignment.title_separator)
+    blind, key = blind_csv(records, titles, cfg.seed, cfg.prompt.title_separator)
     atomic_write_text(out_dir / "ratings_blind.csv", blind)
     write_json(
         out_dir / "ratings_key.json", key

@@ -28,7 +28,7 @@ def explanation_config(cfg: DictConfig) -> DictConfig:
             return task
     raise ConfigError(
         f"explain.model={cfg.explain.model} writes with the explanation task's target templates, but "
-        "the tasks group has no task of kind 'explanation' (add /task@explanation: explanation to it)"
+        "the tasks group has no task of kind 'explanation' (tasks=default has one)"
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from recexplainer.artifacts import atomic_write_text
+from recexplainer.report import budget
 from recexplainer.report.tables import (
     CURVES,
     EXPLAIN_COLUMNS,
@@ -157,6 +158,20 @@ def _alignment(root: Path, only: set[Path] | None, tmp: Path) -> str:
     return "".join(parts) + _superseded(old)
 
 
+def _budget(root: Path, only: set[Path] | None, tmp: Path) -> str:
+    found = budget.curves(collect(root, "evaluate", only))
+    parts = []
+    for i, (label, points) in enumerate(found.items()):
+        budget.plot(label, points, tmp / f"budget_{i}.png")
+        table = [{"labels": [f"{minutes:g}"], "values": m, "folder": folder} for minutes, m, folder in points]
+        parts += [
+            f"<h3>{escape(label)}</h3>",
+            _table(table, alignment_columns(headline_only=True), ["budget (min)"]),
+            _img(tmp / f"budget_{i}.png", label),
+        ]
+    return "".join(parts)
+
+
 def _curves(root: Path, only: set[Path] | None, tmp: Path) -> str:
     parts = []
     for stage in CURVES:
@@ -279,6 +294,7 @@ def write_html(root: Path, out: Path, only: set[Path] | None = None, examples: i
         sections = [
             ("Recommender", _recommender(root, only)),
             ("Alignment", _alignment(root, only, tmp)),
+            ("Alignment vs training budget", _budget(root, only, tmp)),  # only with a budget sweep
             ("Training curves", _curves(root, only, tmp)),
             ("Explanations", explain_table),
             ("Example explanations", _examples(shown, examples)),
@@ -287,6 +303,7 @@ def write_html(root: Path, out: Path, only: set[Path] | None = None, examples: i
     body = "".join(
         f'<section id="{escape(t.lower().replace(" ", "-"))}"><h2>{escape(t)}</h2>{html}</section>'
         for t, html in sections
+        if html
     )
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from recexplainer import tasks as kinds
 from recexplainer.artifacts import METRICS_FILE, atomic_write_text
+from recexplainer.report.tables import prompt_mode
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def summary(cfg: DictConfig | dict[str, Any], folders: dict[str, Path], report: 
     ``explain`` folders (any may be missing); every number is a metrics-file value to 3 decimals."""
     lines = [
         f"RecExplainer: {cfg['dataset']['name']}, {cfg['recommender']['name']} explained by "
-        f"{cfg['llm']['name']} ({cfg['alignment']['mode']} alignment)",
+        f"{cfg['llm']['name']} ({prompt_mode(cfg)} alignment)",
         "",
     ]
     if "recommender" in folders:

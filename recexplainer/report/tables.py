@@ -116,6 +116,13 @@ TEMPLATE_METHODS = {
 }
 
 
+def prompt_mode(cfg: dict[str, Any]) -> str | None:
+    """The prompt mode (behavior / intention / hybrid) of a stage folder's saved config; folders written
+    before the group was called ``prompt`` name it ``alignment``."""
+    section = cfg.get("prompt") or cfg.get("alignment") or {}
+    return section.get("mode")
+
+
 def method_name(cfg: dict[str, Any], model: str, extra: str = "") -> str:
     if model in TEMPLATE_METHODS:
         return TEMPLATE_METHODS[model]
@@ -123,8 +130,8 @@ def method_name(cfg: dict[str, Any], model: str, extra: str = "") -> str:
     if model == "aligned":
         changed = recipe(cfg.get("aligner", {}))
         extra = extra + (f"; {changed}" if changed else "")
-        return f"RecExplainer-{MODE_LETTER[cfg['alignment']['mode']]} ({llm}{extra})"
-    return f"{llm}, no alignment{extra} ({cfg['alignment']['mode']} prompts)"
+        return f"RecExplainer-{MODE_LETTER[prompt_mode(cfg)]} ({llm}{extra})"
+    return f"{llm}, no alignment{extra} ({prompt_mode(cfg)} prompts)"
 
 
 def explain_rows(
@@ -303,7 +310,7 @@ def curves_plot(root: Path, stage: str, path: Path, only: set[Path] | None = Non
         if not any(curves.get(m) for names in metrics for m in names):
             continue
         name = run["folder"].name
-        if stage == "aligner" and "alignment" in run["cfg"]:
+        if stage == "aligner" and prompt_mode(run["cfg"]):
             label = method_name(run["cfg"], "aligned")
         else:
             rec = run["cfg"].get("recommender", {})
@@ -375,6 +382,8 @@ def _superseded_note(superseded: list[dict[str, Any]]) -> str:
 def write_report(root: Path, out: Path, only: set[Path] | None = None) -> list[Path]:
     """Write the tables and plots for the folders under ``root`` (all, or those in ``only``) into ``out``;
     returns the written paths."""
+    from recexplainer.report import budget
+
     superseded: list[dict[str, Any]] = []
     table = rows(collect(root, "evaluate", only), superseded)
     explain_runs = collect(root, "explain", only)
@@ -401,6 +410,13 @@ def write_report(root: Path, out: Path, only: set[Path] | None = None) -> list[P
         atomic_write_text(paths[-1], to_csv(explain_table, EXPLAIN_COLUMNS))
         if judge_histogram(explain_runs, out / "judge_scores.png"):
             paths.append(out / "judge_scores.png")
+    budget_curves = budget.curves(collect(root, "evaluate", only))
+    if budget_curves:
+        paths.append(out / "budget.md")
+        atomic_write_text(paths[-1], budget.markdown(budget_curves))
+        for i, (label, points) in enumerate(budget_curves.items()):
+            paths.append(out / f"budget_{i}.png")
+            budget.plot(label, points, paths[-1])
     for stage in CURVES:
         if curves_plot(root, stage, out / f"training_{stage}.png", only):
             paths.append(out / f"training_{stage}.png")

@@ -4,7 +4,8 @@ Built-in kinds, in registry order (the report's column order): ``retrieval`` (ta
 (task 2), ``interest`` / ``interest_hard`` (task 3), ``history`` (task 6), ``item_recovery``,
 ``item_similar``, ``item_metadata``, ``replay`` and ``explanation``. Adding a kind is one module defining a
 :class:`TaskKind` subclass decorated with :func:`register` (imported here or by the user's code before the
-run) and one YAML file in ``conf/task/`` whose ``kind`` names it; docs/usage.md shows an example.
+run) and one task-set file in ``conf/tasks/`` with a task whose ``kind`` names it; docs/usage.md shows an
+example.
 """
 
 from typing import Any
