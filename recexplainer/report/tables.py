@@ -385,7 +385,8 @@ def write_report(root: Path, out: Path, only: set[Path] | None = None) -> list[P
     from recexplainer.report import budget
 
     superseded: list[dict[str, Any]] = []
-    table = rows(collect(root, "evaluate", only), superseded)
+    evaluate_runs = collect(root, "evaluate", only)
+    table = rows(evaluate_runs, superseded)
     explain_runs = collect(root, "explain", only)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -410,7 +411,7 @@ def write_report(root: Path, out: Path, only: set[Path] | None = None) -> list[P
         atomic_write_text(paths[-1], to_csv(explain_table, EXPLAIN_COLUMNS))
         if judge_histogram(explain_runs, out / "judge_scores.png"):
             paths.append(out / "judge_scores.png")
-    budget_curves = budget.curves(collect(root, "evaluate", only))
+    budget_curves = budget.curves(evaluate_runs)
     if budget_curves:
         paths.append(out / "budget.md")
         atomic_write_text(paths[-1], budget.markdown(budget_curves))
