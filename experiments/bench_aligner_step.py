@@ -9,6 +9,9 @@ spoils one round, not a variant):
 - ``bf16_weights``: + frozen linear weights stored in bf16 (the default under ``bf16-mixed``);
 - ``batch_32``: the defaults with micro-batches of 32 examples instead of 16 (not in the default list:
   ``--variants bf16_weights,batch_32``).
+- ``fp32``: the defaults in fp32 (no autocast) on a CPU where ``trainer=cpu`` resolves to bf16 autocast:
+  whether bf16 pays on this CPU (not in the default list: ``--variants fp32,bf16_weights``; skipped on a
+  CPU without native bf16, where the defaults are fp32 already).
 - ``compile``: the defaults with the model under ``torch.compile(dynamic=True)`` (inductor; not in the default
   list; the two warm-up steps, which compile, are timed apart as ``warmup_seconds``).
 
@@ -33,7 +36,7 @@ import time
 from pathlib import Path
 
 VARIANTS = ("dropout", "no_dropout", "no_mask", "bf16_weights")
-EXTRA = ("batch_32", "compile")
+EXTRA = ("batch_32", "compile", "fp32")
 
 
 def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict:
@@ -62,7 +65,7 @@ def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict
         sys.exit(f"no alignment data at {folder}: run `recexplainer stage=alignment_data` first")
     if variant in ("dropout", "no_dropout"):
         model_module.is_right_padded = lambda mask: False  # keep the mask, as before
-    precision = cpu_precision()
+    precision = "32-true" if variant == "fp32" else cpu_precision()
     bf16 = precision.startswith("bf16")
     torch.manual_seed(0)
     model, tokenizer, formatter = setup.build(cfg, vector_width(folder))
@@ -133,7 +136,8 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS + EXTRA))
     if unknown:
         sys.exit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS + EXTRA)}")
-    variants = [v for v in variants if v != "bf16_weights" or cpu_precision().startswith("bf16")]
+    if not cpu_precision().startswith("bf16"):  # fp32 everywhere: these two equal the plain defaults
+        variants = [v for v in variants if v not in ("bf16_weights", "fp32")]
     runs = []
     for _ in range(args.rounds):
         for variant in variants:

@@ -1,6 +1,7 @@
 """The aligner stage end to end on synthetic data with a tiny random Llama, and what it learns."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -465,3 +466,6 @@ def test_a_time_budget_trains_the_steps_whose_batches_hold_its_tokens(trained, t
     metrics = json.loads((run(budgeted) / "metrics.json").read_text())
     assert metrics["aligner/planned_steps"] == metrics["aligner/optimizer_steps"] == expected
     assert metrics["train/epochs_run"] == 2
+    # the budget ends mid-epoch, after the end-of-epoch validation: the final weights are validated too
+    assert metrics["aligner/validated_at_step"] == expected
+    assert math.isfinite(metrics["valid/loss"])

@@ -384,6 +384,7 @@ def test_killed_evaluation_resumes_without_recomputing(evaluated, monkeypatch):
         *TINY_SASREC,
         *EVAL,
         "evaluation.baselines=[]",
+        "evaluation.calibration_examples=0",  # counts the test examples' calls only
     ]
     cfg2 = compose_config(overrides)
     calls = {"n": 0}

@@ -245,7 +245,7 @@ def test_the_decision_comes_from_the_task3_question_or_the_explain_prompt(make_c
         return [{"p_yes": 0.9} for _ in rows]
 
     monkeypatch.setattr(LLMPredictor, "predict", task3)
-    folder = run(make_cfg(*EXPLAIN, f"explain.decision={decision}"))
+    folder = run(make_cfg(*EXPLAIN, f"explain.decision={decision}", "explain.calibration_examples=0"))
     records = [json.loads(line) for line in (folder / "explanations.jsonl").open()]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert "explain/prompt_decision_acc" in metrics

@@ -39,4 +39,4 @@ def test_two_point_alignment_sweep_shares_upstream_stages_and_reports_both(tmp_p
     for name in ("alignment.csv", "training_aligner.png", "training_recommender.png"):
         assert (report / name).stat().st_size > 0, name
     csv_rows = (report / "alignment.csv").read_text().splitlines()
-    assert len(csv_rows) == 1 + 2 + 2  # header, B, H, two baselines
+    assert len(csv_rows) == 1 + 2 + 2 + 2  # header, B, H, their calibrated yes/no rows, two baselines

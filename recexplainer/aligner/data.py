@@ -30,6 +30,10 @@ class Encoded:
     user_rows: list[int]  # one row of the split's user-vector table per <user> token, in order
     items: list[int]  # one item index per <item> token, in order
     example_id: str
+    # item-head target (retrieval examples when the aligner has an item head): the row of the prefix's user
+    # vector in the split's table and the items the recommender may not return for it (the prefix)
+    head_user_row: int | None = None
+    head_exclude: tuple[int, ...] = ()
 
 
 def encode(
@@ -77,7 +81,10 @@ class AlignmentDataset(Dataset):
         tasks: Sequence[str] | None = None,
         limit: int | None = None,
         seed: int = 0,
+        head_kinds: Sequence[str] = (),
     ):
+        """``head_kinds``: task kinds whose examples also train the item head (``("retrieval",)`` when the
+        aligner has one): each such example carries its user-vector row and the items to exclude."""
         rows = read_examples(folder, split, tasks)
         if limit is not None and len(rows) > limit:
             rows = random.Random(seed).sample(rows, limit)
@@ -90,6 +97,9 @@ class AlignmentDataset(Dataset):
             if len(enc.input_ids) > max_length:  # never truncate: a cut placeholder would misalign vectors
                 self.dropped += 1
                 continue
+            if row.get("kind") in head_kinds and "user_row" in row:
+                enc.head_user_row = int(row["user_row"])
+                enc.head_exclude = tuple(int(i) for i in row.get("history", []))
             self.examples.append(enc)
         if self.dropped:
             log.warning(
@@ -133,12 +143,16 @@ class AlignmentDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         e = self.examples[index]
-        return {
+        out = {
             "input_ids": e.input_ids,
             "labels": e.labels,
             "users": self.users[e.user_rows],
             "items": self.items[e.items],
         }
+        if e.head_user_row is not None:
+            out["head_user"] = self.users[e.head_user_row]
+            out["head_exclude"] = list(e.head_exclude)
+        return out
 
     def lengths(self) -> list[int]:
         return [len(e.input_ids) for e in self.examples]
@@ -169,13 +183,25 @@ def collate(batch: list[dict[str, Any]], pad_id: int, padding_side: str = "right
         ids[i, sl] = torch.tensor(b["input_ids"])
         labels[i, sl] = torch.tensor(b["labels"])
         mask[i, sl] = 1
-    return {
+    out = {
         "input_ids": ids,
         "attention_mask": mask,
         "labels": labels,
         "user_vectors": torch.cat([b["users"] for b in batch]),
         "item_vectors": torch.cat([b["items"] for b in batch]),
     }
+    heads = [i for i, b in enumerate(batch) if "head_user" in b]
+    if heads:  # item-head targets: the rows, their recommender user vectors, the excluded items (0-padded)
+        width = max(1, max(len(batch[i]["head_exclude"]) for i in heads))
+        exclude = torch.zeros((len(heads), width), dtype=torch.long)
+        for k, i in enumerate(heads):
+            exclude[k, : len(batch[i]["head_exclude"])] = torch.tensor(
+                batch[i]["head_exclude"], dtype=torch.long
+            )
+        out["head_rows"] = torch.tensor(heads, dtype=torch.long)
+        out["head_users"] = torch.stack([torch.as_tensor(batch[i]["head_user"]) for i in heads])
+        out["head_exclude"] = exclude
+    return out
 
 
 class LengthGroupedSampler(Sampler[list[int]]):

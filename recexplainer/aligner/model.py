@@ -9,7 +9,9 @@ called with ``inputs_embeds``. The language model is wrapped, not subclassed, so
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +89,13 @@ def autocast_weights(model: nn.Module | None, dtype: torch.dtype | None) -> Iter
                 module.bias.data = bias.to(module.bias.device)
 
 
+@dataclass
+class AlignerOutput(CausalLMOutput):
+    """The LM's output plus, with an item head, its distillation loss (already inside ``loss``)."""
+
+    item_head_loss: torch.Tensor | None = None
+
+
 class PlaceholderMismatch(ValueError):
     """The number of placeholder tokens in a batch differs from the number of vectors given."""
 
@@ -103,12 +112,19 @@ class RecExplainerLM(nn.Module):
         projector: str = "mlp2x_gelu",
         injection: str = "add",
         loss_weighting: str = "token",
+        item_head_weight: float = 0.0,
+        item_head_temperature: float = 1.0,
     ):
         super().__init__()
         if injection not in INJECTIONS:
             raise ValueError(f"injection must be one of {INJECTIONS}, got {injection!r}")
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+        if item_head_weight < 0 or item_head_temperature <= 0:
+            raise ValueError(
+                f"item_head_weight must be >= 0 and item_head_temperature > 0, got {item_head_weight} and "
+                f"{item_head_temperature}"
+            )
         self.loss_weighting = loss_weighting
         self.lm = lm
         self.user_token_id, self.item_token_id = user_token_id, item_token_id
@@ -122,6 +138,16 @@ class RecExplainerLM(nn.Module):
         # that training them costs two rows of optimizer state, not the whole vocabulary.
         rows = table.weight[[user_token_id, item_token_id]].detach().clone().float()
         self.placeholder_embeddings = nn.Parameter(rows)  # (2, H)
+        # Optional item head (item_head_weight > 0): the hidden state that predicts an answer's first token,
+        # mapped by a square matrix (identity at the start), is scored against every item's projected
+        # embedding (the item projector's output: tied to what the prompts inject) times a learnt scale, and
+        # trained towards the recommender's own softmax over the items.
+        self.item_head_weight, self.item_head_temperature = item_head_weight, item_head_temperature
+        if item_head_weight > 0:
+            self.item_query = nn.Linear(hidden, hidden, bias=False)
+            nn.init.eye_(self.item_query.weight)
+            self.item_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / math.sqrt(hidden))))
+        self.register_buffer("item_table", torch.empty(0, d_rec), persistent=False)  # (N + 1, d_rec)
 
     def _inject(
         self,
@@ -179,12 +205,79 @@ class RecExplainerLM(nn.Module):
             embeds, input_ids == self.item_token_id, item_vectors, self.item_projector, "item"
         )
 
+    @property
+    def has_item_head(self) -> bool:
+        return self.item_head_weight > 0
+
+    def set_item_table(self, items: torch.Tensor) -> None:
+        """The recommender's item embeddings (N + 1, d_rec), row 0 padding: what the item head scores."""
+        if items.ndim != 2 or items.shape[1] != self.d_rec:
+            raise ValueError(
+                f"item table of shape {tuple(items.shape)}; expected (n_items + 1, {self.d_rec})"
+            )
+        device = self.placeholder_embeddings.device
+        self.item_table = items.detach().to(device=device, dtype=torch.float32)
+
+    def item_scores(self, hidden: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Item-head scores: hidden states (n, H) -> (n, N + 1) logits over the items; the padding row and the
+        items in ``exclude`` (n, K; 0 entries are padding) get -inf."""
+        if not self.has_item_head:
+            raise RuntimeError("this aligner has no item head (aligner.item_head_weight is 0)")
+        if self.item_table.shape[0] == 0:
+            raise RuntimeError("the item head needs the recommender's item table: call set_item_table first")
+        keys = self.item_projector(self.item_table.to(next(self.item_projector.parameters()).dtype))
+        query = self.item_query(hidden.to(keys.dtype))
+        logits = (query @ keys.T).float() * self.item_logit_scale.exp()  # (n, N + 1)
+        return _mask_items(logits, exclude)
+
+    def recommender_distribution(self, users: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+        """The item head's target: softmax over the items of the recommender's scores (user vector . item
+        embedding) divided by the temperature, with the items it may not return at zero."""
+        scores = users.float() @ self.item_table.float().T / self.item_head_temperature
+        return torch.softmax(_mask_items(scores, exclude), dim=-1)
+
+    def _item_head_loss(self, hidden: torch.Tensor, keep: torch.Tensor, rows, users, exclude) -> torch.Tensor:
+        """Cross-entropy from the recommender's item distribution to the head's, at each head row's first
+        answer position (the hidden state that predicts the answer's first token)."""
+        if rows is None or rows.numel() == 0:
+            # still in the graph (a zero contribution): every trainable parameter gets a gradient each step,
+            # which DDP needs (see _inject)
+            dummy = self.item_query.weight.sum() + self.item_logit_scale
+            return dummy * 0.0
+        first = keep[rows].float().argmax(dim=1)  # the first labelled position of each head row
+        logits = self.item_scores(hidden[rows, first], exclude)
+        target = self.recommender_distribution(users, exclude)
+        log_p = torch.log_softmax(logits, dim=-1).masked_fill(target == 0, 0.0)
+        return -(target * log_p).sum(-1).mean()
+
+    def head_hidden(self, input_ids, attention_mask, user_vectors=None, item_vectors=None) -> torch.Tensor:
+        """The last hidden state at each row's last real token (right-padded prompts): (B, H)."""
+        embeds = self.embed(input_ids, user_vectors, item_vectors)
+        hidden = (
+            base_model(self.lm)
+            .get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+            .last_hidden_state
+        )
+        last = attention_mask.sum(1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
     def forward(
-        self, input_ids, attention_mask=None, user_vectors=None, item_vectors=None, labels=None, **kwargs
+        self,
+        input_ids,
+        attention_mask=None,
+        user_vectors=None,
+        item_vectors=None,
+        labels=None,
+        head_rows=None,
+        head_users=None,
+        head_exclude=None,
+        **kwargs,
     ):
         """Without labels: the LM's output (logits for every position). With labels: the mean next-token loss
         over the labelled positions, computing the LM head only there (responses are a few tokens of a
-        long prompt, and the head over a large vocabulary dominates small models' cost)."""
+        long prompt, and the head over a large vocabulary dominates small models' cost); with an item head,
+        plus ``item_head_weight`` x its loss on the rows ``head_rows`` (their recommender user vectors
+        ``head_users`` and the items the recommender may not return ``head_exclude``, 0-padded)."""
         embeds = self.embed(input_ids, user_vectors, item_vectors)
         if labels is None:
             return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
@@ -211,7 +304,11 @@ class RecExplainerLM(nn.Module):
             counts = torch.bincount(rows, minlength=keep.shape[0])
             has = counts > 0
             loss = (sums[has] / counts[has]).mean()
-        return CausalLMOutput(loss=loss, logits=logits)
+        head_loss = None
+        if self.has_item_head:
+            head_loss = self._item_head_loss(hidden[:, :-1], keep, head_rows, head_users, head_exclude)
+            loss = loss + self.item_head_weight * head_loss
+        return AlignerOutput(loss=loss, logits=logits, item_head_loss=head_loss)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, user_vectors=None, item_vectors=None, **kwargs):
@@ -219,3 +316,12 @@ class RecExplainerLM(nn.Module):
         embeds = self.embed(input_ids, user_vectors, item_vectors)
         kwargs.setdefault("suppress_tokens", [self.user_token_id, self.item_token_id])
         return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+
+
+def _mask_items(scores: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+    """-inf for the padding item (column 0) and for the items in ``exclude`` (n, K; 0 entries: none)."""
+    scores = scores.clone()
+    scores[:, 0] = float("-inf")
+    if exclude is not None and exclude.numel():
+        scores = scores.scatter(1, exclude.to(scores.device), float("-inf"))
+    return scores

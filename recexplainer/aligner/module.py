@@ -43,6 +43,7 @@ class AlignerModule(L.LightningModule):
         self._tokens = 0
         self._t0 = time.perf_counter()
         self._loss_ema: float | None = None
+        self.validated_step = -1  # global step of the latest validation (sanity checks excluded)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         names = {n for n, p in self.named_parameters() if p.requires_grad}
@@ -77,6 +78,9 @@ class AlignerModule(L.LightningModule):
         self._loss_ema = loss if self._loss_ema is None else 0.95 * self._loss_ema + 0.05 * loss
         self.log("train/loss_smooth", self._loss_ema, batch_size=batch["input_ids"].shape[0])
         self.log("train/tokens_per_s", self._tokens / max(elapsed, 1e-9), prog_bar=True)
+        head_loss = getattr(out, "item_head_loss", None)
+        if head_loss is not None and "head_rows" in batch:
+            self.log("train/item_head_loss", head_loss, batch_size=int(batch["head_rows"].numel()))
         return out.loss
 
     def on_fit_start(self) -> None:
@@ -94,6 +98,10 @@ class AlignerModule(L.LightningModule):
         self.log(
             "valid/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0]
         )
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated_step = self.global_step
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip by global norm; under FSDP through the wrapper's own ``clip_grad_norm_`` (which sees every

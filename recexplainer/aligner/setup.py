@@ -16,6 +16,8 @@ from recexplainer.text import ChatFormatter
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the weights of RecExplainerLM outside the LLM and its adapter, saved in projectors.safetensors
+HEAD_KEYS = ("user_projector", "item_projector", "placeholder_embeddings", "item_query", "item_logit_scale")
 
 
 def load_base_llm(llm: Any, assets_cache: str | None = None) -> tuple[torch.nn.Module, Any]:
@@ -78,8 +80,17 @@ def build(cfg: Any, d_rec: int) -> tuple[RecExplainerLM, Any, ChatFormatter]:
     if cfg.aligner.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm = apply_lora(lm, cfg.aligner)
+    ac = cfg.aligner
     model = RecExplainerLM(
-        lm, user_id, item_id, d_rec, cfg.aligner.projector, cfg.aligner.injection, cfg.aligner.loss_weighting
+        lm,
+        user_id,
+        item_id,
+        d_rec,
+        ac.projector,
+        ac.injection,
+        ac.loss_weighting,
+        item_head_weight=ac.get("item_head_weight", 0.0),
+        item_head_temperature=ac.get("item_head_temperature", 1.0),
     )
     formatter = ChatFormatter(tokenizer, cfg.llm.prompt_template, cfg.llm.system_prompt)
     return model, tokenizer, formatter
@@ -92,9 +103,7 @@ def save(model: RecExplainerLM, tokenizer: Any, cfg: Any, d_rec: int, folder: Pa
     model.lm.save_pretrained(str(folder / "adapter"), save_embedding_layers=False)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     extra = {
-        k: v.detach().contiguous().cpu()
-        for k, v in model.state_dict().items()
-        if k.startswith(("user_projector", "item_projector", "placeholder_embeddings"))
+        k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k.startswith(HEAD_KEYS)
     }
     with atomic_path(folder / "projectors.safetensors") as tmp:
         save_file(extra, str(tmp))
@@ -132,9 +141,18 @@ def load(folder: Path, assets_cache: str | None = None) -> tuple[RecExplainerLM,
         )
     if (folder / "adapter").is_dir():
         lm = PeftModel.from_pretrained(lm, str(folder / "adapter"))
-    model = RecExplainerLM(lm, user_id, item_id, spec["d_rec"], aligner.projector, aligner.injection)
+    model = RecExplainerLM(
+        lm,
+        user_id,
+        item_id,
+        spec["d_rec"],
+        aligner.projector,
+        aligner.injection,
+        item_head_weight=aligner.get("item_head_weight", 0.0),
+        item_head_temperature=aligner.get("item_head_temperature", 1.0),
+    )
     missing, unexpected = model.load_state_dict(load_file(folder / "projectors.safetensors"), strict=False)
-    if unexpected or any(k.startswith(("user_projector", "item_projector", "placeholder")) for k in missing):
+    if unexpected or any(k.startswith(HEAD_KEYS) for k in missing):
         raise RuntimeError(
             f"projectors.safetensors does not match the model (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]})"

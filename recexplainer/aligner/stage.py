@@ -28,10 +28,19 @@ from recexplainer.training import EpochTimer, build_trainer, peak_rss_mb
 log = logging.getLogger(__name__)
 
 
+# knobs left out of the key at their neutral value (they change nothing there), so that the aligners trained
+# before they existed keep their keys and caches
+NEUTRAL_KNOBS = {"item_head_weight": 0.0, "item_head_temperature": 1.0}
+
+
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
+    aligner = OmegaConf.to_container(cfg.aligner, resolve=True)
+    if not aligner.get("item_head_weight"):  # no item head: its temperature is unused too
+        for knob in NEUTRAL_KNOBS:
+            aligner.pop(knob, None)
     return {
         "llm": OmegaConf.to_container(cfg.llm, resolve=True),
-        "aligner": OmegaConf.to_container(cfg.aligner, resolve=True),
+        "aligner": aligner,
         "seed": cfg.seed,
         "precision": stage_precision(cfg, "aligner"),
     }
@@ -60,6 +69,7 @@ def encoded_split(
         tasks=list(ac.train_tasks) if ac.train_tasks else None,
         limit=ac.max_train_examples if train else ac.max_valid_examples,
         seed=training_seed(cfg) if train else cfg.seed,
+        head_kinds=("retrieval",) if model.has_item_head else (),
     )
 
 
@@ -181,6 +191,15 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         raise ValueError(
             f"no training examples in {folder} for tasks {tasks or 'all'} (max_length {ac.max_length})"
         )
+    if model.has_item_head:
+        model.set_item_table(train.items)
+        n_head = sum(e.head_user_row is not None for e in train.examples)
+        if n_head == 0:
+            raise ValueError(
+                "aligner.item_head_weight > 0 but no training example trains the item head: it learns from the "
+                "task-1 (retrieval) examples; add retrieval to aligner.train_tasks"
+            )
+        log.info("item head: %d task-1 examples also train it (weight %g)", n_head, ac.item_head_weight)
 
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
@@ -260,9 +279,15 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     trainer.fit(
         module, train_loader, valid_loader, ckpt_path=str(last) if last.is_file() else None, weights_only=True
     )
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "valid/"))}
+    if valid_loader is not None and module.validated_step != trainer.global_step:
+        # the run stopped between validations (a budget or max_steps ending mid-epoch): the reported
+        # validation loss is that of the final weights, not of an earlier step's
+        log.info("validating the final weights (step %d)", trainer.global_step)
+        trainer.validate(module, valid_loader, verbose=False)  # under DDP only some ranks return the results
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid/")})
     if trainer.global_rank == 0:
         setup.save(model, tokenizer, cfg, d_rec, out_dir)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "valid/"))}
     metrics.update(timer.summary(None))
     metrics.update(init_stats)
     metrics.update(
@@ -273,6 +298,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             "aligner/valid_examples": len(valid),
             "aligner/optimizer_steps": trainer.global_step,
             "aligner/planned_steps": total,
+            "aligner/validated_at_step": module.validated_step,
             "aligner/trainable_parameters": n_trainable,
             "aligner/total_parameters": n_total,
             "train/peak_rss_mb": peak_rss_mb(),

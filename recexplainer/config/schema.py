@@ -242,6 +242,8 @@ class AlignerConfig:
     num_workers: int = MISSING
     loss_weighting: str = MISSING  # token | example
     projector_init: str = MISSING  # random | title_lsq | title_lsq_top1
+    item_head_weight: float = MISSING  # 0: no item head
+    item_head_temperature: float = MISSING  # the recommender's softmax temperature (item head target)
 
 
 @dataclass
@@ -274,6 +276,12 @@ class EvaluationConfig:
     # recai: the public reference code's definitions under the plain metric names | lenient: parsed titles,
     # repeats removed; the other one is reported too, as <metric>/lenient or <metric>/recai
     scoring: str = MISSING
+    # yes/no tasks: the LLM's decision threshold fit on up to this many validation examples per task, reported
+    # as <task>/acc/calibrated next to the reference rule's <task>/acc; 0: off
+    calibration_examples: int = MISSING
+    calibration: str = (
+        MISSING  # prior: as many yes answers as yes labels there | accuracy: the most accurate threshold
+    )
     few_shot: int = MISSING  # unaligned model: training examples shown as earlier turns
     # the LLM's numerics at inference (evaluate and explain stages); None: trainer.precision. E.g. bf16-mixed (autocast) or bf16-true
     # (weights cast) to evaluate an aligner trained in fp32 faster on a GPU or a CPU with native bf16
@@ -294,6 +302,9 @@ class ExplainConfig:
     template: str = MISSING
     # {evidence} in the template: the recommender's leave-one-out attributions as text ({up} / {down})
     evidence: str = MISSING
+    # the decision is yes when P(yes) exceeds a threshold fit on this many validation pairs; 0: P(yes) > 0.5
+    calibration_examples: int = MISSING
+    calibration: str = MISSING  # prior | accuracy, as evaluation.calibration
     max_new_tokens: int = MISSING
     # explain_prompt: the decision is P(yes) vs P(no) after the explain prompt; interest_prompt: after the
     # task-3 question about the same pair (the model's own answer to it), then explained after the prefix

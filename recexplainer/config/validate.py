@@ -34,6 +34,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "explain.decision": ("explain_prompt", "interest_prompt"),
     "judge.name": ("none", "openai", "local"),
     "explain.score_predictor": ("minilm", "none"),
+    "evaluation.calibration": ("prior", "accuracy"),
+    "explain.calibration": ("prior", "accuracy"),
 }
 
 POSITIVE: tuple[str, ...] = (
@@ -218,10 +220,25 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     if not 0.0 <= cfg.judge.max_failed_share <= 1.0:
         raise ConfigError(f"judge.max_failed_share={cfg.judge.max_failed_share} must be in [0, 1]")
     _validate_precisions(cfg)
+    _validate_item_head(cfg)
     _validate_prompt(cfg)
     _validate_evaluation(cfg)
     if cfg.dataset.format == "recbole_atomic" and not (cfg.dataset.path or cfg.dataset.asset):
         raise ConfigError("dataset.path is required for the recbole_atomic format (or dataset.asset)")
+
+
+def _validate_item_head(cfg: DictConfig) -> None:
+    ac = cfg.aligner
+    if ac.item_head_weight < 0 or ac.item_head_temperature <= 0:
+        raise ConfigError(
+            f"aligner.item_head_weight={ac.item_head_weight} must be >= 0 (0: no item head) and "
+            f"aligner.item_head_temperature={ac.item_head_temperature} > 0"
+        )
+    if ac.item_head_weight > 0 and cfg.prompt.mask != "prefix":
+        raise ConfigError(
+            f"aligner.item_head_weight > 0 needs prompt.mask=prefix (got {cfg.prompt.mask!r}): the item head's "
+            "target excludes the prefix items the examples carry, not the whole consumed history"
+        )
 
 
 def _validate_evaluation(cfg: DictConfig) -> None:
@@ -246,6 +263,15 @@ def _validate_evaluation(cfg: DictConfig) -> None:
         )
     if ev.model == "none" and not ev.baselines:
         raise ConfigError("evaluation.model=none needs at least one entry in evaluation.baselines")
+    for group, split in (("evaluation", ev.split), ("explain", cfg.explain.split)):
+        n = cfg[group].calibration_examples
+        if n < 0:
+            raise ConfigError(f"{group}.calibration_examples={n} must be >= 0 (0: decide at P(yes) 0.5)")
+        if n and split == "valid":
+            raise ConfigError(
+                f"{group}.calibration_examples={n} fits the LLM's decision threshold on the valid split, which "
+                f"{group}.split=valid is: set {group}.calibration_examples=0"
+            )
     for name in ("{user}", "{item}"):
         if cfg.explain.template.count(name) != 1:
             raise ConfigError(f"explain.template must contain {name} exactly once")

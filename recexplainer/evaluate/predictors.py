@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from recexplainer import tasks as kinds
-from recexplainer.aligner import encode
+from recexplainer.aligner import collate, encode
 from recexplainer.evaluate.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
 from recexplainer.text import DEFAULT_SEPARATOR, ChatFormatter, TitleIndex, split_mark, split_strict
 
@@ -148,6 +148,69 @@ class LLMPredictor:
             "items_fuzzy": [self.index.fuzzy(t, self.fuzzy_cutoff) for t in titles],
             "items_strict": [self.index.strict_match(t) for t in pieces],
         }
+
+
+class ItemHeadPredictor:
+    """Task 1 read off the aligned LLM's item head (``aligner.item_head_weight`` > 0): the hidden state at the
+    end of the prompt, where the answer would start, scored against every item's projected embedding; the
+    five best items the recommender may return (the prefix's items excluded, as in its own ranking), as
+    titles. Answers with item ids, like the baselines, so exact-match scoring applies unchanged."""
+
+    def __init__(self, llm: LLMPredictor, batch_size: int = 16):
+        model = llm.model
+        if not getattr(model, "has_item_head", False):
+            raise ValueError("the aligned model has no item head (aligner.item_head_weight is 0)")
+        self.llm, self.batch_size = llm, batch_size
+        self.name = f"{llm.name}_item_head"
+        self.kinds = ("retrieval",)
+        self.titles = llm.index.titles
+        model.set_item_table(llm.items)
+
+    @torch.no_grad()
+    def scores(self, rows: Sequence[dict[str, Any]]) -> torch.Tensor:
+        """(len(rows), N + 1) item-head scores, -inf for the padding item and each row's prefix items."""
+        model = self.llm.model
+        device = next(model.parameters()).device
+        encoded = [self.llm.encode(r) for r in rows]
+        batch = collate(
+            [{**e, "labels": [-100] * len(e["input_ids"])} for e in encoded],
+            pad_id=self.llm.decoder.pad_id,
+            padding_side="right",  # causal attention: a real token never sees the padding after it
+        )
+        hidden = model.head_hidden(
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            batch["user_vectors"].to(device),
+            batch["item_vectors"].to(device),
+        )
+        width = max(1, max(len(r.get("history", [])) for r in rows))
+        exclude = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            history = [int(x) for x in r.get("history", [])]
+            exclude[i, : len(history)] = torch.tensor(history, dtype=torch.long)
+        return model.item_scores(hidden, exclude.to(device)).float().cpu()
+
+    def predict(self, kind: str, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        if kind not in self.kinds:
+            raise ValueError(f"the item head answers {', '.join(self.kinds)}, not {kind}")
+        from recexplainer.tasks.retrieval import K
+
+        out = []
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            top = self.scores(chunk).topk(K, dim=1).indices.tolist()
+            for items in top:
+                titles = [self.titles[i] for i in items]
+                out.append(
+                    {
+                        "outputs": titles,
+                        "titles": titles,
+                        "items": items,
+                        "items_fuzzy": items,
+                        "items_strict": items,
+                    }
+                )
+        return out
 
 
 class BaselinePredictor:

@@ -1,7 +1,9 @@
 """The ``evaluate`` stage: alignment metrics of the LLM and of the baselines on the same examples.
 
 Writes ``metrics.json`` (``task1/hr@5`` ... for the evaluated model, ``baseline/<name>/task1/hr@5`` ...
-for each baseline, ``speed/...`` examples per second), ``protocol.json`` (decoding, matching rule,
+for each baseline, ``head/task1/hr@5`` ... for task 1 read off an aligner's item head, ``task3/acc/calibrated``
+... for the LLM's yes/no decisions at a threshold fit on validation examples (:mod:`.calibration`),
+``speed/...`` examples per second), ``protocol.json`` (decoding, matching rule,
 counts) and ``predictions/<predictor>.jsonl`` (per example: raw output, parsed titles, matched ids,
 metric values). A killed run resumes: examples already in the predictions files are not recomputed.
 """
@@ -26,9 +28,10 @@ from recexplainer.aligner import autocast_weights
 from recexplainer.alignment_data.io import example_files, read_examples, read_vectors
 from recexplainer.artifacts import write_json
 from recexplainer.data.dataset import SequentialData
+from recexplainer.evaluate import calibration
 from recexplainer.evaluate.evaluator import EvaluatorModule, PredictionStore, answer_diversity
-from recexplainer.evaluate.predictors import BaselinePredictor, LLMPredictor
-from recexplainer.runtime import environment, process_rank, stage_precision
+from recexplainer.evaluate.predictors import BaselinePredictor, ItemHeadPredictor, LLMPredictor
+from recexplainer.runtime import autocast, environment, inference_device, process_rank, stage_precision
 from recexplainer.text import ChatFormatter, TitleIndex, join_titles, split_mark
 from recexplainer.training import build_trainer
 
@@ -99,10 +102,13 @@ def _predictors(cfg: DictConfig, upstream: dict[str, Path], data: SequentialData
     if ev.baselines or ev.few_shot:
         for row in read_examples(folder, "train"):
             train[row["kind"]].append(row)
-    if ev.model != "none":
-        out.append(("", llm_predictor(cfg, upstream, titles, train, ev.model, ev.split)))
+    llm = llm_predictor(cfg, upstream, titles, train, ev.model, ev.split) if ev.model != "none" else None
+    if llm is not None:
+        out.append(("", llm))
     if process_rank() != 0:  # the other processes of a DDP run share the LLM's examples; baselines: rank 0
         return out
+    if llm is not None and llm.aligned and getattr(llm.model, "has_item_head", False):
+        out.append(("head/", ItemHeadPredictor(llm, ev.batch_size)))  # task 1 read off the item head
     sequences = [data.history(u, "valid") for u in range(data.n_users)]  # training part of each user
     for name in ev.baselines:
         scorer, stats = _student(cfg, upstream, data) if name == "student" else (None, {})
@@ -192,8 +198,10 @@ def evaluate(
     prefix: str,
     examples: dict[str, list[dict[str, Any]]],
     out_dir: Path,
+    thresholds: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """Run one predictor over every task it supports; return its prefixed metrics."""
+    """Run one predictor over every task it supports; return its prefixed metrics. ``thresholds``: per yes/no
+    task, a calibrated decision threshold; its decisions are reported as ``<task>/acc/calibrated``."""
     name = getattr(predictor, "name", "model")
     # examples are sharded here (every world-th one per process), so Lightning must not add a
     # DistributedSampler on top: that would drop half of each shard
@@ -256,6 +264,11 @@ def evaluate(
         if kinds.get(kind).diversity:
             task_records = [r for r in records if r["task"] == task]
             metrics |= {f"{prefix}{mprefix}/{k}": v for k, v in answer_diversity(task_records).items()}
+        if thresholds and task in thresholds:
+            metrics |= {
+                f"{prefix}{mprefix}/{k}": v
+                for k, v in calibrated_metrics(examples[task], records, thresholds[task]).items()
+            }
         if module.counts[task] and prefix == "":
             metrics[f"speed/{mprefix}/examples_per_s"] = module.counts[task] / max(module.seconds[task], 1e-9)
     for logger in trainer.loggers if trainer is not None and trainer.global_rank == 0 else []:
@@ -280,6 +293,73 @@ def evaluate(
     return metrics
 
 
+def calibrated_metrics(
+    rows: list[dict[str, Any]], records: list[dict[str, Any]], threshold: float
+) -> dict[str, float]:
+    """Accuracy and yes rate of "yes iff P(yes) > threshold" over the scored examples of one yes/no task."""
+    answers = {r["id"]: r["labels"]["answer"] == "yes" for r in rows}
+    decided = [(r["p_yes"] > threshold, answers[r["id"]]) for r in records if r["id"] in answers]
+    if not decided:
+        return {}
+    return {
+        "acc/calibrated": sum(said == yes for said, yes in decided) / len(decided),
+        "yes_rate/calibrated": sum(said for said, _ in decided) / len(decided),
+    }
+
+
+def calibrate(
+    cfg: DictConfig, llm: LLMPredictor, folder: Path, examples: dict[str, list[dict[str, Any]]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per evaluated yes/no task, the LLM's decision threshold fit on up to ``evaluation.calibration_examples``
+    validation examples of that task (:mod:`.calibration`); returns (thresholds, metrics)."""
+    ev = cfg.evaluation
+    tasks = {
+        t: rows[0]["kind"] for t, rows in examples.items() if kinds.get(rows[0]["kind"]).answer == "yes_no"
+    }
+    if not tasks or not ev.calibration_examples:
+        return {}, {}
+    if ev.split == "valid":
+        raise ValueError(
+            "evaluation.calibration_examples fits the decision threshold on the valid split, which is the split "
+            "evaluated here (evaluation.split=valid): set evaluation.calibration_examples=0"
+        )
+    users = read_vectors(folder, "valid")["users"]
+    device, dtype = inference_device(cfg, "evaluate")
+    # the test examples' numerics: bf16 autocast under a bf16(-mixed) precision (as inference_device says) and,
+    # under a "-true" precision, the weights themselves cast as Lightning casts them for the test run
+    original = next(llm.model.parameters()).dtype
+    weights = {"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(stage_precision(cfg, "evaluate"))
+    model = llm.model.to(device=device, dtype=weights or original)
+    thresholds, metrics = {}, {}
+    start = time.perf_counter()
+    with autocast_weights(model, dtype), autocast(device, dtype), calibration.split_users(llm, users):
+        for task, kind in tasks.items():
+            valid = read_examples(folder, "valid", [task])
+            if not valid:
+                raise ValueError(
+                    f"evaluation.calibration_examples={ev.calibration_examples} needs valid examples of {task} in "
+                    f"{folder}; there are none: set evaluation.calibration_examples=0"
+                )
+            rows = calibration.sample_rows(valid, ev.calibration_examples, cfg.seed, task)
+            p_yes = calibration.p_yes_in_batches(
+                lambda batch, kind=kind: [a["p_yes"] for a in llm.predict(kind, batch)], rows, ev.batch_size
+            )
+            yes = [r["labels"]["answer"] == "yes" for r in rows]
+            thresholds[task] = calibration.fit_threshold(p_yes, yes, ev.calibration)
+            mprefix = kinds.metric_prefix(task, kind)
+            metrics |= {
+                f"{mprefix}/{k}": v for k, v in calibration.summary(p_yes, yes, thresholds[task]).items()
+            }
+    model.to(device="cpu", dtype=original)  # the Trainer places (and casts) it for the test run
+    log.info(
+        "evaluate %s: decision thresholds %s fit on validation examples in %.1f s",
+        llm.name,
+        {t: round(v, 4) for t, v in thresholds.items()},
+        time.perf_counter() - start,
+    )
+    return thresholds, metrics
+
+
 def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, float]:
     ev = cfg.evaluation
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -289,8 +369,13 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         raise ValueError(f"no evaluable {ev.split} examples in {upstream['alignment_data']}")
     metrics: dict[str, float] = {}
     predictors = _predictors(cfg, upstream, data)
+    thresholds: dict[str, float] = {}
+    llm = next((p for prefix, p in predictors if prefix == ""), None)
+    if llm is not None:
+        thresholds, calibration_metrics = calibrate(cfg, llm, upstream["alignment_data"], examples)
+        metrics |= calibration_metrics
     for prefix, predictor in predictors:
-        metrics |= evaluate(cfg, predictor, prefix, examples, out_dir)
+        metrics |= evaluate(cfg, predictor, prefix, examples, out_dir, thresholds if prefix == "" else None)
         metrics |= {prefix + k: v for k, v in getattr(predictor, "fit_stats", {}).items()}
     if process_rank() != 0:  # rank 0 writes the protocol and the metrics
         return metrics
@@ -329,6 +414,13 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         },
         "baselines": list(ev.baselines),
         "threshold_rules": "popularity / item_knn interest thresholds fit on the training interest examples",
+        "calibration": (
+            f"the LLM's yes/no threshold fit on up to {ev.calibration_examples} valid examples per task, rule "
+            f"{ev.calibration} (prior: as many yes answers as yes labels there; accuracy: the most accurate t, ties "
+            "to the t nearest 0.5); yes iff P(yes) > t, reported as <task>/acc/calibrated"
+            if thresholds
+            else None
+        ),
         # figures differ across CPU types and package versions (benchmarks/README.md, "The same key on two CPUs")
         "environment": environment(),
     }

@@ -22,11 +22,13 @@ from tqdm import tqdm
 
 from recexplainer.aligner import autocast_weights
 from recexplainer.alignment_data.explanations import evidence_text
-from recexplainer.alignment_data.io import read_examples
+from recexplainer.alignment_data.io import read_examples, read_vectors
 from recexplainer.alignment_data.templates import SlotRenderer, render
 from recexplainer.artifacts import atomic_write_text, write_json
 from recexplainer.config import ConfigError
 from recexplainer.data.dataset import SequentialData
+from recexplainer.evaluate import calibration
+from recexplainer.evaluate.decoding import yes_probability
 from recexplainer.evaluate.evaluator import PredictionStore
 from recexplainer.explain import faithfulness, generate, templated
 from recexplainer.explain.judge import Judge, JudgeCache, JudgeFailed, LocalJudge, OpenAIJudge, rubric_prompt
@@ -142,8 +144,74 @@ def explain_rows(
     return out
 
 
-def _generate(cfg: DictConfig, out_dir: Path, predictor: Any, rows: list[dict[str, Any]]) -> dict[str, dict]:
-    """The LLM's decision (P(yes)) and explanation for every row; resumes from ``generated.jsonl``."""
+def decision_threshold(
+    cfg: DictConfig, predictor: Any, folder: Path, recommender: Any, titles: list[str]
+) -> tuple[float, dict[str, float]]:
+    """The LLM's decision threshold fit on up to ``explain.calibration_examples`` validation examples, decided as
+    the test pairs are (``explain.decision``); returns (threshold, ``explain/decision_...`` metrics).
+
+    ``interest_prompt``: the task-3 question's P(yes) on the very examples (and batches) the evaluate stage
+    calibrates task 3 on, so that with equal ``calibration_examples`` both stages decide at the same threshold;
+    ``explain_prompt``: the explain prompt's P(yes) on balanced validation pairs, with their own evidence."""
+    ex = cfg.explain
+    if ex.split == "valid":
+        raise ValueError(
+            "explain.calibration_examples fits the decision threshold on the valid split, which is the split "
+            "explained here (explain.split=valid): set explain.calibration_examples=0"
+        )
+    if ex.decision == "interest_prompt":
+        valid = [r for r in read_examples(folder, "valid") if r["kind"] == "interest"]
+        if not valid:
+            raise ValueError(
+                f"explain.calibration_examples={ex.calibration_examples} needs valid interest examples in {folder}; "
+                "there are none: set explain.calibration_examples=0"
+            )
+        rows = calibration.sample_rows(valid, ex.calibration_examples, cfg.seed, valid[0]["task"])
+        yes = [r["labels"]["answer"] == "yes" for r in rows]
+        batch_size = cfg.evaluation.batch_size
+
+        def answer(batch: list[dict[str, Any]]) -> list[float]:
+            return [a["p_yes"] for a in predictor.predict("interest", batch)]
+
+    else:
+        pairs = select_pairs(folder, "valid", ex.calibration_examples, cfg.seed)
+        _, attributions = leave_one_out(
+            recommender, [p["history"] for p in pairs], [int(p["labels"]["item"]) for p in pairs]
+        )
+        rows = explain_rows(pairs, cfg, titles, attributions)
+        yes = [r["answer"] == "yes" for r in rows]
+        batch_size = ex.batch_size
+
+        def answer(batch: list[dict[str, Any]]) -> list[float]:
+            logits = predictor.decoder.next_token_logits([predictor.encode(r) for r in batch])
+            return yes_probability(logits, predictor.yes_ids, predictor.no_ids).tolist()
+
+    device, dtype = inference_device(cfg, "explain")
+    predictor.model.to(device)
+    users = read_vectors(folder, "valid")["users"]
+    with (
+        autocast_weights(predictor.model, dtype),
+        autocast(device, dtype),
+        calibration.split_users(predictor, users),
+    ):
+        p_yes = calibration.p_yes_in_batches(answer, rows, batch_size)
+    threshold = calibration.fit_threshold(p_yes, yes, ex.calibration)
+    stats = calibration.summary(p_yes, yes, threshold)
+    log.info(
+        "explain: decision threshold %.4f fit on %d validation examples (accuracy there %.3f; %.3f at 0.5)",
+        threshold,
+        len(rows),
+        stats["valid_acc/calibrated"],
+        stats["valid_acc"],
+    )
+    return threshold, {f"explain/decision_{k}": v for k, v in stats.items()}
+
+
+def _generate(
+    cfg: DictConfig, out_dir: Path, predictor: Any, rows: list[dict[str, Any]], threshold: float = 0.5
+) -> dict[str, dict]:
+    """The LLM's decision (P(yes) against ``threshold``) and explanation for every row; resumes from
+    ``generated.jsonl``."""
     ex = cfg.explain
     device, dtype = inference_device(cfg, "explain")
     predictor.model.to(device)
@@ -168,7 +236,7 @@ def _generate(cfg: DictConfig, out_dir: Path, predictor: Any, rows: list[dict[st
                     answers = predictor.predict("interest", [r["decision_row"] for r in batch])
                     decisions = [a["p_yes"] for a in answers]
                 outputs = generate.explain_batch(
-                    predictor, batch, ex.max_new_tokens, ex.answer_prefix, decisions
+                    predictor, batch, ex.max_new_tokens, ex.answer_prefix, decisions, threshold
                 )
             records = [
                 {"id": r["id"], "p_yes": p, "text": text, "p_yes_prompt": q}
@@ -249,11 +317,16 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     )
     rows = explain_rows(pairs, cfg, titles, attributions)
     predictor = None
+    threshold, calibration_metrics = calibration.REFERENCE_THRESHOLD, {}
     if ex.model in templated.MODELS:
         done = templated.explain(cfg, rows, attributions, titles, data.item_table)
     else:
         predictor = llm_predictor(cfg, upstream, titles, {}, ex.model, ex.split)
-        done = _generate(cfg, out_dir, predictor, rows)
+        if ex.calibration_examples:
+            threshold, calibration_metrics = decision_threshold(
+                cfg, predictor, upstream["alignment_data"], recommender, titles
+            )
+        done = _generate(cfg, out_dir, predictor, rows, threshold)
 
     records = []
     for row, score, values in zip(rows, scores, attributions, strict=True):
@@ -263,7 +336,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         record = {
             **{k: row[k] for k in ("id", "history", "item", "answer", "rank")},
             "p_yes": generated["p_yes"],
-            "decision": "yes" if generated["p_yes"] > 0.5 else "no",
+            "decision": "yes" if generated["p_yes"] > threshold else "no",
             **({"p_yes_prompt": generated["p_yes_prompt"]} if "p_yes_prompt" in generated else {}),
             "text": generated["text"],
             "text_decision": parse_yes_no(generated["text"]),
@@ -280,7 +353,13 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
                 recommender, row["history"], row["item"], cites.cited, ex.n_random, cfg.seed, row["id"]
             )
         records.append(record)
-    predictor_metrics = score_predictor_metrics(cfg, records)
+    predictor_metrics = score_predictor_metrics(cfg, records) | calibration_metrics
+    if calibration_metrics:  # the decisions at the reference threshold, for comparison
+        predictor_metrics["explain/decision_acc/reference"] = float(
+            np.mean(
+                [(r["p_yes"] > calibration.REFERENCE_THRESHOLD) == (r["answer"] == "yes") for r in records]
+            )
+        )
 
     judge = build_judge(cfg, predictor)
     if judge is not None:
@@ -320,6 +399,11 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
                 "next-token P(yes) vs P(no) after the task-3 question about the same pair"
                 if ex.decision == "interest_prompt"
                 else "next-token P(yes) vs P(no) after the explain prompt"
+            )
+            + (
+                f"; yes above a threshold fit on {ex.calibration_examples} validation pairs decided the same way"
+                if calibration_metrics
+                else "; yes when P(yes) > 0.5"
             )
             + "; the text is generated greedily after the answer prefix",
             "answer_prefix": ex.answer_prefix,

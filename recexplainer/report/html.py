@@ -92,13 +92,16 @@ def _td(value: Any, key: str) -> str:
 
 def _table(table: list[dict[str, Any]], columns: list[tuple[str, str]], labels: list[str]) -> str:
     """Rows with ``labels`` (leading header cells), ``values`` by column key, ``folder`` and an optional
-    ``prefix`` of the keys in that folder's metrics.json (baselines: ``baseline/<name>/``)."""
+    ``prefix`` / ``suffix`` of the keys in that folder's metrics.json (baselines: ``baseline/<name>/``;
+    calibrated yes/no decisions: ``/calibrated``)."""
     head = "".join(f"<th>{escape(h)}</th>" for h in labels + [h for h, _ in columns])
     body = []
     for r in table:
         folder = escape(str(r["folder"]))
         lead = "".join(f'<th scope="row" title="{folder}">{escape(str(x))}</th>' for x in r["labels"])
-        cells = "".join(_td(r["values"].get(k), r.get("prefix", "") + k) for _, k in columns)
+        cells = "".join(
+            _td(r["values"].get(k), r.get("prefix", "") + k + r.get("suffix", "")) for _, k in columns
+        )
         body.append(f'<tr data-folder="{folder}">{lead}{cells}</tr>')
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
@@ -146,8 +149,6 @@ def _alignment(root: Path, only: set[Path] | None, tmp: Path) -> str:
         subset = [r for r in table if r["dataset"] == dataset]
         for r in subset:
             r["labels"] = [r["method"]]
-            if r["method"].startswith("baseline: "):
-                r["prefix"] = f"baseline/{r['method'].removeprefix('baseline: ')}/"
         png = tmp / f"alignment_{i}.png"
         bar_plot(subset, alignment_columns(headline_only=True), png, f"Alignment, {dataset}")
         parts += [

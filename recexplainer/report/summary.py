@@ -27,6 +27,8 @@ RECOMMENDER = [
 ]
 EXPLAIN = [
     ("decision accuracy", "explain/decision_acc"),
+    ("  at P(yes) 0.5", "explain/decision_acc/reference"),
+    ("  decision threshold", "explain/decision_threshold"),
     ("explain-prompt decision", "explain/prompt_decision_acc"),
     ("cites the history", "explain/citation_rate"),
     ("citation precision", "explain/citation_precision"),
@@ -49,11 +51,13 @@ def _fmt(value: float | None) -> str:
 
 
 def task3_on_explain_pairs(evaluate: Path, explain: Path) -> dict[str, float] | None:
-    """The same LLM's task-3 answers on the explained pairs (an explained pair is a task-3 example): task-3
-    accuracy there and agreement with the explain prompt's decision. None without those predictions."""
+    """The same LLM's task-3 answers on the explained pairs (an explained pair is a task-3 example), decided at
+    the evaluate stage's calibrated threshold where it fit one: task-3 accuracy there and agreement with the
+    explain stage's decision. None without those predictions."""
     from recexplainer.evaluate.evaluator import PredictionStore
 
     explained = explain / "explanations.jsonl"
+    threshold = _metrics(evaluate).get("task3/threshold", 0.5)  # the calibrated task-3 decision, where fit
     predictions = PredictionStore(evaluate / "predictions", "aligned").load() if explained.is_file() else []
     p_yes = {
         r["id"]: r["p_yes"] for r in predictions if r.get("task") == "interest" and r.get("p_yes") is not None
@@ -65,7 +69,7 @@ def task3_on_explain_pairs(evaluate: Path, explain: Path) -> dict[str, float] | 
         r = json.loads(line)
         p = p_yes.get(r["id"].replace("explain/", "interest/", 1))
         if p is not None:
-            pairs.append((r, p > 0.5))
+            pairs.append((r, p > threshold))
     if not pairs:
         return None
     return {
@@ -91,18 +95,22 @@ def summary(cfg: DictConfig | dict[str, Any], folders: dict[str, Path], report: 
         m = _metrics(folders["evaluate"])
         baselines = list(cfg["evaluation"]["baselines"])
         keys = [(c.title, c.metric) for c in kinds.headline_columns() if c.metric in m]
-        header = ["", "aligned LLM", *baselines]
+        head = any(k.startswith("head/") for k in m)  # an aligner with an item head: task 1 read off it too
+        header = ["", "aligned LLM", *(["item head"] if head else []), *baselines]
         scoring = cfg["evaluation"].get("scoring", "recai")
         other = "lenient" if scoring == "recai" else "recai"
 
         def cells(key: str) -> list[str]:
-            return [_fmt(m.get(key)), *[_fmt(m.get(f"baseline/{b}/{key}")) for b in baselines]]
+            own = [_fmt(m.get(key))] + ([_fmt(m.get(f"head/{key}"))] if head else [])
+            return [*own, *[_fmt(m.get(f"baseline/{b}/{key}")) for b in baselines]]
 
         table = [header]
         for name, key in keys:
             table.append([name, *cells(key)])
             if f"{key}/{other}" in m and cells(f"{key}/{other}") != cells(key):  # the other scoring differs
                 table.append([f"  ({other} scoring)", *cells(f"{key}/{other}")])
+            if f"{key}/calibrated" in m:  # yes / no at the threshold fit on validation examples
+                table.append(["  (calibrated)", *cells(f"{key}/calibrated")])
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         lines.append(
             f"Alignment: how well the LLM reproduces the recommender ({cfg['evaluation']['split']}):"

@@ -201,7 +201,38 @@ def rows(runs: list[dict[str, Any]], superseded: list[dict[str, Any]] | None = N
         elif method:
             seen_methods.add((dataset, method))
             values = {key: metrics.get(key) for _, key in alignment_columns()}
-            out.append({"dataset": dataset, "method": method, "values": values, "folder": str(run["folder"])})
+            out.append(
+                {
+                    "dataset": dataset,
+                    "method": method,
+                    "values": values,
+                    "folder": str(run["folder"]),
+                    "prefix": "",
+                }
+            )
+            if any(k.startswith("head/") for k in metrics):  # task 1 read off the aligner's item head
+                values = {key: metrics.get(f"head/{key}") for _, key in alignment_columns()}
+                out.append(
+                    {
+                        "dataset": dataset,
+                        "method": f"{method}, item head",
+                        "values": values,
+                        "folder": str(run["folder"]),
+                        "prefix": "head/",
+                    }
+                )
+            if any(k.endswith("/calibrated") for k in metrics):  # yes/no decided at the fitted threshold
+                values = {key: metrics.get(f"{key}/calibrated") for _, key in alignment_columns()}
+                out.append(
+                    {
+                        "dataset": dataset,
+                        "method": f"{method}, calibrated yes/no",
+                        "values": values,
+                        "folder": str(run["folder"]),
+                        "prefix": "",
+                        "suffix": "/calibrated",
+                    }
+                )
         for name in ev.get("baselines", []):
             if (dataset, name) in seen_baselines:
                 continue
@@ -213,6 +244,7 @@ def rows(runs: list[dict[str, Any]], superseded: list[dict[str, Any]] | None = N
                     "method": f"baseline: {name}",
                     "values": values,
                     "folder": str(run["folder"]),
+                    "prefix": f"baseline/{name}/",
                 }
             )
     order = lambda r: (r["dataset"], r["method"].startswith("baseline"), r["method"])  # noqa: E731

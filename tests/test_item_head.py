@@ -1,0 +1,213 @@
+"""The aligner's optional item head (aligner.item_head_weight > 0): scores, target, loss, gradients, batches,
+configuration and cache keys."""
+
+import pytest
+import torch
+
+from recexplainer.aligner.data import collate
+from recexplainer.aligner.model import RecExplainerLM, base_model
+
+from .helpers import D_REC, ITEM, USER, compose_config, tiny_lm
+
+N_ITEMS = 12  # items 1..12, row 0 padding
+
+
+def head_model(weight: float = 1.0, temperature: float = 1.0, seed: int = 0) -> RecExplainerLM:
+    model = RecExplainerLM(
+        tiny_lm(seed), USER, ITEM, D_REC, item_head_weight=weight, item_head_temperature=temperature
+    )
+    torch.manual_seed(seed + 1)
+    model.set_item_table(torch.randn(N_ITEMS + 1, D_REC))
+    return model
+
+
+def head_batch(with_head=(True, False)) -> dict:
+    rows = []
+    for k, head in enumerate(with_head):
+        row = {
+            "input_ids": [5, USER, 6 + k, 7, 8, 9][: 5 + k],
+            "labels": [-100, -100, -100, 7, 8, 9][: 5 + k],
+            "users": torch.randn(1, D_REC),
+            "items": torch.empty(0, D_REC),
+        }
+        if head:
+            row["head_user"] = torch.randn(D_REC)
+            row["head_exclude"] = [2, 5][: k + 1]
+        rows.append(row)
+    return collate(rows, pad_id=0)
+
+
+def test_collate_carries_the_head_targets_of_the_head_rows_only():
+    torch.manual_seed(0)
+    batch = head_batch((False, True))
+    assert batch["head_rows"].tolist() == [1]
+    assert batch["head_users"].shape == (1, D_REC)
+    assert batch["head_exclude"].tolist() == [[2, 5]]
+    assert "head_rows" not in head_batch((False, False))
+
+
+def test_scores_mask_the_padding_and_excluded_items():
+    model = head_model()
+    scores = model.item_scores(torch.randn(2, model.item_query.in_features), torch.tensor([[3, 0], [4, 7]]))
+    assert scores.shape == (2, N_ITEMS + 1)
+    assert torch.isinf(scores[:, 0]).all()
+    assert torch.isinf(scores[0, 3]) and torch.isinf(scores[1, 4]) and torch.isinf(scores[1, 7])
+    assert torch.isfinite(scores[0, [1, 2, 4, 7]]).all()
+
+
+def test_the_loss_adds_the_weighted_cross_entropy_from_the_recommender_softmax():
+    torch.manual_seed(0)
+    batch = head_batch((True, False))
+    model = head_model(weight=0.5, temperature=2.0)
+    out = model(**batch)
+    plain = RecExplainerLM(model.lm, USER, ITEM, D_REC)  # the same LM and projectors, no head
+    plain.user_projector, plain.item_projector = model.user_projector, model.item_projector
+    plain.placeholder_embeddings = model.placeholder_embeddings
+    lm_loss = plain(**{k: v for k, v in batch.items() if not k.startswith("head_")}).loss
+    # by hand: the hidden state at the last prompt token of row 0 (position 2 predicts the first answer token)
+    with torch.no_grad():
+        embeds = model.embed(batch["input_ids"], batch["user_vectors"], batch["item_vectors"])
+        h = base_model(model.lm).get_decoder()(inputs_embeds=embeds).last_hidden_state[0, 2]
+        keys = model.item_projector(model.item_table)
+        logits = (model.item_query(h) @ keys.T) * model.item_logit_scale.exp()
+        teacher = batch["head_users"][0] @ model.item_table.T / 2.0
+        for t in (logits, teacher):
+            t[[0, 2]] = float("-inf")  # padding and the excluded item 2
+        p = torch.softmax(teacher, -1)
+        expected = -(p[p > 0] * torch.log_softmax(logits, -1)[p > 0]).sum()
+    assert torch.allclose(out.item_head_loss, expected, atol=1e-5)
+    assert torch.allclose(out.loss, lm_loss + 0.5 * expected, atol=1e-5)
+
+
+def test_gradients_reach_the_head_and_a_batch_without_head_rows_gives_zero_ones():
+    torch.manual_seed(0)
+    model = head_model()
+    model(**head_batch((True, True))).loss.backward()
+    for p in (model.item_query.weight, model.item_logit_scale, model.item_projector[0].weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    model.zero_grad()
+    out = model(**head_batch((False, False)))
+    out.loss.backward()
+    assert out.item_head_loss == 0
+    # in the graph with a zero gradient: DDP's all-reduce needs every parameter every step
+    assert model.item_query.weight.grad is not None and model.item_query.weight.grad.abs().sum() == 0
+
+
+def test_the_head_learns_the_recommenders_top_item():
+    """A few hundred steps on four fixed prompts: the head's top item becomes the recommender's."""
+    torch.manual_seed(0)
+    model = head_model()
+    rows = []
+    for k in range(4):
+        rows.append(
+            {
+                "input_ids": [5 + k, USER, 9, 10],
+                "labels": [-100, -100, -100, 10],
+                "users": torch.randn(1, D_REC),
+                "items": torch.empty(0, D_REC),
+                "head_user": torch.randn(D_REC) * 3,
+                "head_exclude": [],
+            }
+        )
+    batch = collate(rows, pad_id=0)
+    teacher = model.recommender_distribution(batch["head_users"], batch["head_exclude"]).argmax(-1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    first = None
+    for _ in range(150):
+        out = model(**batch)
+        first = float(out.item_head_loss.detach()) if first is None else first
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    assert float(out.item_head_loss.detach()) < 0.5 * first
+    with torch.no_grad():
+        hidden = model.head_hidden(
+            batch["input_ids"][:, :3], torch.ones(4, 3, dtype=torch.long), batch["user_vectors"]
+        )
+        assert torch.equal(model.item_scores(hidden).argmax(-1), teacher)
+
+
+def test_a_model_without_head_refuses_head_scores_and_needs_a_table():
+    with pytest.raises(RuntimeError, match="no item head"):
+        RecExplainerLM(tiny_lm(), USER, ITEM, D_REC).item_scores(torch.randn(1, 4))
+    model = RecExplainerLM(tiny_lm(), USER, ITEM, D_REC, item_head_weight=1.0)
+    with pytest.raises(RuntimeError, match="set_item_table"):
+        model.item_scores(torch.randn(1, model.item_query.in_features))
+    with pytest.raises(ValueError, match="item table of shape"):
+        model.set_item_table(torch.randn(5, D_REC + 1))
+    with pytest.raises(ValueError, match="item_head_weight"):
+        RecExplainerLM(tiny_lm(), USER, ITEM, D_REC, item_head_weight=-1.0)
+
+
+def test_config_checks_and_cache_keys():
+    from recexplainer.aligner.stage import key_fields
+    from recexplainer.config.validate import ConfigError, validate
+    from recexplainer.pipeline import STAGES
+
+    stages = tuple(STAGES)
+    base = compose_config([])
+    with_head = compose_config(["aligner.item_head_weight=1"])
+    other_temperature = compose_config(["aligner.item_head_temperature=2"])
+    # no head: the head's knobs stay out of the key (aligners trained before they existed keep theirs)
+    assert "item_head_weight" not in key_fields(base)["aligner"]
+    assert key_fields(other_temperature) == key_fields(base)
+    assert key_fields(with_head)["aligner"]["item_head_weight"] == 1.0
+    validate(with_head, stages)
+    with pytest.raises(ConfigError, match="item_head_weight"):
+        validate(compose_config(["aligner.item_head_weight=-1"]), stages)
+    with pytest.raises(ConfigError, match="prompt.mask=prefix"):
+        validate(compose_config(["aligner.item_head_weight=1", "prompt.mask=history"]), stages)
+
+
+@pytest.mark.slow
+def test_an_aligner_with_an_item_head_trains_saves_and_is_evaluated_through_it(tmp_path):
+    """Tiny pipeline with aligner.item_head_weight=1: the head's target is the recommender's own ranking (its
+    argmax is every task-1 label), the head trains, is saved and reloaded, and the evaluate stage reports
+    task 1 read off it (head/task1/...) next to the generated answers; the report shows that row."""
+    import json
+
+    from recexplainer.aligner import setup
+    from recexplainer.aligner.stage import encoded_split
+    from recexplainer.cli import run
+    from recexplainer.pipeline import stage_folder
+    from recexplainer.report.summary import summary
+
+    from .helpers import ALIGN, SMALL_EVAL, TINY, TINY_SASREC
+
+    base = [f"paths.artifacts={tmp_path}", *TINY, *TINY_SASREC, *ALIGN, "aligner.item_head_weight=1"]
+    folder = run(compose_config(base))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert 0 < metrics["train/item_head_loss"] < float("inf")
+    model, tokenizer, formatter = setup.load(folder)
+    assert model.has_item_head and model.item_head_weight == 1.0
+    cfg = compose_config(base)
+    train = encoded_split(cfg, stage_folder(cfg, "alignment_data"), "train", model, tokenizer, formatter)
+    heads = [e for e in train.examples if e.head_user_row is not None]
+    assert heads and all(e.example_id.startswith("retrieval/") for e in heads)
+    model.set_item_table(train.items)
+    from recexplainer.alignment_data.io import read_examples
+
+    labels = {
+        r["id"]: r["labels"]["item"]
+        for r in read_examples(stage_folder(cfg, "alignment_data"), "train", ["retrieval"])
+    }
+    users = train.users[[e.head_user_row for e in heads]]
+    width = max(len(e.head_exclude) for e in heads)
+    exclude = torch.tensor([list(e.head_exclude) + [0] * (width - len(e.head_exclude)) for e in heads])
+    top = model.recommender_distribution(users, exclude).argmax(-1).tolist()
+    assert top == [labels[e.example_id] for e in heads]  # the target ranks as the recommender's labels do
+
+    evaluated = run(compose_config([*base, "stage=evaluate", *SMALL_EVAL]))
+    results = json.loads((evaluated / "metrics.json").read_text())
+    assert 0.0 <= results["head/task1/hr@5"] <= 1.0 and results["head/task1/n"] == results["task1/n"]
+    assert "head/task3/acc" not in results  # the head answers task 1 only
+    records = [
+        json.loads(line)
+        for line in (evaluated / "predictions" / "aligned_item_head.jsonl").read_text().splitlines()
+    ]
+    assert records and all(len(r["items"]) == 5 and None not in r["items"] for r in records)
+    hits = [r["metrics"]["hr@5"] for r in records]
+    assert results["head/task1/hr@5"] == pytest.approx(sum(hits) / len(hits))
+    text = summary(compose_config([*base, "stage=evaluate", *SMALL_EVAL]), {"evaluate": evaluated})
+    assert "item head" in text and f"{results['head/task1/hr@5']:.3f}" in text
