@@ -177,6 +177,21 @@ def side_by_side(runs: list[dict[str, Any]], k: int = 8) -> str:
     return "\n".join(lines)
 
 
+def _row(
+    dataset: str, method: str, run: dict[str, Any], prefix: str = "", suffix: str = ""
+) -> dict[str, Any]:
+    """One table row: the values of the alignment columns stored under ``<prefix><metric><suffix>``."""
+    values = {key: run["metrics"].get(f"{prefix}{key}{suffix}") for _, key in alignment_columns()}
+    return {
+        "dataset": dataset,
+        "method": method,
+        "values": values,
+        "folder": str(run["folder"]),
+        "prefix": prefix,
+        "suffix": suffix,
+    }
+
+
 def rows(runs: list[dict[str, Any]], superseded: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Table rows: (dataset, method, values by metric key, source folder), one per (dataset, method).
 
@@ -200,53 +215,16 @@ def rows(runs: list[dict[str, Any]], superseded: list[dict[str, Any]] | None = N
             superseded.append({"dataset": dataset, "method": method, "folder": str(run["folder"])})
         elif method:
             seen_methods.add((dataset, method))
-            values = {key: metrics.get(key) for _, key in alignment_columns()}
-            out.append(
-                {
-                    "dataset": dataset,
-                    "method": method,
-                    "values": values,
-                    "folder": str(run["folder"]),
-                    "prefix": "",
-                }
-            )
+            out.append(_row(dataset, method, run))
             if any(k.startswith("head/") for k in metrics):  # task 1 read off the aligner's item head
-                values = {key: metrics.get(f"head/{key}") for _, key in alignment_columns()}
-                out.append(
-                    {
-                        "dataset": dataset,
-                        "method": f"{method}, item head",
-                        "values": values,
-                        "folder": str(run["folder"]),
-                        "prefix": "head/",
-                    }
-                )
+                out.append(_row(dataset, f"{method}, item head", run, prefix="head/"))
             if any(k.endswith("/calibrated") for k in metrics):  # yes/no decided at the fitted threshold
-                values = {key: metrics.get(f"{key}/calibrated") for _, key in alignment_columns()}
-                out.append(
-                    {
-                        "dataset": dataset,
-                        "method": f"{method}, calibrated yes/no",
-                        "values": values,
-                        "folder": str(run["folder"]),
-                        "prefix": "",
-                        "suffix": "/calibrated",
-                    }
-                )
+                out.append(_row(dataset, f"{method}, calibrated yes/no", run, suffix="/calibrated"))
         for name in ev.get("baselines", []):
             if (dataset, name) in seen_baselines:
                 continue
             seen_baselines.add((dataset, name))
-            values = {key: metrics.get(f"baseline/{name}/{key}") for _, key in alignment_columns()}
-            out.append(
-                {
-                    "dataset": dataset,
-                    "method": f"baseline: {name}",
-                    "values": values,
-                    "folder": str(run["folder"]),
-                    "prefix": f"baseline/{name}/",
-                }
-            )
+            out.append(_row(dataset, f"baseline: {name}", run, prefix=f"baseline/{name}/"))
     order = lambda r: (r["dataset"], r["method"].startswith("baseline"), r["method"])  # noqa: E731
     return sorted(out, key=order)
 
