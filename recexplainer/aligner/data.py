@@ -192,15 +192,17 @@ def collate(batch: list[dict[str, Any]], pad_id: int, padding_side: str = "right
     }
     heads = [i for i, b in enumerate(batch) if "head_user" in b]
     if heads:  # item-head targets: the rows, their recommender user vectors, the excluded items (0-padded)
-        width = max(1, max(len(batch[i]["head_exclude"]) for i in heads))
-        exclude = torch.zeros((len(heads), width), dtype=torch.long)
-        for k, i in enumerate(heads):
-            exclude[k, : len(batch[i]["head_exclude"])] = torch.tensor(
-                batch[i]["head_exclude"], dtype=torch.long
-            )
         out["head_rows"] = torch.tensor(heads, dtype=torch.long)
         out["head_users"] = torch.stack([torch.as_tensor(batch[i]["head_user"]) for i in heads])
-        out["head_exclude"] = exclude
+        out["head_exclude"] = pad_items([batch[i]["head_exclude"] for i in heads])
+    return out
+
+
+def pad_items(lists: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Item-id lists as one (len(lists), longest) long tensor, 0 (the padding item) after each list's end."""
+    out = torch.zeros((len(lists), max(1, max((len(x) for x in lists), default=0))), dtype=torch.long)
+    for k, items in enumerate(lists):
+        out[k, : len(items)] = torch.tensor([int(i) for i in items], dtype=torch.long)
     return out
 
 

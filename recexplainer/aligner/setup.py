@@ -89,8 +89,8 @@ def build(cfg: Any, d_rec: int) -> tuple[RecExplainerLM, Any, ChatFormatter]:
         ac.projector,
         ac.injection,
         ac.loss_weighting,
-        item_head_weight=ac.get("item_head_weight", 0.0),
-        item_head_temperature=ac.get("item_head_temperature", 1.0),
+        item_head_weight=ac.item_head_weight,
+        item_head_temperature=ac.item_head_temperature,
     )
     formatter = ChatFormatter(tokenizer, cfg.llm.prompt_template, cfg.llm.system_prompt)
     return model, tokenizer, formatter
@@ -148,6 +148,7 @@ def load(folder: Path, assets_cache: str | None = None) -> tuple[RecExplainerLM,
         spec["d_rec"],
         aligner.projector,
         aligner.injection,
+        # aligners saved before the item head existed have no such keys: no head
         item_head_weight=aligner.get("item_head_weight", 0.0),
         item_head_temperature=aligner.get("item_head_temperature", 1.0),
     )

