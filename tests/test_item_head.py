@@ -146,9 +146,10 @@ def test_config_checks_and_cache_keys():
     from recexplainer.pipeline import STAGES
 
     stages = tuple(STAGES)
-    base = compose_config([])
+    base = compose_config(["aligner.item_head_weight=0"])
     with_head = compose_config(["aligner.item_head_weight=1"])
-    other_temperature = compose_config(["aligner.item_head_temperature=2"])
+    other_temperature = compose_config(["aligner.item_head_weight=0", "aligner.item_head_temperature=2"])
+    assert compose_config([]).aligner.item_head_weight == 1.0  # the default recipe trains the head
     # no head: the head's knobs stay out of the key (aligners trained before they existed keep theirs)
     assert "item_head_weight" not in key_fields(base)["aligner"]
     assert key_fields(other_temperature) == key_fields(base)
@@ -156,8 +157,12 @@ def test_config_checks_and_cache_keys():
     validate(with_head, stages)
     with pytest.raises(ConfigError, match="item_head_weight"):
         validate(compose_config(["aligner.item_head_weight=-1"]), stages)
-    with pytest.raises(ConfigError, match="prompt.mask=prefix"):
-        validate(compose_config(["aligner.item_head_weight=1", "prompt.mask=history"]), stages)
+    history_mask = compose_config(["aligner.item_head_weight=1", "prompt.mask=history"])
+    with pytest.raises(ConfigError, match="aligner.item_head_weight=0"):  # the error names the way out
+        validate(history_mask, stages)
+    history_mask.stage = "alignment_data"  # stages before the aligner do not train the head
+    validate(history_mask, stages)
+    validate(compose_config(["aligner.item_head_weight=0", "prompt.mask=history"]), stages)
 
 
 @pytest.mark.slow

@@ -220,24 +220,25 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     if not 0.0 <= cfg.judge.max_failed_share <= 1.0:
         raise ConfigError(f"judge.max_failed_share={cfg.judge.max_failed_share} must be in [0, 1]")
     _validate_precisions(cfg)
-    _validate_item_head(cfg)
+    _validate_item_head(cfg, stages[: stages.index(cfg.stage) + 1])
     _validate_prompt(cfg)
     _validate_evaluation(cfg)
     if cfg.dataset.format == "recbole_atomic" and not (cfg.dataset.path or cfg.dataset.asset):
         raise ConfigError("dataset.path is required for the recbole_atomic format (or dataset.asset)")
 
 
-def _validate_item_head(cfg: DictConfig) -> None:
+def _validate_item_head(cfg: DictConfig, reached: tuple[str, ...]) -> None:
     ac = cfg.aligner
     if ac.item_head_weight < 0 or ac.item_head_temperature <= 0:
         raise ConfigError(
             f"aligner.item_head_weight={ac.item_head_weight} must be >= 0 (0: no item head) and "
             f"aligner.item_head_temperature={ac.item_head_temperature} > 0"
         )
-    if ac.item_head_weight > 0 and cfg.prompt.mask != "prefix":
+    if ac.item_head_weight > 0 and cfg.prompt.mask != "prefix" and "aligner" in reached:
         raise ConfigError(
-            f"aligner.item_head_weight > 0 needs prompt.mask=prefix (got {cfg.prompt.mask!r}): the item head's "
-            "target excludes the prefix items the examples carry, not the whole consumed history"
+            f"aligner.item_head_weight={ac.item_head_weight} (an item head) needs prompt.mask=prefix, got "
+            f"{cfg.prompt.mask!r}: the head's target excludes the prefix items the examples carry, not the whole "
+            "consumed history. Add aligner.item_head_weight=0 to train this mask without the item head"
         )
 
 
