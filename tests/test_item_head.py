@@ -77,6 +77,11 @@ def test_the_loss_adds_the_weighted_cross_entropy_from_the_recommender_softmax()
         expected = -(p[p > 0] * torch.log_softmax(logits, -1)[p > 0]).sum()
     assert torch.allclose(out.item_head_loss, expected, atol=1e-5)
     assert torch.allclose(out.loss, lm_loss + 0.5 * expected, atol=1e-5)
+    # logged apart: the next-token loss alone and the KL divergence (the cross-entropy minus the target's entropy)
+    entropy = -(p[p > 0] * torch.log(p[p > 0])).sum()
+    assert torch.allclose(out.lm_loss, lm_loss, atol=1e-5)
+    assert torch.allclose(out.item_head_kl, expected - entropy, atol=1e-5)
+    assert out.item_head_kl >= 0
 
 
 def test_gradients_reach_the_head_and_a_batch_without_head_rows_gives_zero_ones():
@@ -184,6 +189,9 @@ def test_an_aligner_with_an_item_head_trains_saves_and_is_evaluated_through_it(t
     folder = run(compose_config(base))
     metrics = json.loads((folder / "metrics.json").read_text())
     assert 0 < metrics["train/item_head_loss"] < float("inf")
+    assert 0 <= metrics["train/item_head_kl"] < metrics["train/item_head_loss"]
+    assert 0 <= metrics["valid/item_head_kl"] < metrics["valid/item_head_loss"]
+    assert 0 < metrics["valid/lm_loss"] < metrics["valid/loss"]  # the head's loss is inside valid/loss
     model, tokenizer, formatter = setup.load(folder)
     assert model.has_item_head and model.item_head_weight == 1.0
     cfg = compose_config(base)

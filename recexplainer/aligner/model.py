@@ -91,9 +91,13 @@ def autocast_weights(model: nn.Module | None, dtype: torch.dtype | None) -> Iter
 
 @dataclass
 class AlignerOutput(CausalLMOutput):
-    """The LM's output plus, with an item head, its distillation loss (already inside ``loss``)."""
+    """The LM's output plus, with an item head, its distillation loss (already inside ``loss``), the
+    next-token loss alone and the head's KL divergence from the recommender's distribution (for logging:
+    the cross-entropy includes the target's own entropy, several nats over ~1,700 items)."""
 
     item_head_loss: torch.Tensor | None = None
+    item_head_kl: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
 
 
 class PlaceholderMismatch(ValueError):
@@ -236,19 +240,25 @@ class RecExplainerLM(nn.Module):
         scores = users.float() @ self.item_table.float().T / self.item_head_temperature
         return torch.softmax(_mask_items(scores, exclude), dim=-1)
 
-    def _item_head_loss(self, hidden: torch.Tensor, keep: torch.Tensor, rows, users, exclude) -> torch.Tensor:
+    def _item_head_loss(
+        self, hidden: torch.Tensor, keep: torch.Tensor, rows, users, exclude
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Cross-entropy from the recommender's item distribution to the head's, at each head row's first
-        answer position (the hidden state that predicts the answer's first token)."""
+        answer position (the hidden state that predicts the answer's first token), and the KL divergence
+        (the same minus the target's entropy; detached, None without head rows)."""
         if rows is None or rows.numel() == 0:
             # still in the graph (a zero contribution): every trainable parameter gets a gradient each step,
             # which DDP needs (see _inject)
             dummy = self.item_query.weight.sum() + self.item_logit_scale
-            return dummy * 0.0
+            return dummy * 0.0, None
         first = keep[rows].float().argmax(dim=1)  # the first labelled position of each head row
         logits = self.item_scores(hidden[rows, first], exclude)
         target = self.recommender_distribution(users, exclude)
         log_p = torch.log_softmax(logits, dim=-1).masked_fill(target == 0, 0.0)
-        return -(target * log_p).sum(-1).mean()
+        loss = -(target * log_p).sum(-1).mean()
+        with torch.no_grad():
+            entropy = -(target * torch.log(target.clamp_min(1e-30))).sum(-1).mean()
+        return loss, loss.detach() - entropy
 
     def head_hidden(self, input_ids, attention_mask, user_vectors=None, item_vectors=None) -> torch.Tensor:
         """The last hidden state at each row's last real token (right-padded prompts): (B, H)."""
@@ -304,11 +314,12 @@ class RecExplainerLM(nn.Module):
             counts = torch.bincount(rows, minlength=keep.shape[0])
             has = counts > 0
             loss = (sums[has] / counts[has]).mean()
-        head_loss = None
+        head_loss = head_kl = lm_loss = None
         if self.has_item_head:
-            head_loss = self._item_head_loss(hidden[:, :-1], keep, head_rows, head_users, head_exclude)
+            head_loss, head_kl = self._item_head_loss(hidden[:, :-1], keep, head_rows, head_users, head_exclude)
+            lm_loss = loss.detach()
             loss = loss + self.item_head_weight * head_loss
-        return AlignerOutput(loss=loss, logits=logits, item_head_loss=head_loss)
+        return AlignerOutput(loss=loss, logits=logits, item_head_loss=head_loss, item_head_kl=head_kl, lm_loss=lm_loss)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, user_vectors=None, item_vectors=None, **kwargs):

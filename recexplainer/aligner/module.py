@@ -78,10 +78,20 @@ class AlignerModule(L.LightningModule):
         self._loss_ema = loss if self._loss_ema is None else 0.95 * self._loss_ema + 0.05 * loss
         self.log("train/loss_smooth", self._loss_ema, batch_size=batch["input_ids"].shape[0])
         self.log("train/tokens_per_s", self._tokens / max(elapsed, 1e-9), prog_bar=True)
-        head_loss = getattr(out, "item_head_loss", None)
-        if head_loss is not None and "head_rows" in batch:
-            self.log("train/item_head_loss", head_loss, batch_size=int(batch["head_rows"].numel()))
+        self._log_head("train", out, batch)
         return out.loss
+
+    def _log_head(self, split: str, out, batch) -> None:
+        """With an item head: the next-token loss alone, the head's cross-entropy and its KL divergence from the
+        recommender's distribution (the cross-entropy minus the target's entropy: 0 when the head matches)."""
+        if getattr(out, "lm_loss", None) is None:
+            return
+        sync = split == "valid"
+        self.log(f"{split}/lm_loss", out.lm_loss, sync_dist=sync, batch_size=batch["input_ids"].shape[0])
+        if out.item_head_kl is not None and "head_rows" in batch:
+            n = int(batch["head_rows"].numel())
+            self.log(f"{split}/item_head_loss", out.item_head_loss, sync_dist=sync, batch_size=n)
+            self.log(f"{split}/item_head_kl", out.item_head_kl, sync_dist=sync, batch_size=n)
 
     def on_fit_start(self) -> None:
         """Training mode for the whole model: Hugging Face loads it in eval mode and Lightning (>= 2.2) keeps
@@ -98,6 +108,7 @@ class AlignerModule(L.LightningModule):
         self.log(
             "valid/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0]
         )
+        self._log_head("valid", out, batch)
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
