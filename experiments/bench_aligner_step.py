@@ -12,6 +12,8 @@ spoils one round, not a variant):
 - ``fp32``: the defaults in fp32 (no autocast) on a CPU where ``trainer=cpu`` resolves to bf16 autocast:
   whether bf16 pays on this CPU (not in the default list: ``--variants fp32,bf16_weights``; skipped on a
   CPU without native bf16, where the defaults are fp32 already).
+- ``no_item_head``: the defaults without the item head (``aligner.item_head_weight=0``): what the head costs
+  (not in the default list: ``--variants bf16_weights,no_item_head``).
 - ``compile``: the defaults with the model under ``torch.compile(dynamic=True)`` (inductor; not in the default
   list; the two warm-up steps, which compile, are timed apart as ``warmup_seconds``).
 
@@ -36,7 +38,7 @@ import time
 from pathlib import Path
 
 VARIANTS = ("dropout", "no_dropout", "no_mask", "bf16_weights")
-EXTRA = ("batch_32", "compile", "fp32")
+EXTRA = ("batch_32", "compile", "fp32", "no_item_head")
 
 
 def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict:
@@ -58,6 +60,8 @@ def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict
     register_configs()
     overrides = [f"paths.artifacts={artifacts}"] if artifacts else []
     overrides.append(f"aligner.lora_dropout={0.05 if variant == 'dropout' else 0.0}")
+    if variant == "no_item_head":
+        overrides.append("aligner.item_head_weight=0")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     folder = stage_folder(cfg, "alignment_data")
@@ -71,6 +75,8 @@ def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict
     model, tokenizer, formatter = setup.build(cfg, vector_width(folder))
     ac = cfg.aligner
     train = encoded_split(cfg, folder, "train", model, tokenizer, formatter)  # as the stage trains on it
+    if model.has_item_head:
+        model.set_item_table(train.items)
     batch_size = 32 if variant == "batch_32" else ac.batch_size
     sampler = LengthGroupedSampler(train.lengths(), batch_size, seed=0, mega=ac.length_group_mega)
     batches = list(sampler)
@@ -80,7 +86,7 @@ def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict
     # a second shape, which triggers the dynamic-shape compile)
     batches = [collate([train[i] for i in b], pad_id=pad) for b in batches[: steps + 2]]
     warm, timed = ([batches[0], batches[-1]] if variant == "compile" else [batches[0]]), batches[1:-1]
-    if variant in ("bf16_weights", "batch_32", "compile") and bf16:
+    if variant in ("bf16_weights", "batch_32", "compile", "no_item_head") and bf16:
         model_module.store_frozen_linears(model, torch.bfloat16)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
