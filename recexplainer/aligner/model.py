@@ -316,10 +316,14 @@ class RecExplainerLM(nn.Module):
             loss = (sums[has] / counts[has]).mean()
         head_loss = head_kl = lm_loss = None
         if self.has_item_head:
-            head_loss, head_kl = self._item_head_loss(hidden[:, :-1], keep, head_rows, head_users, head_exclude)
+            head_loss, head_kl = self._item_head_loss(
+                hidden[:, :-1], keep, head_rows, head_users, head_exclude
+            )
             lm_loss = loss.detach()
             loss = loss + self.item_head_weight * head_loss
-        return AlignerOutput(loss=loss, logits=logits, item_head_loss=head_loss, item_head_kl=head_kl, lm_loss=lm_loss)
+        return AlignerOutput(
+            loss=loss, logits=logits, item_head_loss=head_loss, item_head_kl=head_kl, lm_loss=lm_loss
+        )
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, user_vectors=None, item_vectors=None, **kwargs):
