@@ -19,6 +19,7 @@ from .helpers import ALIGN, TINY, TINY_SASREC, compose_config
 RUN = [
     *[o for o in ALIGN if not o.startswith("stage=")],
     "tasks.explanation.max_eval=8",
+    "aligner.item_head_weight=0",  # the summary columns below are those of a titles-only aligner
     "evaluation.tasks=[retrieval,interest]",
     "evaluation.max_examples=4",
     "evaluation.max_examples_per_task={}",

@@ -90,8 +90,10 @@ class AlignerModule(L.LightningModule):
         self.log(f"{split}/lm_loss", out.lm_loss, sync_dist=sync, batch_size=batch["input_ids"].shape[0])
         if out.item_head_kl is not None and "head_rows" in batch:
             n = int(batch["head_rows"].numel())
-            self.log(f"{split}/item_head_loss", out.item_head_loss, sync_dist=sync, batch_size=n)
-            self.log(f"{split}/item_head_kl", out.item_head_kl, sync_dist=sync, batch_size=n)
+            # not synced: a rank whose batch holds no task-1 example logs nothing here, and a collective
+            # that only some ranks enter would hang
+            self.log(f"{split}/item_head_loss", out.item_head_loss, batch_size=n)
+            self.log(f"{split}/item_head_kl", out.item_head_kl, batch_size=n)
 
     def on_fit_start(self) -> None:
         """Training mode for the whole model: Hugging Face loads it in eval mode and Lightning (>= 2.2) keeps
