@@ -16,7 +16,13 @@ def test_two_point_alignment_sweep_shares_upstream_stages_and_reports_both(tmp_p
     root = tmp_path / "artifacts"
     exe = Path(sys.executable).with_name("recexplainer")
     args = [str(exe), "-m", f"paths.artifacts={root}", "stage=evaluate", "prompt=behavior,hybrid"]
-    args += [*TINY, *TINY_SASREC, *TINY_ALIGNER, *SMALL_EVAL]
+    args += [
+        *TINY,
+        *TINY_SASREC,
+        *TINY_ALIGNER,
+        *SMALL_EVAL,
+        "aligner.item_head_weight=0",
+    ]  # the row counts below: titles-only aligners
     proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
