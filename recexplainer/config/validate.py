@@ -167,12 +167,17 @@ def _validate_ranges(node: Any, path: str = "") -> None:
             raise ConfigError(f"{full}={value} {problem}")
 
 
+def _reached(cfg: DictConfig, stages: tuple[str, ...]) -> tuple[str, ...]:
+    """The stages a run of ``cfg.stage`` goes through (the requested one and those before it)."""
+    return stages[: stages.index(cfg.stage) + 1]
+
+
 def _validate_task_names(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     """Task lists name tasks of the tasks group (a typo would otherwise surface after the upstream stages
     ran, or silently drop a task); checked where the run reaches the stage that reads the list, so that
     ``tasks=none`` serves runs that stop before the alignment data."""
     known = list(cfg.tasks)
-    reached = stages[: stages.index(cfg.stage) + 1]
+    reached = _reached(cfg, stages)
     for key, stage in (("aligner.train_tasks", "aligner"), ("evaluation.tasks", "evaluate")):
         if stage not in reached:
             continue
@@ -220,7 +225,7 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     if not 0.0 <= cfg.judge.max_failed_share <= 1.0:
         raise ConfigError(f"judge.max_failed_share={cfg.judge.max_failed_share} must be in [0, 1]")
     _validate_precisions(cfg)
-    _validate_item_head(cfg, stages[: stages.index(cfg.stage) + 1])
+    _validate_item_head(cfg, _reached(cfg, stages))
     _validate_prompt(cfg)
     _validate_evaluation(cfg)
     if cfg.dataset.format == "recbole_atomic" and not (cfg.dataset.path or cfg.dataset.asset):
