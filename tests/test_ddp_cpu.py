@@ -34,8 +34,7 @@ def test_ddp_pipeline_on_two_cpu_processes_matches_one_process(tmp_path):
         *TINY_SASREC,
         *TINY_ALIGNER,
         *SMALL_EVAL,
-        "aligner.item_head_weight=0",
-    ]  # DDP with the item head: not yet supported
+    ]
     ddp_root = tmp_path / "ddp"
     proc = subprocess.run(
         [exe, f"paths.artifacts={ddp_root}", *base, *DDP],

@@ -21,8 +21,7 @@ def test_two_point_alignment_sweep_shares_upstream_stages_and_reports_both(tmp_p
         *TINY_SASREC,
         *TINY_ALIGNER,
         *SMALL_EVAL,
-        "aligner.item_head_weight=0",
-    ]  # the row counts below: titles-only aligners
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
@@ -45,4 +44,6 @@ def test_two_point_alignment_sweep_shares_upstream_stages_and_reports_both(tmp_p
     for name in ("alignment.csv", "training_aligner.png", "training_recommender.png"):
         assert (report / name).stat().st_size > 0, name
     csv_rows = (report / "alignment.csv").read_text().splitlines()
-    assert len(csv_rows) == 1 + 2 + 2 + 2  # header, B, H, their calibrated yes/no rows, two baselines
+    # header, B, H, their calibrated yes/no rows, their item heads (task 1 read off the head), two baselines
+    assert len(csv_rows) == 1 + 2 + 2 + 2 + 2, csv_rows
+    assert sum("item head" in r for r in csv_rows) == 2, csv_rows

@@ -53,6 +53,10 @@ class LLMPredictor:
         self.name, self.model, self.tokenizer, self.formatter = name, model, tokenizer, formatter
         self.index, self.aligned, self.placeholders = index, aligned, placeholders
         self.items, self.users = vectors["items"], vectors["users"]
+        if getattr(model, "has_item_head", False):
+            # on every process of a DDP run, not only where the head is evaluated: Lightning broadcasts the
+            # module's buffers from rank 0, and a table set on one rank only makes those sizes disagree
+            model.set_item_table(self.items)
         self.num_beams, self.constrained = num_beams, constrained
         self.beam_width = max(beam_width or num_beams, num_beams)
         self.margin, self.fuzzy_cutoff = max_new_tokens_margin, fuzzy_cutoff
@@ -164,8 +168,7 @@ class ItemHeadPredictor:
         self.llm, self.batch_size = llm, batch_size
         self.name = f"{llm.name}_item_head"
         self.kinds = ("retrieval",)
-        self.titles = llm.index.titles
-        model.set_item_table(llm.items)
+        self.titles = llm.index.titles  # the item table is set by the LLMPredictor
 
     @torch.no_grad()
     def scores(self, rows: Sequence[dict[str, Any]]) -> torch.Tensor:
