@@ -217,6 +217,39 @@ def test_merge_writes_a_standalone_model_with_the_same_outputs(trained, tmp_path
     assert main([str(tmp_path), str(tmp_path / "x")]) == 2
 
 
+def test_the_cap_keeps_every_example_of_the_uncapped_tasks_and_samples_the_others(trained):
+    cfg, _ = trained
+    folder = stage_folder(cfg, "alignment_data")
+    model, tokenizer, formatter = setup.build(cfg, D_REC)
+    tasks = ["retrieval", "interest", "explanation"]
+    counts = {t: len(read_examples(folder, "train", [t])) for t in tasks}
+    assert counts["explanation"] > 4
+
+    def sample(limit, uncapped, seed=1):
+        ds = AlignmentDataset.for_model(
+            folder,
+            "train",
+            model,
+            tokenizer,
+            formatter,
+            512,
+            tasks=tasks,
+            limit=limit,
+            seed=seed,
+            uncapped=uncapped,
+        )
+        return [e.example_id.split("/")[0] for e in ds.examples]
+
+    limit = counts["explanation"] + 10
+    got = sample(limit, ("explanation",))
+    assert len(got) == limit and got.count("explanation") == counts["explanation"]
+    assert sample(limit, ("explanation",)) == got  # seeded
+    plain = sample(limit, ())
+    assert len(plain) == limit and plain.count("explanation") < counts["explanation"]  # a plain sample
+    # the uncapped tasks alone above the cap: a sample of them, never more than the cap
+    assert sample(4, ("explanation",)) == ["explanation"] * 4
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["behavior", "intention", "hybrid"])
 def test_every_mode_trains_through_the_same_path_and_overfits_a_tiny_set(tmp_path, mode):

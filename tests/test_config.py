@@ -123,6 +123,7 @@ def test_misspelled_key_in_a_user_yaml_fails(tmp_path: Path):
         ("aligner.train_tasks=[nosuch]", "aligner.train_tasks: unknown task(s) ['nosuch']"),
         ("aligner.train_tasks=[retrieval,nosuch]", "aligner.train_tasks: unknown task(s) ['nosuch']"),
         ("evaluation.tasks=[retreival]", "did you mean 'retrieval'?"),
+        ("aligner.uncapped_tasks=[explanations]", "aligner.uncapped_tasks: unknown task(s) ['explanations']"),
     ],
 )
 def test_invalid_values_fail_at_start_up_naming_the_key(override, key):

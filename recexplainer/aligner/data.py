@@ -82,12 +82,20 @@ class AlignmentDataset(Dataset):
         limit: int | None = None,
         seed: int = 0,
         head_kinds: Sequence[str] = (),
+        uncapped: Sequence[str] = (),
     ):
-        """``head_kinds``: task kinds whose examples also train the item head (``("retrieval",)`` when the
-        aligner has one): each such example carries its user-vector row and the items to exclude."""
+        """``limit``: at most that many examples, a seeded sample; the examples of the tasks in ``uncapped`` go
+        first (all of them, unless they alone exceed the limit) and the rest of the sample is drawn from the
+        other tasks. ``head_kinds``: task kinds whose examples also train the item head (``("retrieval",)`` when
+        the aligner has one): each such example carries its user-vector row and the items to exclude."""
         rows = read_examples(folder, split, tasks)
         if limit is not None and len(rows) > limit:
-            rows = random.Random(seed).sample(rows, limit)
+            rng = random.Random(seed)
+            first = [r for r in rows if r.get("task") in uncapped]
+            others = [r for r in rows if r.get("task") not in uncapped]
+            if len(first) > limit:
+                first = rng.sample(first, limit)
+            rows = first + rng.sample(others, min(len(others), limit - len(first)))
         vectors = read_vectors(folder, split)
         self.items, self.users = vectors["items"], vectors["users"]  # (N + 1, d_rec), (rows, d_rec)
         self.examples: list[Encoded] = []

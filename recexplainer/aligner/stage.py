@@ -38,6 +38,8 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     if not aligner.get("item_head_weight"):  # no item head: its temperature is unused too
         for knob in NEUTRAL_KNOBS:
             aligner.pop(knob, None)
+    if aligner.get("max_train_examples") is None or not aligner.get("uncapped_tasks"):
+        aligner.pop("uncapped_tasks", None)  # without a cap, or empty: changes nothing
     return {
         "llm": OmegaConf.to_container(cfg.llm, resolve=True),
         "aligner": aligner,
@@ -70,6 +72,7 @@ def encoded_split(
         limit=ac.max_train_examples if train else ac.max_valid_examples,
         seed=training_seed(cfg) if train else cfg.seed,
         head_kinds=("retrieval",) if model.has_item_head else (),
+        uncapped=tuple(ac.uncapped_tasks or ()) if train else (),
     )
 
 

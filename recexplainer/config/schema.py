@@ -219,6 +219,7 @@ class AlignerConfig:
     lora_target_modules: list[str] = MISSING
     train_tasks: list[str] | None = MISSING
     max_train_examples: int | None = MISSING
+    uncapped_tasks: list[str] | None = MISSING  # every training example of these tasks is kept under the cap
     max_valid_examples: int | None = MISSING
     max_length: int = MISSING
     batch_size: int = MISSING

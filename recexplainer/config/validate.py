@@ -178,7 +178,11 @@ def _validate_task_names(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     ``tasks=none`` serves runs that stop before the alignment data."""
     known = list(cfg.tasks)
     reached = _reached(cfg, stages)
-    for key, stage in (("aligner.train_tasks", "aligner"), ("evaluation.tasks", "evaluate")):
+    for key, stage in (
+        ("aligner.train_tasks", "aligner"),
+        ("aligner.uncapped_tasks", "aligner"),
+        ("evaluation.tasks", "evaluate"),
+    ):
         if stage not in reached:
             continue
         names = _select(cfg, key)
