@@ -28,13 +28,7 @@ def _records(pattern: str) -> dict[str, dict]:
 @pytest.mark.slow
 def test_ddp_pipeline_on_two_cpu_processes_matches_one_process(tmp_path):
     exe = str(Path(sys.executable).with_name("recexplainer"))
-    base = [
-        "stage=evaluate",
-        *TINY,
-        *TINY_SASREC,
-        *TINY_ALIGNER,
-        *SMALL_EVAL,
-    ]
+    base = ["stage=evaluate", *TINY, *TINY_SASREC, *TINY_ALIGNER, *SMALL_EVAL]
     ddp_root = tmp_path / "ddp"
     proc = subprocess.run(
         [exe, f"paths.artifacts={ddp_root}", *base, *DDP],
