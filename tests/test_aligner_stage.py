@@ -1,6 +1,7 @@
 """The aligner stage end to end on synthetic data with a tiny random Llama, and what it learns."""
 
 import json
+import logging
 import math
 
 import pytest
@@ -217,7 +218,7 @@ def test_merge_writes_a_standalone_model_with_the_same_outputs(trained, tmp_path
     assert main([str(tmp_path), str(tmp_path / "x")]) == 2
 
 
-def test_the_cap_keeps_every_example_of_the_uncapped_tasks_and_samples_the_others(trained):
+def test_the_cap_keeps_every_example_of_the_uncapped_tasks_and_samples_the_others(trained, caplog):
     cfg, _ = trained
     folder = stage_folder(cfg, "alignment_data")
     model, tokenizer, formatter = setup.build(cfg, D_REC)
@@ -246,8 +247,15 @@ def test_the_cap_keeps_every_example_of_the_uncapped_tasks_and_samples_the_other
     assert sample(limit, ("explanation",)) == got  # seeded
     plain = sample(limit, ())
     assert len(plain) == limit and plain.count("explanation") < counts["explanation"]  # a plain sample
-    # the uncapped tasks alone above the cap: a sample of them, never more than the cap
-    assert sample(4, ("explanation",)) == ["explanation"] * 4
+    assert "fill the cap" not in caplog.text
+    # the uncapped tasks alone above the cap: a sample of them, never more than the cap, and a warning that the
+    # other tasks are left out
+    with caplog.at_level(logging.WARNING, logger="recexplainer.aligner.data"):
+        assert sample(4, ("explanation",)) == ["explanation"] * 4
+    assert (
+        f"the {counts['explanation']} examples of the uncapped tasks ['explanation'] fill the cap of 4"
+        in caplog.text
+    )
 
 
 @pytest.mark.slow

@@ -93,6 +93,15 @@ class AlignmentDataset(Dataset):
             rng = random.Random(seed)
             first = [r for r in rows if r.get("task") in uncapped]
             others = [r for r in rows if r.get("task") not in uncapped]
+            if len(first) >= limit and others:
+                log.warning(
+                    "%s: the %d examples of the uncapped tasks %s fill the cap of %d: the sample holds no example "
+                    "of the other tasks (raise aligner.max_train_examples or set aligner.uncapped_tasks=[])",
+                    split,
+                    len(first),
+                    sorted(set(uncapped)),
+                    limit,
+                )
             if len(first) > limit:
                 first = rng.sample(first, limit)
             rows = first + rng.sample(others, min(len(others), limit - len(first)))
