@@ -315,6 +315,15 @@ def test_pair_batching_changes_the_aligner_key(make_cfg):
     assert stage_folder(off, "aligner") == stage_folder(default, "aligner") != stage_folder(on, "aligner")
 
 
+@pytest.mark.slow
+def test_the_fp32_training_attention_is_in_the_aligner_key_when_off(make_cfg):
+    from recexplainer.pipeline import stage_folder
+
+    default, on = make_cfg(), make_cfg("aligner.cpu_attention_fp32=true")
+    off = make_cfg("aligner.cpu_attention_fp32=false")
+    assert stage_folder(default, "aligner") == stage_folder(on, "aligner") != stage_folder(off, "aligner")
+
+
 def test_autocast_weights_give_the_same_outputs_and_restore_the_weights():
     from peft import LoraConfig, get_peft_model
 
@@ -346,3 +355,83 @@ def test_autocast_weights_give_the_same_outputs_and_restore_the_weights():
     assert all(after[n].dtype == torch.float32 and torch.equal(after[n], before[n]) for n in before)
     with autocast_weights(model, None) as n:
         assert n == 0
+
+
+def _qkv(requires_grad: bool):
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(2, n, 5, 8) for n in (4, 2, 2))  # (B, heads, T, head dim): grouped-query attention
+    return [t.requires_grad_(requires_grad) for t in (q, k, v)]
+
+
+def test_training_sdpa_runs_in_fp32_while_training_and_is_plain_sdpa_otherwise():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from recexplainer.aligner.model import _training_sdpa
+
+    module = tiny_lm().model.layers[0].self_attn
+    # inference under bf16 autocast: exactly transformers' sdpa
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        q, k, v = _qkv(False)
+        plain = sdpa_attention_forward(module, q, k, v, None, scaling=0.35)[0]
+        ours = _training_sdpa(module, q, k, v, None, scaling=0.35)[0]
+    assert plain.dtype == ours.dtype == torch.bfloat16 and torch.equal(plain, ours)
+    # training under bf16 autocast: the fp32 attention, handed back in bf16; gradients reach q, k and v
+    q, k, v = _qkv(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _training_sdpa(module, q, k, v, None, scaling=0.35)[0]
+    reference = sdpa_attention_forward(module, q.detach(), k.detach(), v.detach(), None, scaling=0.35)[0]
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, reference.to(torch.bfloat16))
+    out.float().sum().backward()
+    assert all(
+        t.grad is not None and t.grad.dtype == torch.float32 and t.grad.abs().sum() > 0 for t in (q, k, v)
+    )
+    # fp32 training: plain sdpa
+    q, k, v = _qkv(True)
+    assert torch.equal(
+        _training_sdpa(module, q, k, v, None, scaling=0.35)[0],
+        sdpa_attention_forward(module, q, k, v, None, scaling=0.35)[0],
+    )
+
+
+def test_fp32_training_attention_trains_like_bf16_attention_and_leaves_decoding_alone():
+    from peft import LoraConfig, get_peft_model
+
+    from recexplainer.aligner.model import FP32_TRAINING_SDPA, use_fp32_training_attention
+
+    def build(switch: bool):
+        lm = get_peft_model(tiny_lm(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        torch.manual_seed(1)
+        model = RecExplainerLM(lm, USER, ITEM, D_REC)
+        if switch:
+            assert use_fp32_training_attention(model.lm)
+            assert model.lm.get_base_model().config._attn_implementation == FP32_TRAINING_SDPA
+        return model
+
+    ids = torch.tensor([[5, USER, 6, ITEM, 7, 8], [9, 10, USER, 11, 12, 13]])
+    torch.manual_seed(2)
+    users, items = torch.randn(2, D_REC), torch.randn(1, D_REC)
+    results = []
+    for switch in (False, True):
+        model = build(switch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(ids, user_vectors=users, item_vectors=items, labels=ids).loss
+        loss.backward()
+        grad = next(model.user_projector.parameters()).grad.clone()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            mask = torch.ones_like(ids)
+            tokens = model.generate(ids, mask, users, items, max_new_tokens=4, do_sample=False)
+        results.append((loss.detach(), grad, tokens))
+    (loss, grad, tokens), (loss_fp32, grad_fp32, tokens_fp32) = results
+    assert torch.isfinite(loss_fp32) and abs(float(loss - loss_fp32)) < 0.05 * float(loss)
+    assert torch.allclose(grad, grad_fp32, rtol=0.1, atol=1e-3)
+    assert torch.equal(tokens, tokens_fp32)  # decoding runs the plain sdpa path
+
+
+def test_fp32_training_attention_leaves_other_attention_implementations_alone():
+    from recexplainer.aligner.model import use_fp32_training_attention
+
+    lm = tiny_lm()
+    lm.set_attn_implementation("eager")
+    assert not use_fp32_training_attention(lm)
+    assert lm.config._attn_implementation == "eager"

@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from omegaconf import DictConfig, OmegaConf
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 from recexplainer.aligner import setup
 from recexplainer.aligner.budget import budget_tokens, steps_for_budget
 from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate
-from recexplainer.aligner.model import store_frozen_linears
+from recexplainer.aligner.model import store_frozen_linears, use_fp32_training_attention
 from recexplainer.aligner.module import AlignerModule
 from recexplainer.alignment_data.io import example_files, read_examples, read_vectors, vector_width
 from recexplainer.runtime import stage_precision
@@ -38,6 +39,8 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     if not aligner.get("item_head_weight"):  # no item head: its temperature is unused too
         for knob in NEUTRAL_KNOBS:
             aligner.pop(knob, None)
+    if not aligner.get("cpu_attention_fp32", True):
+        aligner.pop("cpu_attention_fp32")  # off: the attention as before the knob existed
     if aligner.get("max_train_examples") is None or not aligner.get("uncapped_tasks"):
         aligner.pop("uncapped_tasks", None)  # without a cap, or empty: changes nothing
     return {
@@ -231,6 +234,9 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     ):  # sharding strategies (FSDP, DeepSpeed) manage their own parameter dtypes
         n = store_frozen_linears(model, torch.bfloat16)
         log.info("bf16-mixed: %d frozen linear weights stored in bf16 (same products, no per-step casts)", n)
+    if ac.cpu_attention_fp32 and isinstance(trainer.accelerator, CPUAccelerator):
+        if not str(trainer.precision).startswith(("32", "64")) and use_fp32_training_attention(model.lm):
+            log.info("%s on a CPU: the attention trains in fp32 (a faster backward)", trainer.precision)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_loader = _loader(
         train,

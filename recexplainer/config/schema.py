@@ -239,6 +239,7 @@ class AlignerConfig:
     budget_tokens_per_s: float = MISSING  # the throughput one budget minute stands for
     val_check_interval: float = MISSING
     gradient_checkpointing: bool = MISSING
+    cpu_attention_fp32: bool = MISSING  # CPU training in bf16 / fp16: the attention in fp32 (faster backward)
     checkpoint_every_n_steps: int = MISSING  # save a resumable checkpoint (trainable weights only) this often
     num_workers: int = MISSING
     loss_weighting: str = MISSING  # token | example
