@@ -7,15 +7,15 @@ spoils one round, not a variant):
 - ``no_dropout``: ``aligner.lora_dropout=0`` (the default), attention mask kept;
 - ``no_mask``: + the training forward drops the mask of right-padded batches (the default);
 - ``bf16_weights``: + frozen linear weights stored in bf16 (the default under ``bf16-mixed``);
-- ``fp32_attention``: + the attention in fp32 while training (the default under ``bf16-mixed``,
-  ``aligner.cpu_attention_fp32``: torch's bf16 flash-attention backward is slow on a CPU);
+- ``fp32_attention``: + the attention in fp32 while training (``aligner.cpu_attention_fp32=true``, not the
+  default: torch's bf16 flash-attention backward is slow on a CPU);
 - ``batch_32``: the defaults with micro-batches of 32 examples instead of 16 (not in the default list:
-  ``--variants fp32_attention,batch_32``).
+  ``--variants bf16_weights,batch_32``).
 - ``fp32``: the defaults in fp32 (no autocast) on a CPU where ``trainer=cpu`` resolves to bf16 autocast:
-  whether bf16 pays on this CPU (not in the default list: ``--variants fp32,fp32_attention``; skipped on a
+  whether bf16 pays on this CPU (not in the default list: ``--variants fp32,bf16_weights``; skipped on a
   CPU without native bf16, where the defaults are fp32 already).
 - ``no_item_head``: the defaults without the item head (``aligner.item_head_weight=0``): what the head costs
-  (not in the default list: ``--variants fp32_attention,no_item_head``).
+  (not in the default list: ``--variants bf16_weights,no_item_head``).
 - ``compile``: the defaults with the model under ``torch.compile(dynamic=True)`` (inductor; not in the default
   list; the two warm-up steps, which compile, are timed apart as ``warmup_seconds``).
 
@@ -88,10 +88,9 @@ def child(variant: str, steps: int, threads: int, artifacts: str | None) -> dict
     # a second shape, which triggers the dynamic-shape compile)
     batches = [collate([train[i] for i in b], pad_id=pad) for b in batches[: steps + 2]]
     warm, timed = ([batches[0], batches[-1]] if variant == "compile" else [batches[0]]), batches[1:-1]
-    defaults = ("fp32_attention", "batch_32", "compile", "no_item_head")  # every default speed setting
-    if variant in ("bf16_weights", *defaults) and bf16:
+    if variant in ("bf16_weights", "fp32_attention", "batch_32", "compile", "no_item_head") and bf16:
         model_module.store_frozen_linears(model, torch.bfloat16)
-    if variant in defaults and bf16:
+    if variant == "fp32_attention" and bf16:
         model_module.use_fp32_training_attention(model.lm)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)

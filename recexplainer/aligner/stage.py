@@ -39,8 +39,8 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     if not aligner.get("item_head_weight"):  # no item head: its temperature is unused too
         for knob in NEUTRAL_KNOBS:
             aligner.pop(knob, None)
-    if not aligner.get("cpu_attention_fp32", True):
-        aligner.pop("cpu_attention_fp32")  # off: the attention as before the knob existed
+    if not aligner.get("cpu_attention_fp32", False):
+        aligner.pop("cpu_attention_fp32", None)  # off: the attention as before the knob existed
     if aligner.get("max_train_examples") is None or not aligner.get("uncapped_tasks"):
         aligner.pop("uncapped_tasks", None)  # without a cap, or empty: changes nothing
     return {
