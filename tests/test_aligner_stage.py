@@ -343,6 +343,41 @@ def test_training_runs_in_train_mode_so_gradient_checkpointing_acts(tmp_path, mo
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "knob,precision", [("true", "bf16-mixed"), ("false", "bf16-mixed"), ("true", "32-true")]
+)
+def test_the_stage_trains_the_attention_in_fp32_only_when_asked_under_reduced_precision(
+    tmp_path, monkeypatch, knob, precision
+):
+    from recexplainer.aligner.model import FP32_TRAINING_SDPA, base_model
+
+    from .helpers import TINY, TINY_SASREC, compose_config
+
+    cfg = compose_config(
+        [
+            f"paths.artifacts={tmp_path}",
+            *TINY,
+            *TINY_SASREC,
+            *ALIGN,
+            "aligner.max_steps=1",
+            f"aligner.cpu_attention_fp32={knob}",
+            f"trainer.precision={precision}",
+        ]
+    )
+    original = AlignerModule.training_step
+    seen: list[str] = []
+
+    def record(self, batch, batch_idx):
+        seen.append(base_model(self.model.lm).config._attn_implementation)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(AlignerModule, "training_step", record)
+    assert artifacts.is_complete(run(cfg))
+    switched = knob == "true" and precision == "bf16-mixed"
+    assert seen and set(seen) == {FP32_TRAINING_SDPA if switched else "sdpa"}, seen
+
+
+@pytest.mark.slow
 def test_aligner_seed_reseeds_training_alone(tmp_path, monkeypatch):
     """aligner.seed: replicates of the aligner on one recommender and one alignment data folder. It seeds the
     training sample and the run; the validation sample stays on the top-level seed."""

@@ -97,8 +97,7 @@ def _training_sdpa(module, query, key, value, attention_mask, **kwargs):
     """transformers' SDPA attention, run in float32 while a CPU trains under reduced precision.
 
     torch's flash-attention backward on a CPU is several times slower in bf16 than in fp32 on short sequences
-    (a ~35 ms fixed cost per layer and batch at 40 tokens, against ~6 ms in fp32), so a bf16 training step
-    spent about a quarter of its time there. With gradients on, on a CPU, under bf16 / fp16 autocast or with
+    (``make bench-aligner-step``: the ``fp32_attention`` variant). With gradients on, on a CPU, under bf16 / fp16 autocast or with
     reduced-precision inputs, q, k and v are upcast and the attention runs in fp32 (more exact, not less);
     elsewhere (inference, GPUs, fp32 training) this is exactly transformers' ``sdpa``."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
