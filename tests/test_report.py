@@ -169,6 +169,35 @@ def test_a_budget_sweep_gives_a_curve_table_plot_and_html_section(tmp_path):
     page = (tmp_path / "sweep" / "report" / "index.html").read_text()
     assert 'id="alignment-vs-training-budget"' in page
     assert f'data-folder="{tmp_path / "sweep" / "evaluate" / "a"}"' in page and 'data-value="0.625"' in page
+    assert "Explanation quality" not in table  # no explain folders yet
+
+
+def test_explanations_of_a_budget_sweep_form_their_own_curve(tmp_path):
+    """Explain folders of aligned models that differ only in aligner.budget_minutes form an explanation
+    curve (table in budget.md, plot, HTML table with the metrics files' values) next to the alignment curve."""
+    evaluation = {"model": "aligned", "split": "test", "baselines": [], "few_shot": 0}
+    explain = {"model": "aligned", "split": "test"}
+    for key, minutes, acc, ratio in (("b", 60, 0.75, 2.5), ("a", 10, 0.625, 1.25), ("c", None, 0.875, 3.0)):
+        _stage_folder(
+            tmp_path, "evaluate", key, "hybrid", {"task3/acc": acc}, evaluation=evaluation,
+            aligner={"budget_minutes": minutes},
+        )  # fmt: skip
+        _stage_folder(
+            tmp_path, "explain", key, "hybrid",
+            {"explain/decision_acc": acc, "explain/faithfulness_ratio": ratio},
+            explain=explain, judge={"name": "none"}, aligner={"budget_minutes": minutes},
+        )  # fmt: skip
+    paths = write_report(tmp_path, tmp_path / "report")
+    names = [p.name for p in paths]
+    assert {"budget.md", "budget_0.png", "budget_1.png"} <= set(names) and "budget_2.png" not in names
+    table = (tmp_path / "report" / "budget.md").read_text()
+    explained = table[table.index("# Explanation quality vs aligner budget") :]
+    assert "explanations" in explained and "| budget (min) | decision acc | faithfulness ratio |" in explained
+    assert explained.index("| 10 | 0.6250 | 1.2500 |") < explained.index("| 60 | 0.7500 | 2.5000 |")
+    assert "3.0000" not in explained and "0.8750" not in table  # the folder without a budget is not on it
+    page = (tmp_path / "report" / "index.html").read_text()
+    section = page[page.index('id="alignment-vs-training-budget"') :]
+    assert f'data-folder="{tmp_path / "explain" / "b"}"' in section and 'data-value="2.5"' in section
 
     _folder(tmp_path / "plain", "a", "hybrid", "aligned", {"task3/acc": 0.5})
     write_report(tmp_path / "plain", tmp_path / "plain" / "report")

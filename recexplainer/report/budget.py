@@ -1,5 +1,6 @@
-"""Alignment quality against the aligner's training budget (``aligner.budget_minutes``): a table and a plot
-per curve, a curve being the evaluate folders of aligned models that differ only in their budget."""
+"""Alignment and explanation quality against the aligner's training budget (``aligner.budget_minutes``): a
+table and a plot per curve, a curve being the evaluate (or explain) folders of aligned models that differ only
+in their budget."""
 
 from __future__ import annotations
 
@@ -8,31 +9,52 @@ from typing import Any
 
 from recexplainer.report.tables import alignment_columns, method_name
 
-Point = tuple[float, dict[str, float], str]  # budget minutes, evaluate metrics, evaluate folder
+Point = tuple[float, dict[str, float], str]  # budget minutes, stage metrics, stage folder
+
+# the explain stage's headline metrics on the curve: how the explanations follow the recommender
+EXPLAIN_CURVE_COLUMNS = [
+    ("decision acc", "explain/decision_acc"),
+    ("cites history", "explain/citation_rate"),
+    ("attribution agreement", "explain/attribution_agreement"),
+    ("faithful win rate", "explain/faithfulness_win_rate"),
+    ("faithfulness ratio", "explain/faithfulness_ratio"),  # 1: as random citations; not on the 0-1 plot
+]
+_UNBOUNDED = {"explain/faithfulness_ratio"}
 
 
-def curves(runs: list[dict[str, Any]]) -> dict[str, list[Point]]:
+def curves(runs: list[dict[str, Any]], stage: str = "evaluate") -> dict[str, list[Point]]:
     """{curve label: [(budget minutes, metrics, folder)] sorted by budget} for curves of at least two
-    budgets; ``runs`` newest first (``collect``): a repeated point keeps its newest folder."""
+    budgets; ``runs`` newest first (``collect``) of ``stage`` (evaluate or explain): a repeated point keeps
+    its newest folder."""
     points: dict[str, dict[float, Point]] = {}
     for run in runs:
         cfg = run["cfg"]
-        ev, aligner = cfg.get("evaluation") or {}, dict(cfg.get("aligner") or {})
+        section = cfg.get("evaluation" if stage == "evaluate" else "explain") or {}
+        aligner = dict(cfg.get("aligner") or {})
         minutes = aligner.pop("budget_minutes", None)
-        if ev.get("model") != "aligned" or minutes is None:
+        if section.get("model") != "aligned" or minutes is None:
             continue
-        extra = ", constrained" if ev.get("constrained") else ""
-        label = f"{cfg['dataset']['name']} ({ev['split']}): {method_name({**cfg, 'aligner': aligner}, 'aligned', extra)}"
+        if stage == "evaluate":
+            extra = ", constrained" if section.get("constrained") else ""
+        else:
+            judge = (cfg.get("judge") or {}).get("name", "none")
+            extra = ", explanations" + (f", judge {judge}" if judge != "none" else "")
+        label = f"{cfg['dataset']['name']} ({section['split']}): {method_name({**cfg, 'aligner': aligner}, 'aligned', extra)}"
         point = (float(minutes), run["metrics"], str(run["folder"]))
         points.setdefault(label, {}).setdefault(point[0], point)
     return {label: [p[m] for m in sorted(p)] for label, p in points.items() if len(p) >= 2}
 
 
-def markdown(found: dict[str, list[Point]]) -> str:
-    columns = alignment_columns(headline_only=True)
-    lines = ["# Alignment quality vs aligner budget", ""]
+def columns(stage: str) -> list[tuple[str, str]]:
+    """(header, metric) shown for a curve of ``stage``."""
+    return alignment_columns(headline_only=True) if stage == "evaluate" else EXPLAIN_CURVE_COLUMNS
+
+
+def markdown(found: dict[str, list[Point]], stage: str = "evaluate", title: bool = True) -> str:
+    heading = "Alignment" if stage == "evaluate" else "Explanation"
+    lines = [f"# {heading} quality vs aligner budget", ""] if title else []
     for label, points in found.items():
-        shown = [(h, k) for h, k in columns if any(m.get(k) is not None for _, m, _ in points)]
+        shown = [(h, k) for h, k in columns(stage) if any(m.get(k) is not None for _, m, _ in points)]
         lines += [f"## {label}", "", "| budget (min) | " + " | ".join(h for h, _ in shown) + " |"]
         lines.append("| --- " * (len(shown) + 1) + "|")
         for minutes, m, _ in points:
@@ -42,17 +64,17 @@ def markdown(found: dict[str, list[Point]]) -> str:
     return "\n".join(lines)
 
 
-def plot(label: str, points: list[Point], path: Path) -> None:
-    """One line per headline metric against the budget in minutes (log scale)."""
+def plot(label: str, points: list[Point], path: Path, stage: str = "evaluate") -> None:
+    """One line per headline metric (in [0, 1]) against the budget in minutes (log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for header, key in alignment_columns(headline_only=True):
+    for header, key in columns(stage):
         xy = [(minutes, m[key]) for minutes, m, _ in points if m.get(key) is not None]
-        if xy:
+        if xy and key not in _UNBOUNDED:
             ax.plot(*zip(*xy, strict=True), marker="o", label=header)
     ax.set_xscale("log")
     ax.set_xticks([p[0] for p in points], [f"{p[0]:g}" for p in points])

@@ -421,13 +421,20 @@ def write_report(root: Path, out: Path, only: set[Path] | None = None) -> list[P
         atomic_write_text(paths[-1], to_csv(explain_table, EXPLAIN_COLUMNS))
         if judge_histogram(explain_runs, out / "judge_scores.png"):
             paths.append(out / "judge_scores.png")
-    budget_curves = budget.curves(evaluate_runs)
-    if budget_curves:
+    budget_curves = {
+        "evaluate": budget.curves(evaluate_runs),
+        "explain": budget.curves(collect(root, "explain", only), "explain"),
+    }
+    if any(budget_curves.values()):
         paths.append(out / "budget.md")
-        atomic_write_text(paths[-1], budget.markdown(budget_curves))
-        for i, (label, points) in enumerate(budget_curves.items()):
-            paths.append(out / f"budget_{i}.png")
-            budget.plot(label, points, paths[-1])
+        text = [budget.markdown(found, stage) for stage, found in budget_curves.items() if found]
+        atomic_write_text(paths[-1], "\n".join(text))
+        i = 0
+        for stage, found in budget_curves.items():
+            for label, points in found.items():
+                paths.append(out / f"budget_{i}.png")
+                budget.plot(label, points, paths[-1], stage)
+                i += 1
     for stage in CURVES:
         if curves_plot(root, stage, out / f"training_{stage}.png", only):
             paths.append(out / f"training_{stage}.png")
