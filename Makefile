@@ -86,9 +86,10 @@ bench-explain: setup ## explanations side by side on the same pairs: the aligned
 	$(VENV)/bin/recexplainer stage=explain experiment=explain_paper $(ARGS)
 	$(PY) -m recexplainer.report --root $(ARTIFACTS)
 
-bench-budget: setup ## alignment quality vs aligner budget (10 / 25 / 60 / 120 min, every task; task 1 constrained too), then the report (hours)
+bench-budget: setup ## alignment and explanation quality vs aligner budget (10 / 25 / 60 / 120 min, every task; task 1 constrained too), then the report (hours)
 	$(VENV)/bin/recexplainer -m experiment=budget_curve $(ARGS)
 	$(VENV)/bin/recexplainer -m experiment=budget_curve evaluation.tasks=[retrieval] evaluation.constrained=true $(ARGS)
+	$(VENV)/bin/recexplainer -m experiment=budget_curve stage=explain $(ARGS)
 	$(PY) -m recexplainer.report --root $(ARTIFACTS)
 
 bench: bench-recommender bench-alignment-data bench-aligner bench-aligner-step bench-evaluation bench-explain ## every benchmark (run alone on an idle machine)
