@@ -158,7 +158,8 @@ def test_a_budget_sweep_gives_a_curve_table_plot_and_html_section(tmp_path):
     evaluation = {"model": "aligned", "split": "test", "baselines": [], "few_shot": 0}
     for key, minutes, acc in (("b", 25, 0.75), ("a", 10, 0.625), ("c", None, 0.875)):
         _stage_folder(
-            tmp_path / "sweep", "evaluate", key, "hybrid", {"task3/acc": acc, "task1/hr@5": acc / 5},
+            tmp_path / "sweep", "evaluate", key, "hybrid",
+            {"task3/acc": acc, "task1/hr@5": acc / 5, "head/task1/hr@5": acc / 2},
             evaluation=evaluation, aligner={"budget_minutes": minutes},
         )  # fmt: skip
     paths = write_report(tmp_path / "sweep", tmp_path / "sweep" / "report")
@@ -166,6 +167,7 @@ def test_a_budget_sweep_gives_a_curve_table_plot_and_html_section(tmp_path):
     assert "budget.md" in names and "budget_0.png" in names and "budget_1.png" not in names
     table = (tmp_path / "sweep" / "report" / "budget.md").read_text()
     assert table.index("| 10 | 0.1250") < table.index("| 25 | 0.1500") and "0.8750" not in table
+    assert "T1 HR@5, item head" in table and "| 0.3125 |" in table  # task 1 read off the item head too
     page = (tmp_path / "sweep" / "report" / "index.html").read_text()
     assert 'id="alignment-vs-training-budget"' in page
     assert f'data-folder="{tmp_path / "sweep" / "evaluate" / "a"}"' in page and 'data-value="0.625"' in page

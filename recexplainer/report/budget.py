@@ -45,9 +45,15 @@ def curves(runs: list[dict[str, Any]], stage: str = "evaluate") -> dict[str, lis
     return {label: [p[m] for m in sorted(p)] for label, p in points.items() if len(p) >= 2}
 
 
+# task 1 read off the aligned LLM's item head (aligner.item_head_weight > 0), beside the generated titles
+HEAD_CURVE_COLUMNS = [("T1 HR@5, item head", "head/task1/hr@5")]
+
+
 def columns(stage: str) -> list[tuple[str, str]]:
-    """(header, metric) shown for a curve of ``stage``."""
-    return alignment_columns(headline_only=True) if stage == "evaluate" else EXPLAIN_CURVE_COLUMNS
+    """(header, metric) shown for a curve of ``stage`` (a column no point has is left out)."""
+    if stage == "evaluate":
+        return alignment_columns(headline_only=True) + HEAD_CURVE_COLUMNS
+    return EXPLAIN_CURVE_COLUMNS
 
 
 def markdown(found: dict[str, list[Point]], stage: str = "evaluate", title: bool = True) -> str:
@@ -72,7 +78,7 @@ def plot(label: str, points: list[Point], path: Path, stage: str = "evaluate") -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for header, key in columns(stage):
+    for header, key in columns(stage):  # a metric no point has gets no line
         xy = [(minutes, m[key]) for minutes, m, _ in points if m.get(key) is not None]
         if xy and key not in _UNBOUNDED:
             ax.plot(*zip(*xy, strict=True), marker="o", label=header)
