@@ -173,6 +173,10 @@ def test_a_budget_sweep_gives_a_curve_table_plot_and_html_section(tmp_path):
     assert f'data-folder="{tmp_path / "sweep" / "evaluate" / "a"}"' in page and 'data-value="0.625"' in page
     assert "Explanation quality" not in table  # no explain folders yet
 
+    _folder(tmp_path / "plain", "a", "hybrid", "aligned", {"task3/acc": 0.5})
+    write_report(tmp_path / "plain", tmp_path / "plain" / "report")
+    assert "training-budget" not in (tmp_path / "plain" / "report" / "index.html").read_text()
+
 
 def test_explanations_of_a_budget_sweep_form_their_own_curve(tmp_path):
     """Explain folders of aligned models that differ only in aligner.budget_minutes form an explanation
@@ -193,6 +197,7 @@ def test_explanations_of_a_budget_sweep_form_their_own_curve(tmp_path):
     names = [p.name for p in paths]
     assert {"budget.md", "budget_0.png", "budget_1.png"} <= set(names) and "budget_2.png" not in names
     table = (tmp_path / "report" / "budget.md").read_text()
+    assert table.index("# Alignment quality vs aligner budget") < table.index("# Explanation quality")
     explained = table[table.index("# Explanation quality vs aligner budget") :]
     assert "explanations" in explained and "| budget (min) | decision acc | faithfulness ratio |" in explained
     assert explained.index("| 10 | 0.6250 | 1.2500 |") < explained.index("| 60 | 0.7500 | 2.5000 |")
@@ -200,7 +205,3 @@ def test_explanations_of_a_budget_sweep_form_their_own_curve(tmp_path):
     page = (tmp_path / "report" / "index.html").read_text()
     section = page[page.index('id="alignment-vs-training-budget"') :]
     assert f'data-folder="{tmp_path / "explain" / "b"}"' in section and 'data-value="2.5"' in section
-
-    _folder(tmp_path / "plain", "a", "hybrid", "aligned", {"task3/acc": 0.5})
-    write_report(tmp_path / "plain", tmp_path / "plain" / "report")
-    assert "training-budget" not in (tmp_path / "plain" / "report" / "index.html").read_text()

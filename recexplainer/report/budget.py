@@ -56,10 +56,24 @@ def columns(stage: str) -> list[tuple[str, str]]:
     return EXPLAIN_CURVE_COLUMNS
 
 
-def markdown(found: dict[str, list[Point]], stage: str = "evaluate", title: bool = True) -> str:
-    heading = "Alignment" if stage == "evaluate" else "Explanation"
-    lines = [f"# {heading} quality vs aligner budget", ""] if title else []
-    for label, points in found.items():
+Curve = tuple[str, str, list[Point]]  # stage (evaluate or explain), label, points
+
+
+def all_curves(evaluate_runs: list[dict[str, Any]], explain_runs: list[dict[str, Any]]) -> list[Curve]:
+    """Every curve of the report: the alignment curves (evaluate folders), then the explanation curves."""
+    return [
+        (stage, label, points)
+        for stage, runs in (("evaluate", evaluate_runs), ("explain", explain_runs))
+        for label, points in curves(runs, stage).items()
+    ]
+
+
+def markdown(found: list[Curve]) -> str:
+    lines: list[str] = []
+    for stage, label, points in found:
+        heading = f"# {'Alignment' if stage == 'evaluate' else 'Explanation'} quality vs aligner budget"
+        if heading not in lines:
+            lines += [heading, ""]
         shown = [(h, k) for h, k in columns(stage) if any(m.get(k) is not None for _, m, _ in points)]
         lines += [f"## {label}", "", "| budget (min) | " + " | ".join(h for h, _ in shown) + " |"]
         lines.append("| --- " * (len(shown) + 1) + "|")

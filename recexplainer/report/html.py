@@ -160,19 +160,16 @@ def _alignment(root: Path, only: set[Path] | None, tmp: Path) -> str:
 
 
 def _budget(root: Path, only: set[Path] | None, tmp: Path) -> str:
-    parts, i = [], 0
-    for stage in ("evaluate", "explain"):
-        for label, points in budget.curves(collect(root, stage, only), stage).items():
-            budget.plot(label, points, tmp / f"budget_{i}.png", stage)
-            table = [
-                {"labels": [f"{minutes:g}"], "values": m, "folder": folder} for minutes, m, folder in points
-            ]
-            parts += [
-                f"<h3>{escape(label)}</h3>",
-                _table(table, budget.columns(stage), ["budget (min)"]),
-                _img(tmp / f"budget_{i}.png", label),
-            ]
-            i += 1
+    parts = []
+    found = budget.all_curves(collect(root, "evaluate", only), collect(root, "explain", only))
+    for i, (stage, label, points) in enumerate(found):
+        budget.plot(label, points, tmp / f"budget_{i}.png", stage)
+        table = [{"labels": [f"{minutes:g}"], "values": m, "folder": folder} for minutes, m, folder in points]
+        parts += [
+            f"<h3>{escape(label)}</h3>",
+            _table(table, budget.columns(stage), ["budget (min)"]),
+            _img(tmp / f"budget_{i}.png", label),
+        ]
     return "".join(parts)
 
 

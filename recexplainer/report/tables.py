@@ -413,28 +413,21 @@ def write_report(root: Path, out: Path, only: set[Path] | None = None) -> list[P
         old_explain: list[dict[str, Any]] = []
         explain_table = explain_rows(explain_runs, old_explain)
         shown = {r["folder"] for r in explain_table}
-        explain_runs = [r for r in explain_runs if str(r["folder"]) in shown]
+        shown_runs = [r for r in explain_runs if str(r["folder"]) in shown]
         paths += [out / "explanations.md", out / "explanations.csv"]
         text = markdown(explain_table, EXPLAIN_COLUMNS) + _superseded_note(old_explain)
-        text += "\n" + side_by_side(explain_runs)
+        text += "\n" + side_by_side(shown_runs)
         atomic_write_text(paths[-2], text)
         atomic_write_text(paths[-1], to_csv(explain_table, EXPLAIN_COLUMNS))
-        if judge_histogram(explain_runs, out / "judge_scores.png"):
+        if judge_histogram(shown_runs, out / "judge_scores.png"):
             paths.append(out / "judge_scores.png")
-    budget_curves = {
-        "evaluate": budget.curves(evaluate_runs),
-        "explain": budget.curves(collect(root, "explain", only), "explain"),
-    }
-    if any(budget_curves.values()):
+    budget_curves = budget.all_curves(evaluate_runs, explain_runs)
+    if budget_curves:
         paths.append(out / "budget.md")
-        text = [budget.markdown(found, stage) for stage, found in budget_curves.items() if found]
-        atomic_write_text(paths[-1], "\n".join(text))
-        i = 0
-        for stage, found in budget_curves.items():
-            for label, points in found.items():
-                paths.append(out / f"budget_{i}.png")
-                budget.plot(label, points, paths[-1], stage)
-                i += 1
+        atomic_write_text(paths[-1], budget.markdown(budget_curves))
+        for i, (stage, label, points) in enumerate(budget_curves):
+            paths.append(out / f"budget_{i}.png")
+            budget.plot(label, points, paths[-1], stage)
     for stage in CURVES:
         if curves_plot(root, stage, out / f"training_{stage}.png", only):
             paths.append(out / f"training_{stage}.png")
