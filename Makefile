@@ -9,7 +9,7 @@ ARGS ?=
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-aligner-step bench-evaluation bench-explain bench-budget bench gpu-wheels gpu-check evaluate quick paper-table report report-browser clean
+.PHONY: help setup assets run test test-slow lint format bench-recommender bench-alignment-data bench-aligner bench-aligner-step bench-evaluation bench-explain bench-budget bench gpu-wheels gpu-check gpu-quality evaluate quick paper-table report report-browser clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -95,13 +95,13 @@ bench-budget: setup ## alignment and explanation quality vs aligner budget (10 /
 bench: bench-recommender bench-alignment-data bench-aligner bench-aligner-step bench-evaluation bench-explain ## every benchmark (run alone on an idle machine)
 
 # Wheels for a GPU machine without network (Python 3.12, CUDA torch of its own): the pure-Python packages it
-# lacks (hydra-core, omegaconf, antlr4, platformdirs) and DeepSpeed with its missing dependencies, built here
+# lacks (hydra-core, omegaconf, antlr4, platformdirs, gguf) and DeepSpeed with its missing dependencies, built here
 # with DS_BUILD_OPS=0 (ops are JIT-compiled there when needed). The GPU scripts install .whl/*.whl into a
 # temporary site-packages folder.
 GPU_PY ?= 3.12
 gpu-wheels: setup ## fetch / build the wheels an offline GPU machine needs into .whl/ (copy .whl/ there)
 	mkdir -p .whl
-	$(PY) -m pip wheel -q -w .whl --no-deps 'hydra-core>=1.3.2,<1.4' 'omegaconf>=2.3,<2.4' antlr4-python3-runtime==4.9.3 platformdirs
+	$(PY) -m pip wheel -q -w .whl --no-deps 'hydra-core>=1.3.2,<1.4' 'omegaconf>=2.3,<2.4' antlr4-python3-runtime==4.9.3 platformdirs gguf
 	$(PY) -m pip download -q -d .whl --only-binary=:all: --python-version $(GPU_PY) \
 	    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
 	    hjson pydantic   # with their dependencies, for the GPU machine's Python
@@ -113,6 +113,9 @@ gpu-check: ## on a GPU machine (<15 min): GPU/bf16/DDP/FSDP/DeepSpeed code paths
 	OUT=$(GPU_OUT) PY=$(if $(wildcard $(PY)),$(PY),python3) bash experiments/gpu_check.sh
 	OUT=$(GPU_OUT) PY=$(if $(wildcard $(PY)),$(PY),python3) bash experiments/gpu_check_aligner.sh
 	OUT=$(GPU_OUT) PY=$(if $(wildcard $(PY)),$(PY),python3) bash experiments/gpu_check_evaluation.sh
+
+gpu-quality: ## on a GPU machine (<10 min): experiment=gpu (the default recipe, real SmolLM2-135M, ~11 epochs) stage by stage; files in $(GPU_OUT)/
+	OUT=$(GPU_OUT) PY=$(if $(wildcard $(PY)),$(PY),python3) bash experiments/gpu_check_quality.sh
 
 clean: ## delete artifacts and caches (not the venv, not the asset cache)
 	rm -rf $(ARTIFACTS) outputs multirun .pytest_cache .ruff_cache

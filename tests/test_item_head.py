@@ -98,6 +98,43 @@ def test_gradients_reach_the_head_and_a_batch_without_head_rows_gives_zero_ones(
     assert model.item_query.weight.grad is not None and model.item_query.weight.grad.abs().sum() == 0
 
 
+def test_every_parameter_is_at_least_one_dimensional_for_deepspeed():
+    # DeepSpeed's engine broadcasts each parameter as p.data.view(torch.uint8), which fails on a 0-dim tensor
+    # of 2-byte elements; ZeRO-2 under bf16 then stops before the first step
+    model = head_model().to(torch.bfloat16)
+    for name, p in model.named_parameters():
+        assert p.dim() >= 1, name
+        p.data.view(torch.uint8)
+    with pytest.raises(RuntimeError):
+        torch.zeros((), dtype=torch.bfloat16).view(torch.uint8)  # what the check guards against
+
+
+def test_a_saved_zero_dim_scale_and_its_optimizer_moments_load_with_shape_one():
+    from recexplainer.aligner.module import AlignerModule
+
+    model = head_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["item_logit_scale"] = torch.tensor(0.25)  # as aligners saved it before the scale had shape (1,)
+    fresh = head_model(seed=3)
+    fresh.load_state_dict(state)
+    assert fresh.item_logit_scale.shape == (1,) and fresh.item_logit_scale.item() == 0.25
+    module = AlignerModule.__new__(AlignerModule)
+    module.train_sampler, module._loss_ema = None, None
+    checkpoint = {
+        "optimizer_states": [
+            {
+                "state": {
+                    7: {"step": torch.tensor(3.0), "exp_avg": torch.tensor(0.5), "exp_avg_sq": torch.ones(4)}
+                }
+            }
+        ]
+    }
+    module.on_load_checkpoint(checkpoint)
+    moments = checkpoint["optimizer_states"][0]["state"][7]
+    assert moments["exp_avg"].shape == (1,) and moments["exp_avg_sq"].shape == (4,)
+    assert moments["step"].dim() == 0  # the optimizer's step count stays a scalar
+
+
 def test_the_head_learns_the_recommenders_top_item():
     """A few hundred steps on four fixed prompts: the head's top item becomes the recommender's."""
     torch.manual_seed(0)

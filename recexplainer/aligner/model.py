@@ -193,8 +193,16 @@ class RecExplainerLM(nn.Module):
         if item_head_weight > 0:
             self.item_query = nn.Linear(hidden, hidden, bias=False)
             nn.init.eye_(self.item_query.weight)
-            self.item_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / math.sqrt(hidden))))
+            # shape (1,), not a 0-dim scalar: DeepSpeed broadcasts every parameter viewed as bytes, which a 0-dim
+            # bf16 tensor cannot be
+            self.item_logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / math.sqrt(hidden))))
         self.register_buffer("item_table", torch.empty(0, d_rec), persistent=False)  # (N + 1, d_rec)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "item_logit_scale"  # aligners saved with the 0-dim scale load as shape (1,)
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _inject(
         self,
@@ -292,7 +300,7 @@ class RecExplainerLM(nn.Module):
         if rows is None or rows.numel() == 0:
             # still in the graph (a zero contribution): every trainable parameter gets a gradient each step,
             # which DDP needs (see _inject)
-            dummy = self.item_query.weight.sum() + self.item_logit_scale
+            dummy = self.item_query.weight.sum() + self.item_logit_scale.sum()
             return dummy * 0.0, None
         first = keep[rows].float().argmax(dim=1)  # the first labelled position of each head row
         logits = self.item_scores(hidden[rows, first], exclude)

@@ -61,6 +61,13 @@ class AlignerModule(L.LightningModule):
         if self.train_sampler is not None:
             self.train_sampler.skip = int(checkpoint.get("batches_done_in_epoch", 0))
         self._loss_ema = checkpoint.get("loss_ema")
+        # checkpoints written when the item head's scale was a 0-dim parameter: its Adam moments become shape (1,)
+        # like the parameter (it is the only trainable scalar; the optimizer's own 0-dim step counts stay)
+        for optimizer in checkpoint.get("optimizer_states", []):
+            for state in optimizer.get("state", {}).values():
+                for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                    if isinstance(state.get(name), torch.Tensor) and state[name].dim() == 0:
+                        state[name] = state[name].reshape(1)
 
     def training_step(self, batch, batch_idx):
         lm_frozen = self.global_step < self.projector_only_steps
