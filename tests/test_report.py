@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from recexplainer.artifacts import MARKER
-from recexplainer.report.tables import write_report
+from recexplainer.report import budget
+from recexplainer.report.tables import collect, write_report
 
 
 def _stage_folder(root, stage, key, mode, metrics, **sections):
@@ -176,6 +177,42 @@ def test_a_budget_sweep_gives_a_curve_table_plot_and_html_section(tmp_path):
     _folder(tmp_path / "plain", "a", "hybrid", "aligned", {"task3/acc": 0.5})
     write_report(tmp_path / "plain", tmp_path / "plain" / "report")
     assert "training-budget" not in (tmp_path / "plain" / "report" / "index.html").read_text()
+
+
+def test_aligner_seeds_at_a_budget_are_rows_of_one_curve(tmp_path):
+    """Replicates (aligner.seed) at one budget join the curve of the other budgets as rows of their own,
+    labelled with their seed, in budget then seed order; the plot still comes out."""
+    evaluation = {"model": "aligned", "split": "test", "baselines": [], "few_shot": 0}
+    for key, minutes, seed, acc in (
+        ("a", 10, None, 0.5),
+        ("b", 25, None, 0.75),
+        ("c", 25, 2, 0.625),
+        ("d", 25, 1, 0.875),
+    ):
+        _stage_folder(
+            tmp_path, "evaluate", key, "hybrid", {"task3/acc": acc}, evaluation=evaluation,
+            aligner={"budget_minutes": minutes, "seed": seed},
+        )  # fmt: skip
+    paths = write_report(tmp_path, tmp_path / "report")
+    names = [p.name for p in paths]
+    assert "budget_0.png" in names and "budget_1.png" not in names  # one curve, not one per seed
+    table = (tmp_path / "report" / "budget.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| 10") or line.startswith("| 25")]
+    assert [r.split(" |")[0] for r in rows] == [
+        "| 10 (default seed)",
+        "| 25 (seed 1)",
+        "| 25 (seed 2)",
+        "| 25 (default seed)",
+    ]
+    assert rows[1].endswith("| 0.8750 |") and rows[2].endswith("| 0.6250 |")
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "25 (seed 2)" in page and f'data-folder="{tmp_path / "evaluate" / "c"}"' in page
+    points = budget.curves(collect(tmp_path, "evaluate"), "evaluate")
+    (only,) = points.values()
+    assert budget._mean_line(only, "task3/acc") == [
+        (10.0, 0.5),
+        (25.0, 0.75),
+    ]  # the mean of 0.75, 0.625, 0.875
 
 
 def test_explanations_of_a_budget_sweep_form_their_own_curve(tmp_path):

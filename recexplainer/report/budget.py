@@ -1,6 +1,7 @@
 """Alignment and explanation quality against the aligner's training budget (``aligner.budget_minutes``): a
 table and a plot per curve, a curve being the evaluate (or explain) folders of aligned models that differ only
-in their budget."""
+in their budget and their aligner seed (``aligner.seed``: replicates at a budget are rows of their own, and the
+plot draws each of them and the line through their mean)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from recexplainer.report.tables import alignment_columns, method_name
 
-Point = tuple[float, dict[str, float], str]  # budget minutes, stage metrics, stage folder
+Point = tuple[float, dict[str, float], str, Any]  # budget minutes, stage metrics, stage folder, aligner seed
 
 # the explain stage's headline metrics on the curve: how the explanations follow the recommender
 EXPLAIN_CURVE_COLUMNS = [
@@ -23,15 +24,18 @@ _UNBOUNDED = {"explain/faithfulness_ratio"}
 
 
 def curves(runs: list[dict[str, Any]], stage: str = "evaluate") -> dict[str, list[Point]]:
-    """{curve label: [(budget minutes, metrics, folder)] sorted by budget} for curves of at least two
-    budgets; ``runs`` newest first (``collect``) of ``stage`` (evaluate or explain): a repeated point keeps
-    its newest folder."""
-    points: dict[str, dict[float, Point]] = {}
+    """{curve label: [(budget minutes, metrics, folder, aligner seed)] sorted by budget, then seed} for curves
+    of at least two budgets; ``runs`` newest first (``collect``) of ``stage`` (evaluate or explain): a repeated
+    point (the same budget and seed) keeps its newest folder. The seed is ``aligner.seed``, or the run's seed
+    where that is null."""
+    points: dict[str, dict[tuple[float, str], Point]] = {}
     for run in runs:
         cfg = run["cfg"]
         section = cfg.get("evaluation" if stage == "evaluate" else "explain") or {}
         aligner = dict(cfg.get("aligner") or {})
         minutes = aligner.pop("budget_minutes", None)
+        seed = aligner.pop("seed", None)
+        seed = cfg.get("seed") if seed is None else seed
         if section.get("model") != "aligned" or minutes is None:
             continue
         if stage == "evaluate":
@@ -40,9 +44,37 @@ def curves(runs: list[dict[str, Any]], stage: str = "evaluate") -> dict[str, lis
             judge = (cfg.get("judge") or {}).get("name", "none")
             extra = ", explanations" + (f", judge {judge}" if judge != "none" else "")
         label = f"{cfg['dataset']['name']} ({section['split']}): {method_name({**cfg, 'aligner': aligner}, 'aligned', extra)}"
-        point = (float(minutes), run["metrics"], str(run["folder"]))
-        points.setdefault(label, {}).setdefault(point[0], point)
-    return {label: [p[m] for m in sorted(p)] for label, p in points.items() if len(p) >= 2}
+        point = (float(minutes), run["metrics"], str(run["folder"]), seed)
+        points.setdefault(label, {}).setdefault((point[0], str(seed)), point)
+    return {
+        label: [p[k] for k in sorted(p, key=lambda k: (k[0], _seed_order(k[1])))]
+        for label, p in points.items()
+        if len({minutes for minutes, _ in p}) >= 2
+    }
+
+
+def _seed_order(seed: str) -> tuple[int, str]:
+    return (0, f"{int(seed):020d}") if seed.lstrip("-").isdigit() else (1, seed)
+
+
+def row_labels(points: list[Point]) -> list[str]:
+    """The budget of each point, with its seed where a curve has several points at one budget."""
+    budgets = [p[0] for p in points]
+    replicated = len(set(budgets)) < len(budgets)
+
+    def seed_note(seed: Any) -> str:
+        return "" if not replicated else " (default seed)" if seed is None else f" (seed {seed})"
+
+    return [f"{m:g}{seed_note(seed)}" for m, _, _, seed in points]
+
+
+def _mean_line(points: list[Point], key: str) -> list[tuple[float, float]]:
+    """(budget, mean of the metric over the points at that budget that have it), by budget."""
+    by_budget: dict[float, list[float]] = {}
+    for minutes, m, _, _ in points:
+        if m.get(key) is not None:
+            by_budget.setdefault(minutes, []).append(float(m[key]))
+    return [(minutes, sum(v) / len(v)) for minutes, v in sorted(by_budget.items())]
 
 
 # task 1 read off the aligned LLM's item head (aligner.item_head_weight > 0), beside the generated titles
@@ -74,30 +106,39 @@ def markdown(found: list[Curve]) -> str:
         heading = f"# {'Alignment' if stage == 'evaluate' else 'Explanation'} quality vs aligner budget"
         if heading not in lines:
             lines += [heading, ""]
-        shown = [(h, k) for h, k in columns(stage) if any(m.get(k) is not None for _, m, _ in points)]
+        shown = [(h, k) for h, k in columns(stage) if any(m.get(k) is not None for _, m, _, _ in points)]
         lines += [f"## {label}", "", "| budget (min) | " + " | ".join(h for h, _ in shown) + " |"]
         lines.append("| --- " * (len(shown) + 1) + "|")
-        for minutes, m, _ in points:
+        for row, (_, m, _, _) in zip(row_labels(points), points, strict=True):
             cells = [f"{m[k]:.4f}" if m.get(k) is not None else "-" for _, k in shown]
-            lines.append(f"| {minutes:g} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def plot(label: str, points: list[Point], path: Path, stage: str = "evaluate") -> None:
-    """One line per headline metric (in [0, 1]) against the budget in minutes (log scale)."""
+    """One line per headline metric (in [0, 1]) against the budget in minutes (log scale), through the mean
+    of the seeds at each budget; with several seeds at a budget every point is drawn as well."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    replicated = len({p[0] for p in points}) < len(points)
     for header, key in columns(stage):  # a metric no point has gets no line
-        xy = [(minutes, m[key]) for minutes, m, _ in points if m.get(key) is not None]
-        if xy and key not in _UNBOUNDED:
-            ax.plot(*zip(*xy, strict=True), marker="o", label=header)
+        line = _mean_line(points, key)
+        if not line or key in _UNBOUNDED:
+            continue
+        (drawn,) = ax.plot(
+            *zip(*line, strict=True), marker="o", label=header + (" (mean)" if replicated else "")
+        )
+        if replicated:
+            xy = [(minutes, m[key]) for minutes, m, _, _ in points if m.get(key) is not None]
+            ax.scatter(*zip(*xy, strict=True), s=12, color=drawn.get_color(), alpha=0.6)
     ax.set_xscale("log")
-    ax.set_xticks([p[0] for p in points], [f"{p[0]:g}" for p in points])
+    budgets = sorted({p[0] for p in points})
+    ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
     ax.set_xlabel("aligner budget (minutes at aligner.budget_tokens_per_s)")
     ax.set_ylim(0, 1)
     ax.set_title(label, fontsize=9)

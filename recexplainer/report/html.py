@@ -164,7 +164,10 @@ def _budget(root: Path, only: set[Path] | None, tmp: Path) -> str:
     found = budget.all_curves(collect(root, "evaluate", only), collect(root, "explain", only))
     for i, (stage, label, points) in enumerate(found):
         budget.plot(label, points, tmp / f"budget_{i}.png", stage)
-        table = [{"labels": [f"{minutes:g}"], "values": m, "folder": folder} for minutes, m, folder in points]
+        table = [
+            {"labels": [row], "values": m, "folder": folder}
+            for row, (_, m, folder, _) in zip(budget.row_labels(points), points, strict=True)
+        ]
         parts += [
             f"<h3>{escape(label)}</h3>",
             _table(table, budget.columns(stage), ["budget (min)"]),
