@@ -123,6 +123,7 @@ def plot(label: str, points: list[Point], path: Path, stage: str = "evaluate") -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     replicated = len({p[0] for p in points}) < len(points)
@@ -139,6 +140,7 @@ def plot(label: str, points: list[Point], path: Path, stage: str = "evaluate") -
     ax.set_xscale("log")
     budgets = sorted({p[0] for p in points})
     ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+    ax.xaxis.set_minor_locator(NullLocator())  # the budgets alone, no 2x10^1 labels
     ax.set_xlabel("aligner budget (minutes at aligner.budget_tokens_per_s)")
     ax.set_ylim(0, 1)
     ax.set_title(label, fontsize=9)
