@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from recexplainer.alignment_data.labels import Prefixes
+from recexplainer.alignment_data.stage import key_fields as alignment_key_fields
 from recexplainer.alignment_data.templates import TemplateError, render, template_fields
 from recexplainer.cli import run
 from recexplainer.config import ConfigError, TaskConfig, validate
@@ -79,6 +80,33 @@ def test_retrieval_target_is_the_recommenders_argmax_without_the_prefix(hybrid, 
         scores = scores_for(model, row["history"])
         assert row["labels"]["item"] == int(scores.argmax()) and row["labels"]["item"] not in row["history"]
         assert row["target"] == data.titles[row["labels"]["item"]]
+
+
+@pytest.mark.slow
+def test_retrieval_top_k_target_lists_the_recommenders_top_k_in_order(root, context, hybrid):
+    data, model = context
+    folder = build(root, "hybrid", "tasks.retrieval.target_k=3")
+    assert folder != hybrid  # its own alignment data
+    rows = examples(folder, "retrieval", "train")
+    assert rows
+    for row in rows:
+        scores = scores_for(model, row["history"]).clone()
+        top = row["labels"]["target_items"]
+        assert top[0] == row["labels"]["item"] == int(scores.argmax()) and len(set(top)) == 3
+        assert [float(scores[i]) for i in top] == sorted(scores.tolist(), reverse=True)[:3]
+        assert not set(top) & set(row["history"])
+        assert row["target"] == "; ".join(data.titles[i] for i in top)
+    # the test examples keep the top-1 label the evaluation scores
+    assert all("target_items" in r["labels"] for r in examples(folder, "retrieval", "test"))
+
+
+def test_retrieval_target_k_one_keeps_the_alignment_data_key():
+    default = compose_config(["paths.artifacts=/tmp/unused"])
+    one = compose_config(["paths.artifacts=/tmp/unused", "tasks.retrieval.target_k=1"])
+    three = compose_config(["paths.artifacts=/tmp/unused", "tasks.retrieval.target_k=3"])
+    assert "target_k" not in json.dumps(alignment_key_fields(default))
+    assert stage_folder(one, "alignment_data") == stage_folder(default, "alignment_data")
+    assert stage_folder(three, "alignment_data") != stage_folder(default, "alignment_data")
 
 
 def test_ranking_target_is_in_the_recommenders_order_and_the_prompt_shuffles_it(hybrid, context):
@@ -283,6 +311,11 @@ def task(**kw):
 def test_bad_templates_fail_with_the_task_name(templates, match):
     with pytest.raises(TemplateError, match=match):
         validate_task("retrieval", task(templates=templates))
+
+
+def test_retrieval_target_k_below_one_is_refused():
+    with pytest.raises(TemplateError, match=r"tasks\.retrieval\.target_k=0 must be a whole number >= 1"):
+        validate_task("retrieval", task(target_k=0))
 
 
 def test_bad_template_fails_at_start_up():

@@ -97,6 +97,15 @@ def test_recai_task1_keeps_repeated_beams_in_their_slots():
     assert recai("retrieval", row, [])["hr@5"] == 0.0
 
 
+def test_recai_task1_reads_first_titles_only_when_the_target_listed_several():
+    # "A; T" whole is no title: a miss under the reference rule unless the model was trained to list the top k
+    prediction = {"items": [3, 7], "items_strict": [None, 7], "items_strict_first": [3, 7]}
+    plain = kinds.get("retrieval").scores({"labels": {"item": 3}}, prediction, "recai")
+    top_k = kinds.get("retrieval").scores({"labels": {"item": 3, "target_items": [3, 9]}}, prediction, "recai")
+    assert plain["hr@5"] == 0.0 and plain["hr@5/lenient"] == 1.0
+    assert top_k["hr@5"] == 1.0 and top_k["ndcg@5"] == pytest.approx(1.0)
+
+
 def test_recai_task2_gives_a_repeat_no_gain_and_no_shift():
     row = {"labels": {"items": [1, 2, 3, 4, 5], "shown": [5, 4, 3, 2, 1]}}
     # [A, A, B, C, D]: RecAI 0.987 (hand-computed), lenient 1.0 (the repeat removed, then cut to 5)
@@ -343,6 +352,7 @@ def test_evaluate_stage_writes_metrics_protocol_and_predictions(evaluated):
     for key in ("task1/hr@5", "task2/ndcg@5", "task3/acc", "task6/hcr", "item_recovery/acc"):
         assert f"{key}/lenient" in metrics and f"baseline/popularity/{key}/lenient" in metrics
     assert len(first["items_strict"]) == len(first["outputs"])  # every returned sequence, whole
+    assert len(first["items_strict_first"]) == len(first["outputs"])  # and its first title
 
 
 @pytest.mark.slow

@@ -59,9 +59,13 @@ def shown_history(cfg: DictConfig) -> int | None:
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
     prompt = OmegaConf.to_container(cfg.prompt, resolve=True)
     prompt["text_hist_len"] = shown_history(cfg)  # the effective value (intention renders no titles)
+    tasks = OmegaConf.to_container(cfg.tasks, resolve=True)
+    for task in tasks.values():
+        if isinstance(task, dict) and task.get("target_k") == 1:
+            task.pop("target_k")  # the top-1 title: the target as before the knob existed
     return {
         "alignment": prompt,  # the field's name in every existing key (renaming it would orphan artifacts)
-        "tasks": OmegaConf.to_container(cfg.tasks, resolve=True),
+        "tasks": tasks,
         "seed": cfg.seed,
     }
 

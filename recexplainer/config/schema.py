@@ -176,6 +176,7 @@ class TaskConfig:
     max_eval: int | None = 200  # cap on validation and on test examples each (null: every user / item)
     user_format: str | None = None  # overrides the mode's user_format for this task (e.g. embedding only)
     n_candidates: int = 5  # ranking
+    target_k: int = 1  # retrieval: titles in the training target (the recommender's top k in order; 1: top-1)
     top_fraction: float = 0.2  # interest: positives come from the recommender's top band
     bottom_fraction: float = 0.5  # interest: negatives come from its bottom band
     eval_items_fraction: float = 0.1  # item tasks: items held out from training for evaluation

@@ -146,13 +146,17 @@ class LLMPredictor:
         # the reference scoring's reading: every returned sequence whole (beam search), else the first
         # sequence split on the separator; exact match after strip().lower()
         pieces = list(texts) if task.beam_search else split_strict(texts[0], self.separator)
-        return {
+        out = {
             "outputs": list(texts),  # every returned sequence (retrieval: beam_width of them)
             "titles": titles,
             "items": [self.index.match(t) for t in titles],
             "items_fuzzy": [self.index.fuzzy(t, self.fuzzy_cutoff) for t in titles],
             "items_strict": [self.index.strict_match(t) for t in pieces],
         }
+        if task.beam_search:  # each sequence's first title, as read where the target lists several
+            firsts = [(split_strict(t, self.separator) or [""])[0] for t in texts]
+            out["items_strict_first"] = [self.index.strict_match(t) for t in firsts]
+        return out
 
 
 class ItemHeadPredictor:

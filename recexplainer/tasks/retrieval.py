@@ -1,6 +1,9 @@
 """Task 1, retrieval: the LLM names the item the recommender ranks first for a user.
 
-Label: the recommender's top-1 over the whole catalog (the prefix's items masked). Answer: beam search,
+Label: the recommender's top-1 over the whole catalog (the prefix's items masked); the training target is its
+title, or with ``target_k`` > 1 the titles of its top ``target_k`` in its order (more of the recommender's
+ranking per example; the reference scoring then reads each returned sequence's first title, exact, instead of
+the sequence whole). Answer: beam search,
 one title per returned sequence. Metrics: HR@5 and NDCG@5 of the top-1 among the candidates: the first
 five returned sequences, each whole (the reference scoring), or the first five distinct parsed titles
 (lenient; exact and fuzzy title matching); the share of real titles.
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from recexplainer.alignment_data.templates import TemplateError
 from recexplainer.tasks.base import Column, TaskKind, predicted, register, strict_items
 from recexplainer.tasks.metrics import retrieval_scores, retrieval_scores_recai, valid_ratio
 from recexplainer.text import distinct_titles, parse_list
@@ -38,15 +42,24 @@ class Retrieval(TaskKind):
         Column("T1 distinct", "task 1 distinct answers", "task1/distinct_answers"),
     )
 
+    def validate(self, name: str, task: Any) -> None:
+        super().validate(name, task)
+        k = task.target_k
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise TemplateError(f"tasks.{name}.target_k={k!r} must be a whole number >= 1 (1: the top-1 title)")
+
     def examples(self, builder, p, row, key, user, base):
         top1 = int(p.order[row, 0])
         labels = {"item": top1, "score": float(p.scores[row, top1])}
+        k = min(int(builder.task.target_k), int(p.n_valid[row]))
+        if k > 1:  # the recommender's top k in its order, joined as every title list is
+            ranked = [int(i) for i in p.order[row, :k]]
+            labels["target_items"] = ranked
+            target = builder.renderer.title_list(ranked)
+        else:
+            target = builder.titles[top1]
         text, slots = user
-        return [
-            builder.example(
-                p.split, key, {"user": text}, {"user": slots}, builder.titles[top1], labels=labels, **base
-            )
-        ]
+        return [builder.example(p.split, key, {"user": text}, {"user": slots}, target, labels=labels, **base)]
 
     def parse(self, texts: Sequence[str], separator: str, k: int) -> list[str]:
         return distinct_titles([(parse_list(t, separator, limit=1) or [""])[0] for t in texts], k)
@@ -60,7 +73,11 @@ class Retrieval(TaskKind):
         return out
 
     def score_recai(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
-        hr, ndcg = retrieval_scores_recai(strict_items(prediction), row["labels"]["item"], K)
+        answers = strict_items(prediction)
+        if "target_items" in row["labels"] and "items_strict_first" in prediction:
+            # trained to list the top k (tasks.retrieval.target_k > 1): each sequence's first title, whole
+            answers = prediction["items_strict_first"] or [None]
+        hr, ndcg = retrieval_scores_recai(answers, row["labels"]["item"], K)
         return {"hr@5": hr, "ndcg@5": ndcg}
 
     # baselines: five items the user has not consumed
