@@ -101,7 +101,9 @@ def test_recai_task1_reads_first_titles_only_when_the_target_listed_several():
     # "A; T" whole is no title: a miss under the reference rule unless the model was trained to list the top k
     prediction = {"items": [3, 7], "items_strict": [None, 7], "items_strict_first": [3, 7]}
     plain = kinds.get("retrieval").scores({"labels": {"item": 3}}, prediction, "recai")
-    top_k = kinds.get("retrieval").scores({"labels": {"item": 3, "target_items": [3, 9]}}, prediction, "recai")
+    top_k = kinds.get("retrieval").scores(
+        {"labels": {"item": 3, "target_items": [3, 9]}}, prediction, "recai"
+    )
     assert plain["hr@5"] == 0.0 and plain["hr@5/lenient"] == 1.0
     assert top_k["hr@5"] == 1.0 and top_k["ndcg@5"] == pytest.approx(1.0)
 

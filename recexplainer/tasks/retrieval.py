@@ -46,7 +46,9 @@ class Retrieval(TaskKind):
         super().validate(name, task)
         k = task.target_k
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise TemplateError(f"tasks.{name}.target_k={k!r} must be a whole number >= 1 (1: the top-1 title)")
+            raise TemplateError(
+                f"tasks.{name}.target_k={k!r} must be a whole number >= 1 (1: the top-1 title)"
+            )
 
     def examples(self, builder, p, row, key, user, base):
         top1 = int(p.order[row, 0])
