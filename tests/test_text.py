@@ -91,5 +91,11 @@ def test_a_non_default_separator_round_trips_through_targets_evaluation_and_expl
         assert parsed["items"] == r["labels"]["items"]
     beams = [join_titles([titles[i], titles[j]], " | ") for i, j in ((3, 4), (5, 6))]
     assert predictor.parse("retrieval", beams)["items"] == [3, 5]  # one title per beam: the first
+    assert predictor.parse("retrieval", beams)["items_strict"] == [
+        None,
+        None,
+    ]  # the reference: each beam whole
+    top_k = {"labels": {"item": 3, "target_items": [3, 4]}}  # trained to list the top k: each beam's first
+    assert predictor.parse("retrieval", beams, top_k)["items_strict"] == [3, 5]
     index = TitleIndex(titles)
     assert index.mentions(f"Yes, because of {join_titles([titles[7], titles[8]], ' | ')}.") == [7, 8]

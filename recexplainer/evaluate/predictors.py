@@ -20,7 +20,7 @@ from recexplainer import tasks as kinds
 from recexplainer.aligner import collate, encode
 from recexplainer.aligner.data import pad_items
 from recexplainer.evaluate.decoding import Decoder, TitleTrie, answer_token_ids, yes_probability
-from recexplainer.text import DEFAULT_SEPARATOR, ChatFormatter, TitleIndex, split_mark, split_strict
+from recexplainer.text import DEFAULT_SEPARATOR, ChatFormatter, TitleIndex, split_mark
 
 
 class LLMPredictor:
@@ -137,26 +137,22 @@ class LLMPredictor:
             num_return_sequences=beams,
             trie=self._trie(n_titles) if self.constrained else None,
         )
-        return [self.parse(kind, texts) for texts in outputs]
+        return [self.parse(kind, texts, row) for texts, row in zip(outputs, rows, strict=True)]
 
-    def parse(self, kind: str, texts: Sequence[str]) -> dict[str, Any]:
-        """One example's prediction from its generated texts (beam-search kinds: one per beam, in order)."""
+    def parse(self, kind: str, texts: Sequence[str], row: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One example's prediction from its generated texts (beam-search kinds: one per beam, in order);
+        ``row``, the example, where its labels change how the reference scoring reads the answer."""
         task = kinds.get(kind)
         titles = task.parse(texts, self.separator, self.num_beams)
-        # the reference scoring's reading: every returned sequence whole (beam search), else the first
-        # sequence split on the separator; exact match after strip().lower()
-        pieces = list(texts) if task.beam_search else split_strict(texts[0], self.separator)
-        out = {
+        # the reference scoring's reading (TaskKind.strict_answers); exact match after strip().lower()
+        pieces = task.strict_answers(texts, self.separator, row)
+        return {
             "outputs": list(texts),  # every returned sequence (retrieval: beam_width of them)
             "titles": titles,
             "items": [self.index.match(t) for t in titles],
             "items_fuzzy": [self.index.fuzzy(t, self.fuzzy_cutoff) for t in titles],
             "items_strict": [self.index.strict_match(t) for t in pieces],
         }
-        if task.beam_search:  # each sequence's first title, as read where the target lists several
-            firsts = [(split_strict(t, self.separator) or [""])[0] for t in texts]
-            out["items_strict_first"] = [self.index.strict_match(t) for t in firsts]
-        return out
 
 
 class ItemHeadPredictor:

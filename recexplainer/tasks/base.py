@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from recexplainer.alignment_data.templates import TemplateError, template_fields
-from recexplainer.text import parse_list
+from recexplainer.text import parse_list, split_strict
 
 SOURCES = ("user", "item", "file")
 # the headline metrics' definitions (evaluation.scoring); the other one is reported with a suffix
@@ -104,6 +104,11 @@ class TaskKind:
     def parse(self, texts: Sequence[str], separator: str, k: int) -> list[str]:
         """The answer's titles from the generated texts (one per returned sequence)."""
         return parse_list(texts[0], separator)
+
+    def strict_answers(self, texts: Sequence[str], separator: str, row: dict[str, Any] | None) -> list[str]:
+        """The answers as the reference scoring reads them from the generated texts: every returned sequence
+        whole (beam-search kinds), else the first sequence split on the separator."""
+        return list(texts) if self.beam_search else split_strict(texts[0], separator)
 
     def score(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
         """One example's metric values under the lenient scoring (names without the prefix): parsed titles

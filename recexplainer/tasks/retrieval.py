@@ -17,7 +17,7 @@ from typing import Any
 from recexplainer.alignment_data.templates import TemplateError
 from recexplainer.tasks.base import Column, TaskKind, predicted, register, strict_items
 from recexplainer.tasks.metrics import retrieval_scores, retrieval_scores_recai, valid_ratio
-from recexplainer.text import distinct_titles, parse_list
+from recexplainer.text import distinct_titles, parse_list, split_strict
 
 K = 5  # candidates per answer
 
@@ -44,10 +44,9 @@ class Retrieval(TaskKind):
 
     def validate(self, name: str, task: Any) -> None:
         super().validate(name, task)
-        k = task.target_k
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        if task.target_k < 1:  # typed int by the config schema
             raise TemplateError(
-                f"tasks.{name}.target_k={k!r} must be a whole number >= 1 (1: the top-1 title)"
+                f"tasks.{name}.target_k={task.target_k} must be a whole number >= 1 (1: the top-1 title)"
             )
 
     def examples(self, builder, p, row, key, user, base):
@@ -74,12 +73,14 @@ class Retrieval(TaskKind):
         out["hr@5_fuzzy"], out["ndcg@5_fuzzy"] = retrieval_scores(fuzzy, target, K)
         return out
 
-    def score_recai(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
-        answers = strict_items(prediction)
-        if "target_items" in row["labels"] and "items_strict_first" in prediction:
+    def strict_answers(self, texts: Sequence[str], separator: str, row: dict[str, Any] | None) -> list[str]:
+        if row is not None and "target_items" in row["labels"]:
             # trained to list the top k (tasks.retrieval.target_k > 1): each sequence's first title, whole
-            answers = prediction["items_strict_first"] or [None]
-        hr, ndcg = retrieval_scores_recai(answers, row["labels"]["item"], K)
+            return [(split_strict(t, separator) or [""])[0] for t in texts]
+        return super().strict_answers(texts, separator, row)
+
+    def score_recai(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, float]:
+        hr, ndcg = retrieval_scores_recai(strict_items(prediction), row["labels"]["item"], K)
         return {"hr@5": hr, "ndcg@5": ndcg}
 
     # baselines: five items the user has not consumed
