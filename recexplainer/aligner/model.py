@@ -141,6 +141,7 @@ class AlignerOutput(CausalLMOutput):
     item_head_loss: torch.Tensor | None = None
     item_head_kl: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
+    title_distill_loss: torch.Tensor | None = None
 
 
 class PlaceholderMismatch(ValueError):
@@ -161,6 +162,8 @@ class RecExplainerLM(nn.Module):
         loss_weighting: str = "token",
         item_head_weight: float = 0.0,
         item_head_temperature: float = 1.0,
+        title_distill_weight: float = 0.0,
+        title_distill_temperature: float = 1.0,
     ):
         super().__init__()
         if injection not in INJECTIONS:
@@ -171,6 +174,11 @@ class RecExplainerLM(nn.Module):
             raise ValueError(
                 f"item_head_weight must be >= 0 and item_head_temperature > 0, got {item_head_weight} and "
                 f"{item_head_temperature}"
+            )
+        if title_distill_weight < 0 or title_distill_temperature <= 0:
+            raise ValueError(
+                f"title_distill_weight must be >= 0 and title_distill_temperature > 0, got {title_distill_weight} "
+                f"and {title_distill_temperature}"
             )
         self.loss_weighting = loss_weighting
         self.lm = lm
@@ -197,6 +205,13 @@ class RecExplainerLM(nn.Module):
             # bf16 tensor cannot be
             self.item_logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / math.sqrt(hidden))))
         self.register_buffer("item_table", torch.empty(0, d_rec), persistent=False)  # (N + 1, d_rec)
+        # Optional title distillation (title_distill_weight > 0): on each task-1 example, at every position of
+        # the target title, the LM's next-token distribution is also trained towards the recommender's softmax
+        # over the items, summed per next token over the items whose title shares the answer's tokens so far
+        # (a trie over the catalog's tokenized titles): the recommender's whole ranking as a target for the
+        # generated title, not its top-1 alone. Training only; the titles' tokens are set by the stage.
+        self.title_distill_weight, self.title_distill_temperature = title_distill_weight, title_distill_temperature
+        self.register_buffer("title_tokens", torch.empty(0, 0, dtype=torch.long), persistent=False)  # (N + 1, L)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "item_logit_scale"  # aligners saved with the 0-dim scale load as shape (1,)
@@ -285,11 +300,73 @@ class RecExplainerLM(nn.Module):
         logits = (query @ keys.T).float() * self.item_logit_scale.exp()  # (n, N + 1)
         return _mask_items(logits, exclude)
 
-    def recommender_distribution(self, users: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+    def recommender_distribution(
+        self, users: torch.Tensor, exclude: torch.Tensor | None, temperature: float | None = None
+    ) -> torch.Tensor:
         """The item head's target: softmax over the items of the recommender's scores (user vector . item
-        embedding) divided by the temperature, with the items it may not return at zero."""
-        scores = users.float() @ self.item_table.float().T / self.item_head_temperature
+        embedding) divided by the temperature (``item_head_temperature`` unless given), with the items it may
+        not return at zero."""
+        temperature = self.item_head_temperature if temperature is None else temperature
+        scores = users.float() @ self.item_table.float().T / temperature
         return torch.softmax(_mask_items(scores, exclude), dim=-1)
+
+    @property
+    def distills_titles(self) -> bool:
+        return self.title_distill_weight > 0
+
+    @property
+    def needs_recommender_targets(self) -> bool:
+        """Whether task-1 examples carry the recommender's user vector and exclusions (item head or title
+        distillation), and the model needs the item table."""
+        return self.has_item_head or self.distills_titles
+
+    def set_title_tokens(self, tokens: torch.Tensor) -> None:
+        """Each item's title as the training targets tokenize it (title + end of sequence): (N + 1, L) token ids,
+        -1 after each title's end; row 0 (the padding item) all -1. What title distillation sums over."""
+        if tokens.ndim != 2 or tokens.dtype != torch.long:
+            raise ValueError(f"title tokens must be a 2-d long tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+        if self.item_table.shape[0] and tokens.shape[0] != self.item_table.shape[0]:
+            raise ValueError(
+                f"title tokens for {tokens.shape[0]} items; the item table has {self.item_table.shape[0]} rows"
+            )
+        self.title_tokens = tokens.to(self.placeholder_embeddings.device)
+
+    def _title_distill_loss(
+        self, logits: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor, rows, users, exclude
+    ) -> torch.Tensor | None:
+        """Cross-entropy from the recommender's title distribution to the LM's, per answer position of each
+        head row (task-1 example), averaged per example then over the rows; None without a usable row.
+
+        ``logits`` (N_labelled, V) are the LM's at the labelled positions in row-major order. At answer position
+        t the target is the recommender's probability mass of the items whose title starts with the answer's
+        first t tokens, summed per next token and renormalised; positions where the answer has left every
+        catalog title (e.g. a list's separator) are skipped."""
+        if rows is None or rows.numel() == 0 or self.title_tokens.numel() == 0:
+            return None
+        titles = self.title_tokens  # (N + 1, L)
+        counts = keep.sum(1)
+        starts = counts.cumsum(0) - counts
+        probs = self.recommender_distribution(users, exclude, self.title_distill_temperature)  # (R, N + 1)
+        losses = []
+        for k, b in enumerate(rows.tolist()):
+            m = min(int(counts[b]), titles.shape[1])
+            if m == 0:
+                continue
+            answer = targets[b][keep[b]][:m]  # (m,)
+            tokens = titles[:, :m]
+            match = torch.cumprod((tokens == answer).long(), dim=1).bool()  # title[:t + 1] == answer[:t + 1]
+            prefix = torch.cat([torch.ones_like(match[:, :1]), match[:, :-1]], dim=1)  # title[:t] == answer[:t]
+            mass = probs[k].unsqueeze(1) * (prefix & (tokens >= 0))  # (N + 1, m): items still in the trie
+            total = mass.sum(0)  # (m,)
+            usable = match.any(0) & (total > 0)
+            if not usable.any():
+                continue
+            start = int(starts[b])
+            log_p = torch.log_softmax(logits[start : start + m].float(), dim=-1)  # (m, V)
+            picked = log_p.gather(1, tokens.clamp_min(0).T)  # (m, N + 1): each item's next token
+            per_position = -(mass.T * picked).sum(1) / total.clamp_min(1e-30)
+            losses.append(per_position[usable].mean())
+        return torch.stack(losses).mean() if losses else None
 
     def _item_head_loss(
         self, hidden: torch.Tensor, keep: torch.Tensor, rows, users, exclude
@@ -365,15 +442,25 @@ class RecExplainerLM(nn.Module):
             counts = torch.bincount(rows, minlength=keep.shape[0])
             has = counts > 0
             loss = (sums[has] / counts[has]).mean()
-        head_loss = head_kl = lm_loss = None
+        head_loss = head_kl = lm_loss = distill_loss = None
+        if self.needs_recommender_targets:
+            lm_loss = loss.detach()
         if self.has_item_head:
             head_loss, head_kl = self._item_head_loss(
                 hidden[:, :-1], keep, head_rows, head_users, head_exclude
             )
-            lm_loss = loss.detach()
             loss = loss + self.item_head_weight * head_loss
+        if self.distills_titles:
+            distill_loss = self._title_distill_loss(logits, keep, targets, head_rows, head_users, head_exclude)
+            if distill_loss is not None:
+                loss = loss + self.title_distill_weight * distill_loss
         return AlignerOutput(
-            loss=loss, logits=logits, item_head_loss=head_loss, item_head_kl=head_kl, lm_loss=lm_loss
+            loss=loss,
+            logits=logits,
+            item_head_loss=head_loss,
+            item_head_kl=head_kl,
+            lm_loss=lm_loss,
+            title_distill_loss=None if distill_loss is None else distill_loss.detach(),
         )
 
     @torch.no_grad()

@@ -89,8 +89,9 @@ class AlignerModule(L.LightningModule):
         return out.loss
 
     def _log_head(self, split: str, out, batch) -> None:
-        """With an item head: the next-token loss alone, the head's cross-entropy and its KL divergence from the
-        recommender's distribution (the cross-entropy minus the target's entropy: 0 when the head matches)."""
+        """With an item head or title distillation: the next-token loss alone; the head's cross-entropy and its KL
+        divergence from the recommender's distribution (the cross-entropy minus the target's entropy: 0 when the
+        head matches); the title distillation's cross-entropy."""
         if getattr(out, "lm_loss", None) is None:
             return
         sync = split == "valid"
@@ -101,6 +102,9 @@ class AlignerModule(L.LightningModule):
             # that only some ranks enter would hang
             self.log(f"{split}/item_head_loss", out.item_head_loss, batch_size=n)
             self.log(f"{split}/item_head_kl", out.item_head_kl, batch_size=n)
+        if getattr(out, "title_distill_loss", None) is not None and "head_rows" in batch:
+            n = int(batch["head_rows"].numel())
+            self.log(f"{split}/title_distill_loss", out.title_distill_loss, batch_size=n)  # not synced (above)
 
     def on_fit_start(self) -> None:
         """Training mode for the whole model: Hugging Face loads it in eval mode and Lightning (>= 2.2) keeps

@@ -91,6 +91,8 @@ def build(cfg: Any, d_rec: int) -> tuple[RecExplainerLM, Any, ChatFormatter]:
         ac.loss_weighting,
         item_head_weight=ac.item_head_weight,
         item_head_temperature=ac.item_head_temperature,
+        title_distill_weight=ac.title_distill_weight,
+        title_distill_temperature=ac.title_distill_temperature,
     )
     formatter = ChatFormatter(tokenizer, cfg.llm.prompt_template, cfg.llm.system_prompt)
     return model, tokenizer, formatter

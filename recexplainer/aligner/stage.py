@@ -32,12 +32,16 @@ log = logging.getLogger(__name__)
 # knobs left out of the key at their neutral value (they change nothing there), so that the aligners trained
 # before they existed keep their keys and caches
 NEUTRAL_KNOBS = {"item_head_weight": 0.0, "item_head_temperature": 1.0}
+DISTILL_KNOBS = {"title_distill_weight": 0.0, "title_distill_temperature": 1.0}
 
 
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
     aligner = OmegaConf.to_container(cfg.aligner, resolve=True)
     if not aligner.get("item_head_weight"):  # no item head: its temperature is unused too
         for knob in NEUTRAL_KNOBS:
+            aligner.pop(knob, None)
+    if not aligner.get("title_distill_weight"):  # no title distillation: its temperature is unused too
+        for knob in DISTILL_KNOBS:
             aligner.pop(knob, None)
     if not aligner.get("cpu_attention_fp32", False):
         aligner.pop("cpu_attention_fp32", None)  # off: the attention as before the knob existed
@@ -74,7 +78,7 @@ def encoded_split(
         tasks=list(ac.train_tasks) if ac.train_tasks else None,
         limit=ac.max_train_examples if train else ac.max_valid_examples,
         seed=training_seed(cfg) if train else cfg.seed,
-        head_kinds=("retrieval",) if model.has_item_head else (),
+        head_kinds=("retrieval",) if model.needs_recommender_targets else (),
         uncapped=tuple(ac.uncapped_tasks or ()) if train else (),
     )
 
@@ -166,6 +170,52 @@ def _init_projectors(cfg: DictConfig, model: Any, tokenizer: Any, folder: Path) 
     )
 
 
+def title_token_table(tokenizer: Any, titles: list[str]) -> torch.Tensor:
+    """Each title tokenized as a training target is (title + end of sequence, no special tokens): (len(titles),
+    longest) token ids, -1 after each title's end; an empty title (the padding item) all -1."""
+    encoded = [
+        tokenizer(title + tokenizer.eos_token, add_special_tokens=False)["input_ids"] if title else []
+        for title in titles
+    ]
+    table = torch.full((len(encoded), max(1, max(len(e) for e in encoded))), -1, dtype=torch.long)
+    for i, ids in enumerate(encoded):
+        table[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return table
+
+
+def _set_title_tokens(
+    model: Any, tokenizer: Any, folder: Path, train: AlignmentDataset, n_rows: int, weight: float
+) -> None:
+    """Title distillation: the catalog's tokenized titles, checked against the task-1 training answers."""
+    import json
+
+    from recexplainer.data.dataset import SequentialData
+
+    data_folder = Path(json.loads((folder / "key.json").read_text())["upstream"]["data"])
+    titles = list(SequentialData.load(data_folder).titles)
+    if len(titles) != model.item_table.shape[0]:
+        raise ValueError(
+            f"{len(titles)} titles for {model.item_table.shape[0]} items in {folder}: the alignment data and its "
+            "dataset disagree; rebuild the alignment data"
+        )
+    table = title_token_table(tokenizer, titles)
+    model.set_title_tokens(table)
+    answers = {tuple(t for t in row if t >= 0) for row in table.tolist()}
+    heads = [e for e in train.examples if e.head_user_row is not None]
+    titled = sum(tuple(t for t in e.labels if t >= 0)[: table.shape[1]] in answers for e in heads)
+    if titled == 0:
+        raise ValueError(
+            "aligner.title_distill_weight > 0 but no task-1 training answer is a tokenized catalog title: "
+            "title distillation has nothing to follow"
+        )
+    log.info(
+        "title distillation: %d task-1 examples (%d answers exactly one title; weight %g)",
+        n_rows,
+        titled,
+        weight,
+    )
+
+
 def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, float]:
     ac = cfg.aligner
     folder = upstream["alignment_data"]
@@ -197,15 +247,19 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         raise ValueError(
             f"no training examples in {folder} for tasks {tasks or 'all'} (max_length {ac.max_length})"
         )
-    if model.has_item_head:
+    if model.needs_recommender_targets:
         model.set_item_table(train.items)
         n_head = sum(e.head_user_row is not None for e in train.examples)
         if n_head == 0:
             raise ValueError(
-                "aligner.item_head_weight > 0 but no training example trains the item head: it learns from the "
-                "task-1 (retrieval) examples; add retrieval to aligner.train_tasks"
+                "aligner.item_head_weight > 0 or aligner.title_distill_weight > 0 but no training example carries "
+                "the recommender's distribution: both learn from the task-1 (retrieval) examples; add retrieval "
+                "to aligner.train_tasks"
             )
-        log.info("item head: %d task-1 examples also train it (weight %g)", n_head, ac.item_head_weight)
+        if model.has_item_head:
+            log.info("item head: %d task-1 examples also train it (weight %g)", n_head, ac.item_head_weight)
+        if model.distills_titles:
+            _set_title_tokens(model, tokenizer, folder, train, n_head, ac.title_distill_weight)
 
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",

@@ -243,6 +243,17 @@ def _validate_item_head(cfg: DictConfig, reached: tuple[str, ...]) -> None:
             f"aligner.item_head_weight={ac.item_head_weight} must be >= 0 (0: no item head) and "
             f"aligner.item_head_temperature={ac.item_head_temperature} > 0"
         )
+    if ac.title_distill_weight < 0 or ac.title_distill_temperature <= 0:
+        raise ConfigError(
+            f"aligner.title_distill_weight={ac.title_distill_weight} must be >= 0 (0: none) and "
+            f"aligner.title_distill_temperature={ac.title_distill_temperature} > 0"
+        )
+    if ac.title_distill_weight > 0 and cfg.prompt.mask != "prefix" and "aligner" in reached:
+        raise ConfigError(
+            f"aligner.title_distill_weight={ac.title_distill_weight} needs prompt.mask=prefix, got "
+            f"{cfg.prompt.mask!r}: its target excludes the prefix items the examples carry, not the whole "
+            "consumed history. Add aligner.title_distill_weight=0 to train this mask without it"
+        )
     if ac.item_head_weight > 0 and cfg.prompt.mask != "prefix" and "aligner" in reached:
         raise ConfigError(
             f"aligner.item_head_weight={ac.item_head_weight} (an item head) needs prompt.mask=prefix, got "
