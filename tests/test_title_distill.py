@@ -34,7 +34,9 @@ def teacher_user(probs: list[float]) -> torch.Tensor:
 
 def expected_loss(logits: torch.Tensor, targets: list[dict[int, float]]) -> torch.Tensor:
     log_p = torch.log_softmax(logits.float(), -1)
-    return torch.stack([-sum(q * log_p[t, v] for v, q in target.items()) for t, target in enumerate(targets)]).mean()
+    return torch.stack(
+        [-sum(q * log_p[t, v] for v, q in target.items()) for t, target in enumerate(targets)]
+    ).mean()
 
 
 def call(model, logits, answer, probs):
@@ -65,7 +67,9 @@ def test_the_target_at_each_answer_token_is_the_recommenders_mass_per_next_token
     best[0, 5], best[0, 8] = math.log(0.8), math.log(0.2)
     best[1, 6], best[1, 7] = math.log(0.625), math.log(0.375)
     best[2, EOS] = 0.0
-    entropy = (-(0.8 * math.log(0.8) + 0.2 * math.log(0.2)) - (0.625 * math.log(0.625) + 0.375 * math.log(0.375))) / 3
+    entropy = (
+        -(0.8 * math.log(0.8) + 0.2 * math.log(0.2)) - (0.625 * math.log(0.625) + 0.375 * math.log(0.375))
+    ) / 3
     assert abs(float(call(model, best, [5, 6, EOS], [0.5, 0.3, 0.2])) - entropy) < 1e-4
     assert float(loss) > entropy
 
@@ -80,7 +84,9 @@ def test_a_temperature_sharpens_the_target_and_positions_off_every_title_are_ski
     assert torch.allclose(sharp, expected, atol=1e-5)
     # "5 6 4": a list's separator (4) where a title ends: the third position leaves the trie and is skipped
     listed = call(distill_model(), logits, [5, 6, 4], [0.5, 0.3, 0.2])
-    assert torch.allclose(listed, expected_loss(logits[:2], [{5: 0.8, 8: 0.2}, {6: 0.625, 7: 0.375}]), atol=1e-5)
+    assert torch.allclose(
+        listed, expected_loss(logits[:2], [{5: 0.8, 8: 0.2}, {6: 0.625, 7: 0.375}]), atol=1e-5
+    )
     assert call(distill_model(), logits, [4, 5, 6], [0.5, 0.3, 0.2]) is None  # no title starts with "4"
 
 
@@ -98,8 +104,12 @@ def test_the_forward_adds_the_weighted_loss_on_the_task1_rows_and_trains_the_fir
             "head_user": teacher_user([0.1, 0.1, 0.8])[0],
             "head_exclude": [],
         },
-        {"input_ids": [3, 4, 10, 11], "labels": [-100, -100, 10, 11], "users": torch.empty(0, D_REC),
-         "items": torch.empty(0, D_REC)},
+        {
+            "input_ids": [3, 4, 10, 11],
+            "labels": [-100, -100, 10, 11],
+            "users": torch.empty(0, D_REC),
+            "items": torch.empty(0, D_REC),
+        },
     ]
     batch = collate(rows, pad_id=0)
     out = model(**batch)
@@ -117,8 +127,12 @@ def test_the_forward_adds_the_weighted_loss_on_the_task1_rows_and_trains_the_fir
         out = model(**batch)
         optimizer.zero_grad()
         loss = model._title_distill_loss(
-            out.logits, (batch["labels"][:, 1:] != -100), batch["labels"][:, 1:], batch["head_rows"],
-            batch["head_users"], batch["head_exclude"],
+            out.logits,
+            (batch["labels"][:, 1:] != -100),
+            batch["labels"][:, 1:],
+            batch["head_rows"],
+            batch["head_users"],
+            batch["head_exclude"],
         )
         loss.backward()
         optimizer.step()
@@ -131,8 +145,14 @@ def test_without_task1_rows_or_titles_nothing_is_added():
     torch.manual_seed(0)
     model = distill_model()
     batch = collate(
-        [{"input_ids": [3, 4, 10, 11], "labels": [-100, -100, 10, 11], "users": torch.empty(0, D_REC),
-          "items": torch.empty(0, D_REC)}],
+        [
+            {
+                "input_ids": [3, 4, 10, 11],
+                "labels": [-100, -100, 10, 11],
+                "users": torch.empty(0, D_REC),
+                "items": torch.empty(0, D_REC),
+            }
+        ],
         pad_id=0,
     )
     out = model(**batch)
@@ -170,14 +190,21 @@ def test_config_checks_and_cache_keys():
     assert key_fields(compose_config(["aligner.title_distill_temperature=2"])) == key_fields(default)
     on = compose_config(["aligner.title_distill_weight=1"])
     assert key_fields(on)["aligner"]["title_distill_weight"] == 1.0
-    assert key_fields(on) != key_fields(compose_config(["aligner.title_distill_weight=1",
-                                                         "aligner.title_distill_temperature=2"]))
+    assert key_fields(on) != key_fields(
+        compose_config(["aligner.title_distill_weight=1", "aligner.title_distill_temperature=2"])
+    )
     validate(on, stages)
     with pytest.raises(ConfigError, match="title_distill_temperature"):
-        validate(compose_config(["aligner.title_distill_weight=1", "aligner.title_distill_temperature=0"]), stages)
+        validate(
+            compose_config(["aligner.title_distill_weight=1", "aligner.title_distill_temperature=0"]), stages
+        )
     with pytest.raises(ConfigError, match="aligner.title_distill_weight=0"):
-        validate(compose_config(["aligner.title_distill_weight=1", "aligner.item_head_weight=0",
-                                 "prompt.mask=history"]), stages)
+        validate(
+            compose_config(
+                ["aligner.title_distill_weight=1", "aligner.item_head_weight=0", "prompt.mask=history"]
+            ),
+            stages,
+        )
 
 
 @pytest.mark.slow
@@ -190,8 +217,14 @@ def test_an_aligner_with_title_distillation_trains_and_logs_it(tmp_path):
 
     from .helpers import ALIGN, TINY, TINY_SASREC
 
-    base = [f"paths.artifacts={tmp_path}", *TINY, *TINY_SASREC, *ALIGN, "aligner.item_head_weight=0",
-            "aligner.title_distill_weight=1"]
+    base = [
+        f"paths.artifacts={tmp_path}",
+        *TINY,
+        *TINY_SASREC,
+        *ALIGN,
+        "aligner.item_head_weight=0",
+        "aligner.title_distill_weight=1",
+    ]
     folder = run(compose_config(base))
     metrics = json.loads((folder / "metrics.json").read_text())
     assert 0 < metrics["train/title_distill_loss"] < float("inf")

@@ -210,8 +210,10 @@ class RecExplainerLM(nn.Module):
         # over the items, summed per next token over the items whose title shares the answer's tokens so far
         # (a trie over the catalog's tokenized titles): the recommender's whole ranking as a target for the
         # generated title, not its top-1 alone. Training only; the titles' tokens are set by the stage.
-        self.title_distill_weight, self.title_distill_temperature = title_distill_weight, title_distill_temperature
-        self.register_buffer("title_tokens", torch.empty(0, 0, dtype=torch.long), persistent=False)  # (N + 1, L)
+        self.title_distill_weight = title_distill_weight
+        self.title_distill_temperature = title_distill_temperature
+        # (N + 1, L) token ids
+        self.register_buffer("title_tokens", torch.empty(0, 0, dtype=torch.long), persistent=False)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "item_logit_scale"  # aligners saved with the 0-dim scale load as shape (1,)
@@ -324,7 +326,9 @@ class RecExplainerLM(nn.Module):
         """Each item's title as the training targets tokenize it (title + end of sequence): (N + 1, L) token ids,
         -1 after each title's end; row 0 (the padding item) all -1. What title distillation sums over."""
         if tokens.ndim != 2 or tokens.dtype != torch.long:
-            raise ValueError(f"title tokens must be a 2-d long tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+            raise ValueError(
+                f"title tokens must be a 2-d long tensor, got {tuple(tokens.shape)} {tokens.dtype}"
+            )
         if self.item_table.shape[0] and tokens.shape[0] != self.item_table.shape[0]:
             raise ValueError(
                 f"title tokens for {tokens.shape[0]} items; the item table has {self.item_table.shape[0]} rows"
@@ -354,8 +358,9 @@ class RecExplainerLM(nn.Module):
                 continue
             answer = targets[b][keep[b]][:m]  # (m,)
             tokens = titles[:, :m]
-            match = torch.cumprod((tokens == answer).long(), dim=1).bool()  # title[:t + 1] == answer[:t + 1]
-            prefix = torch.cat([torch.ones_like(match[:, :1]), match[:, :-1]], dim=1)  # title[:t] == answer[:t]
+            # match[j, t]: title j's first t + 1 tokens are the answer's; prefix[j, t]: its first t tokens are
+            match = torch.cumprod((tokens == answer).long(), dim=1).bool()
+            prefix = torch.cat([torch.ones_like(match[:, :1]), match[:, :-1]], dim=1)
             mass = probs[k].unsqueeze(1) * (prefix & (tokens >= 0))  # (N + 1, m): items still in the trie
             total = mass.sum(0)  # (m,)
             usable = match.any(0) & (total > 0)
@@ -451,7 +456,9 @@ class RecExplainerLM(nn.Module):
             )
             loss = loss + self.item_head_weight * head_loss
         if self.distills_titles:
-            distill_loss = self._title_distill_loss(logits, keep, targets, head_rows, head_users, head_exclude)
+            distill_loss = self._title_distill_loss(
+                logits, keep, targets, head_rows, head_users, head_exclude
+            )
             if distill_loss is not None:
                 loss = loss + self.title_distill_weight * distill_loss
         return AlignerOutput(

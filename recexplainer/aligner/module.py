@@ -104,7 +104,8 @@ class AlignerModule(L.LightningModule):
             self.log(f"{split}/item_head_kl", out.item_head_kl, batch_size=n)
         if getattr(out, "title_distill_loss", None) is not None and "head_rows" in batch:
             n = int(batch["head_rows"].numel())
-            self.log(f"{split}/title_distill_loss", out.title_distill_loss, batch_size=n)  # not synced (above)
+            # not synced, as above
+            self.log(f"{split}/title_distill_loss", out.title_distill_loss, batch_size=n)
 
     def on_fit_start(self) -> None:
         """Training mode for the whole model: Hugging Face loads it in eval mode and Lightning (>= 2.2) keeps
