@@ -177,6 +177,16 @@ def test_title_token_table_tokenizes_titles_as_training_targets():
     assert table.tolist() == [[-1, -1, -1], [1, 2, 4], [3, 4, -1]]
 
 
+def test_the_stage_check_counts_exact_titles_and_answers_that_start_like_one():
+    """A top-k list's answer (a title's first tokens, then a separator) still has positions to follow; an answer
+    that starts like no title has none."""
+    from recexplainer.aligner.stage import answers_on_titles
+
+    exact, started = answers_on_titles(TITLES, [[5, 6, EOS], [8, EOS], [5, 6, 4, 8, EOS], [4, 5, EOS], []])
+    assert (exact, started) == (2, 3)
+    assert answers_on_titles(TITLES, [[4, 5, EOS]]) == (0, 0)
+
+
 def test_config_checks_and_cache_keys():
     from recexplainer.aligner.stage import key_fields
     from recexplainer.config.validate import ConfigError, validate

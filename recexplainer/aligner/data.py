@@ -36,6 +36,12 @@ class Encoded:
     head_exclude: tuple[int, ...] = ()
 
 
+def target_ids(tokenizer: Any, text: str) -> list[int]:
+    """An answer's token ids as training targets hold them: the text and the end-of-sequence token, no special
+    tokens in front."""
+    return list(tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
+
+
 def encode(
     row: dict[str, Any],
     formatter: ChatFormatter,
@@ -46,10 +52,8 @@ def encode(
 ) -> Encoded:
     """Token ids of the formatted prompt (+ target and eos); labels cover the target only."""
     prompt_ids = tokenizer(formatter(row["prompt"]), add_special_tokens=False)["input_ids"]
-    target_ids = []
-    if with_target:
-        target_ids = tokenizer(row["target"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-    ids = list(prompt_ids) + list(target_ids)
+    answer = target_ids(tokenizer, row["target"]) if with_target else []
+    ids = list(prompt_ids) + answer
     slots = row["slots"]
     n_user, n_item = ids.count(user_token_id), ids.count(item_token_id)
     if n_user != slots.count("user") or n_item != len(slots) - slots.count("user"):
@@ -59,7 +63,7 @@ def encode(
         )
     return Encoded(
         input_ids=ids,
-        labels=[IGNORE] * len(prompt_ids) + list(target_ids),
+        labels=[IGNORE] * len(prompt_ids) + answer,
         user_rows=[row["user_row"]] * slots.count("user") if "user" in slots else [],
         items=[s for s in slots if s != "user"],
         example_id=row["id"],

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from recexplainer.aligner import setup
 from recexplainer.aligner.budget import budget_tokens, steps_for_budget
-from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate
+from recexplainer.aligner.data import AlignmentDataset, LengthGroupedSampler, collate, target_ids
 from recexplainer.aligner.model import store_frozen_linears, use_fp32_training_attention
 from recexplainer.aligner.module import AlignerModule
 from recexplainer.alignment_data.io import example_files, read_examples, read_vectors, vector_width
@@ -143,15 +143,21 @@ def _planned_steps(cfg: DictConfig, train: AlignmentDataset, loader: DataLoader,
     return steps
 
 
-def _init_projectors(cfg: DictConfig, model: Any, tokenizer: Any, folder: Path) -> dict[str, float]:
-    """Closed-form projector initialisation from title embeddings (aligner.projector_init=title_lsq*)."""
+def _catalog_titles(folder: Path) -> list[str]:
+    """The item titles (index 0: padding) of the dataset the alignment data in ``folder`` was built from."""
     import json
 
-    from recexplainer.aligner.init import init_projectors_from_titles
     from recexplainer.data.dataset import SequentialData
 
     data_folder = Path(json.loads((folder / "key.json").read_text())["upstream"]["data"])
-    titles = SequentialData.load(data_folder).titles
+    return list(SequentialData.load(data_folder).titles)
+
+
+def _init_projectors(cfg: DictConfig, model: Any, tokenizer: Any, folder: Path) -> dict[str, float]:
+    """Closed-form projector initialisation from title embeddings (aligner.projector_init=title_lsq*)."""
+    from recexplainer.aligner.init import init_projectors_from_titles
+
+    titles = _catalog_titles(folder)
     vectors = read_vectors(folder, "train")
     histories: dict[int, list[int]] = {}
     for row in read_examples(folder, "train"):
@@ -173,45 +179,48 @@ def _init_projectors(cfg: DictConfig, model: Any, tokenizer: Any, folder: Path) 
 def title_token_table(tokenizer: Any, titles: list[str]) -> torch.Tensor:
     """Each title tokenized as a training target is (title + end of sequence, no special tokens): (len(titles),
     longest) token ids, -1 after each title's end; an empty title (the padding item) all -1."""
-    encoded = [
-        tokenizer(title + tokenizer.eos_token, add_special_tokens=False)["input_ids"] if title else []
-        for title in titles
-    ]
+    encoded = [target_ids(tokenizer, title) if title else [] for title in titles]
     table = torch.full((len(encoded), max(1, max(len(e) for e in encoded))), -1, dtype=torch.long)
     for i, ids in enumerate(encoded):
         table[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return table
 
 
+def answers_on_titles(table: torch.Tensor, answers: list[list[int]]) -> tuple[int, int]:
+    """How many answers (token ids) are exactly one tokenized title of ``table`` (``title_token_table``), and how
+    many start like one (their first token is a title's first token: title distillation has at least that
+    position to follow; a top-k list's answer is such one)."""
+    titles = {tuple(t for t in row if t >= 0) for row in table.tolist()} - {()}  # not the padding item's
+    firsts = {title[0] for title in titles}
+    exact = sum(tuple(a) in titles for a in answers)
+    started = sum(bool(a) and a[0] in firsts for a in answers)
+    return exact, started
+
+
 def _set_title_tokens(
-    model: Any, tokenizer: Any, folder: Path, train: AlignmentDataset, n_rows: int, weight: float
+    model: Any, tokenizer: Any, folder: Path, train: AlignmentDataset, weight: float
 ) -> None:
     """Title distillation: the catalog's tokenized titles, checked against the task-1 training answers."""
-    import json
-
-    from recexplainer.data.dataset import SequentialData
-
-    data_folder = Path(json.loads((folder / "key.json").read_text())["upstream"]["data"])
-    titles = list(SequentialData.load(data_folder).titles)
+    titles = _catalog_titles(folder)
     if len(titles) != model.item_table.shape[0]:
         raise ValueError(
             f"{len(titles)} titles for {model.item_table.shape[0]} items in {folder}: the alignment data and its "
-            "dataset disagree; rebuild the alignment data"
+            "dataset disagree; rebuild the alignment data (recexplainer stage=alignment_data)"
         )
     table = title_token_table(tokenizer, titles)
     model.set_title_tokens(table)
-    answers = {tuple(t for t in row if t >= 0) for row in table.tolist()}
-    heads = [e for e in train.examples if e.head_user_row is not None]
-    titled = sum(tuple(t for t in e.labels if t >= 0)[: table.shape[1]] in answers for e in heads)
-    if titled == 0:
+    answers = [[t for t in e.labels if t >= 0] for e in train.examples if e.head_user_row is not None]
+    exact, started = answers_on_titles(table, answers)
+    if started == 0:
         raise ValueError(
-            "aligner.title_distill_weight > 0 but no task-1 training answer is a tokenized catalog title: "
-            "title distillation has nothing to follow"
+            "aligner.title_distill_weight > 0 but no task-1 training answer in "
+            f"{folder} starts with a catalog title: title distillation has nothing to follow; rebuild the "
+            "alignment data from this dataset, or set aligner.title_distill_weight=0"
         )
     log.info(
-        "title distillation: %d task-1 examples (%d answers exactly one title; weight %g)",
-        n_rows,
-        titled,
+        "title distillation: %d task-1 examples (%d of them exactly one title; weight %g)",
+        len(answers),
+        exact,
         weight,
     )
 
@@ -259,7 +268,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         if model.has_item_head:
             log.info("item head: %d task-1 examples also train it (weight %g)", n_head, ac.item_head_weight)
         if model.distills_titles:
-            _set_title_tokens(model, tokenizer, folder, train, n_head, ac.title_distill_weight)
+            _set_title_tokens(model, tokenizer, folder, train, ac.title_distill_weight)
 
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
