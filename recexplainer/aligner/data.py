@@ -34,6 +34,8 @@ class Encoded:
     # vector in the split's table and the items the recommender may not return for it (the prefix)
     head_user_row: int | None = None
     head_exclude: tuple[int, ...] = ()
+    head_item: bool = True  # the target trains the item head (its task is in aligner.item_head_tasks)
+    head_title: bool = True  # the answer is a title: title distillation follows it (task-1 examples)
 
 
 def target_ids(tokenizer: Any, text: str) -> list[int]:
@@ -87,11 +89,15 @@ class AlignmentDataset(Dataset):
         seed: int = 0,
         head_kinds: Sequence[str] = (),
         uncapped: Sequence[str] = (),
+        title_kinds: Sequence[str] | None = None,
+        item_kinds: Sequence[str] | None = None,
     ):
         """``limit``: at most that many examples, a seeded sample; the examples of the tasks in ``uncapped`` go
         first (all of them, unless they alone exceed the limit) and the rest of the sample is drawn from the
-        other tasks. ``head_kinds``: task kinds whose examples also train the item head (``("retrieval",)`` when
-        the aligner has one): each such example carries its user-vector row and the items to exclude."""
+        other tasks. ``head_kinds``: the tasks (names or kinds) whose examples carry the recommender's distribution
+        for their prefix (its user-vector row and the items to exclude): those that train the item head
+        (``item_kinds``; None: all of them) and those whose answer is a catalog title, which title distillation
+        follows (``title_kinds``; None: all of them)."""
         rows = read_examples(folder, split, tasks)
         if limit is not None and len(rows) > limit:
             rng = random.Random(seed)
@@ -118,9 +124,11 @@ class AlignmentDataset(Dataset):
             if len(enc.input_ids) > max_length:  # never truncate: a cut placeholder would misalign vectors
                 self.dropped += 1
                 continue
-            if row.get("kind") in head_kinds and "user_row" in row:
+            if _named(row, head_kinds) and "user_row" in row:
                 enc.head_user_row = int(row["user_row"])
                 enc.head_exclude = tuple(int(i) for i in row.get("history", []))
+                enc.head_item = item_kinds is None or _named(row, item_kinds)
+                enc.head_title = title_kinds is None or _named(row, title_kinds)
             self.examples.append(enc)
         if self.dropped:
             log.warning(
@@ -173,6 +181,8 @@ class AlignmentDataset(Dataset):
         if e.head_user_row is not None:
             out["head_user"] = self.users[e.head_user_row]
             out["head_exclude"] = list(e.head_exclude)
+            out["head_item"] = e.head_item
+            out["head_title"] = e.head_title
         return out
 
     def lengths(self) -> list[int]:
@@ -182,6 +192,11 @@ class AlignmentDataset(Dataset):
         """One key per example: the two answers of an interest prefix (ids ``...-pos`` / ``...-neg``) share
         theirs, every other example has its own (see ``LengthGroupedSampler(groups=...)``)."""
         return [pair_key(e.example_id) for e in self.examples]
+
+
+def _named(row: dict[str, Any], names: Sequence[str]) -> bool:
+    """Whether an example's task name or kind is among ``names``."""
+    return row.get("task") in names or row.get("kind") in names
 
 
 def pair_key(example_id: str) -> str:
@@ -216,6 +231,9 @@ def collate(batch: list[dict[str, Any]], pad_id: int, padding_side: str = "right
         out["head_rows"] = torch.tensor(heads, dtype=torch.long)
         out["head_users"] = torch.stack([torch.as_tensor(batch[i]["head_user"]) for i in heads])
         out["head_exclude"] = pad_items([batch[i]["head_exclude"] for i in heads])
+        # which of those rows train the item head, and which answer with a title (title distillation)
+        out["head_item"] = torch.tensor([bool(batch[i].get("head_item", True)) for i in heads])
+        out["head_title"] = torch.tensor([bool(batch[i].get("head_title", True)) for i in heads])
     return out
 
 

@@ -414,13 +414,17 @@ class RecExplainerLM(nn.Module):
         head_rows=None,
         head_users=None,
         head_exclude=None,
+        head_item=None,
+        head_title=None,
         **kwargs,
     ):
         """Without labels: the LM's output (logits for every position). With labels: the mean next-token loss
         over the labelled positions, computing the LM head only there (responses are a few tokens of a
         long prompt, and the head over a large vocabulary dominates small models' cost); with an item head,
         plus ``item_head_weight`` x its loss on the rows ``head_rows`` (their recommender user vectors
-        ``head_users`` and the items the recommender may not return ``head_exclude``, 0-padded)."""
+        ``head_users`` and the items the recommender may not return ``head_exclude``, 0-padded); ``head_item`` /
+        ``head_title`` (bool per head row, None: all) say which of those rows train the item head and which answer
+        with a title (title distillation)."""
         embeds = self.embed(input_ids, user_vectors, item_vectors)
         if labels is None:
             return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
@@ -452,12 +456,12 @@ class RecExplainerLM(nn.Module):
             lm_loss = loss.detach()
         if self.has_item_head:
             head_loss, head_kl = self._item_head_loss(
-                hidden[:, :-1], keep, head_rows, head_users, head_exclude
+                hidden[:, :-1], keep, *_select(head_item, head_rows, head_users, head_exclude)
             )
             loss = loss + self.item_head_weight * head_loss
         if self.distills_titles:
             distill_loss = self._title_distill_loss(
-                logits, keep, targets, head_rows, head_users, head_exclude
+                logits, keep, targets, *_select(head_title, head_rows, head_users, head_exclude)
             )
             if distill_loss is not None:
                 loss = loss + self.title_distill_weight * distill_loss
@@ -476,6 +480,14 @@ class RecExplainerLM(nn.Module):
         embeds = self.embed(input_ids, user_vectors, item_vectors)
         kwargs.setdefault("suppress_tokens", [self.user_token_id, self.item_token_id])
         return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+
+
+def _select(which, rows, users, exclude):
+    """The head rows (and their user vectors and exclusions) that ``which`` (bool per row; None: all) keeps."""
+    if which is None or rows is None or bool(which.all()):
+        return rows, users, exclude
+    which = which.to(rows.device)
+    return rows[which], users[which.to(users.device)], None if exclude is None else exclude[which.to(exclude.device)]
 
 
 def _mask_items(scores: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:

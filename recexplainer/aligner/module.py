@@ -97,13 +97,13 @@ class AlignerModule(L.LightningModule):
         sync = split == "valid"
         self.log(f"{split}/lm_loss", out.lm_loss, sync_dist=sync, batch_size=batch["input_ids"].shape[0])
         if out.item_head_kl is not None and "head_rows" in batch:
-            n = int(batch["head_rows"].numel())
+            n = _rows(batch, "head_item")
             # not synced: a rank whose batch holds no task-1 example logs nothing here, and a collective
             # that only some ranks enter would hang
             self.log(f"{split}/item_head_loss", out.item_head_loss, batch_size=n)
             self.log(f"{split}/item_head_kl", out.item_head_kl, batch_size=n)
         if getattr(out, "title_distill_loss", None) is not None and "head_rows" in batch:
-            n = int(batch["head_rows"].numel())
+            n = _rows(batch, "head_title")
             # not synced, as above
             self.log(f"{split}/title_distill_loss", out.title_distill_loss, batch_size=n)
 
@@ -152,3 +152,9 @@ class AlignerModule(L.LightningModule):
             optimizer, lambda step: warmup_decay(step, self.total_steps, warmup)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _rows(batch: dict, which: str) -> int:
+    """How many of the batch's head rows the mask ``which`` keeps (all of them without one)."""
+    mask = batch.get(which)
+    return int(batch["head_rows"].numel()) if mask is None else int(mask.sum())

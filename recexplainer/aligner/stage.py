@@ -37,9 +37,12 @@ DISTILL_KNOBS = {"title_distill_weight": 0.0, "title_distill_temperature": 1.0}
 
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
     aligner = OmegaConf.to_container(cfg.aligner, resolve=True)
-    if not aligner.get("item_head_weight"):  # no item head: its temperature is unused too
+    if not aligner.get("item_head_weight"):  # no item head: its temperature and tasks are unused too
         for knob in NEUTRAL_KNOBS:
             aligner.pop(knob, None)
+        aligner.pop("item_head_tasks", None)
+    if aligner.get("item_head_tasks") == ["retrieval"]:
+        aligner.pop("item_head_tasks")  # the task-1 examples alone: the head as before the knob existed
     if not aligner.get("title_distill_weight"):  # no title distillation: its temperature is unused too
         for knob in DISTILL_KNOBS:
             aligner.pop(knob, None)
@@ -60,6 +63,14 @@ def training_seed(cfg: DictConfig) -> int:
     return cfg.seed if cfg.aligner.get("seed") is None else int(cfg.aligner.seed)
 
 
+def head_tasks(cfg: DictConfig, model: Any) -> dict[str, tuple[str, ...]]:
+    """Which training examples carry the recommender's distribution for their prefix: those of the tasks in
+    ``aligner.item_head_tasks`` train the item head, the task-1 (retrieval) examples title distillation."""
+    item = tuple(cfg.aligner.get("item_head_tasks") or ("retrieval",)) if model.has_item_head else ()
+    title = ("retrieval",) if model.distills_titles else ()
+    return {"head_kinds": item + title, "item_kinds": item, "title_kinds": title}
+
+
 def encoded_split(
     cfg: DictConfig, folder: Path, split: str, model: Any, tokenizer: Any, formatter: Any
 ) -> AlignmentDataset:
@@ -78,7 +89,7 @@ def encoded_split(
         tasks=list(ac.train_tasks) if ac.train_tasks else None,
         limit=ac.max_train_examples if train else ac.max_valid_examples,
         seed=training_seed(cfg) if train else cfg.seed,
-        head_kinds=("retrieval",) if model.needs_recommender_targets else (),
+        **head_tasks(cfg, model),
         uncapped=tuple(ac.uncapped_tasks or ()) if train else (),
     )
 
@@ -209,7 +220,11 @@ def _set_title_tokens(
         )
     table = title_token_table(tokenizer, titles)
     model.set_title_tokens(table)
-    answers = [[t for t in e.labels if t >= 0] for e in train.examples if e.head_user_row is not None]
+    answers = [
+        [t for t in e.labels if t >= 0]
+        for e in train.examples
+        if e.head_user_row is not None and e.head_title
+    ]
     exact, started = answers_on_titles(table, answers)
     if started == 0:
         raise ValueError(
@@ -258,15 +273,24 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         )
     if model.needs_recommender_targets:
         model.set_item_table(train.items)
-        n_head = sum(e.head_user_row is not None for e in train.examples)
-        if n_head == 0:
+        heads = [e for e in train.examples if e.head_user_row is not None]
+        n_item = sum(e.head_item for e in heads)
+        n_title = sum(e.head_title for e in heads)
+        if (model.has_item_head and n_item == 0) or (model.distills_titles and n_title == 0):
             raise ValueError(
                 "aligner.item_head_weight > 0 or aligner.title_distill_weight > 0 but no training example carries "
-                "the recommender's distribution: both learn from the task-1 (retrieval) examples; add retrieval "
-                "to aligner.train_tasks"
+                "the recommender's distribution: the item head learns from the examples of "
+                f"aligner.item_head_tasks ({list(ac.get('item_head_tasks') or ['retrieval'])}), title distillation "
+                f"from the task-1 (retrieval) examples; aligner.train_tasks is {list(ac.train_tasks or ['all'])}: "
+                "add them to it"
             )
         if model.has_item_head:
-            log.info("item head: %d task-1 examples also train it (weight %g)", n_head, ac.item_head_weight)
+            log.info(
+                "item head: %d examples of %s also train it (weight %g)",
+                n_item,
+                list(ac.get("item_head_tasks") or ["retrieval"]),
+                ac.item_head_weight,
+            )
         if model.distills_titles:
             _set_title_tokens(model, tokenizer, folder, train, ac.title_distill_weight)
 

@@ -181,6 +181,7 @@ def _validate_task_names(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     for key, stage in (
         ("aligner.train_tasks", "aligner"),
         ("aligner.uncapped_tasks", "aligner"),
+        ("aligner.item_head_tasks", "aligner"),
         ("evaluation.tasks", "evaluate"),
     ):
         if stage not in reached:
@@ -236,12 +237,28 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
         raise ConfigError("dataset.path is required for the recbole_atomic format (or dataset.asset)")
 
 
+# tasks whose examples ask about an item, not a user's prefix (no recommender distribution to follow)
+USERLESS_TASKS = ("item_recovery", "item_metadata", "item_similar")
+
+
 def _validate_item_head(cfg: DictConfig, reached: tuple[str, ...]) -> None:
     ac = cfg.aligner
     if ac.item_head_weight < 0 or ac.item_head_temperature <= 0:
         raise ConfigError(
             f"aligner.item_head_weight={ac.item_head_weight} must be >= 0 (0: no item head) and "
             f"aligner.item_head_temperature={ac.item_head_temperature} > 0"
+        )
+    if ac.item_head_weight > 0 and not ac.item_head_tasks:
+        raise ConfigError(
+            "aligner.item_head_tasks is empty but aligner.item_head_weight > 0: list the tasks whose examples train "
+            "the item head (default [retrieval]), or set aligner.item_head_weight=0"
+        )
+    userless = [t for t in ac.item_head_tasks or [] if t in USERLESS_TASKS]
+    if ac.item_head_weight > 0 and userless:
+        raise ConfigError(
+            f"aligner.item_head_tasks: {userless} ask about an item, not a user: their examples have no recommender "
+            "distribution to train the item head on; choose among retrieval, ranking, interest, interest_hard, "
+            "history, explanation"
         )
     if ac.title_distill_weight < 0 or ac.title_distill_temperature <= 0:
         raise ConfigError(
