@@ -46,6 +46,44 @@ def test_collate_carries_the_head_targets_of_the_head_rows_only():
     assert "head_rows" not in head_batch((False, False))
 
 
+def test_collate_says_which_head_rows_train_the_head_and_which_answer_with_a_title():
+    torch.manual_seed(0)
+    rows = [
+        {
+            "input_ids": [5, USER, 6],
+            "labels": [-100, -100, 6],
+            "users": torch.randn(1, D_REC),
+            "items": torch.empty(0, D_REC),
+            "head_user": torch.randn(D_REC),
+            "head_exclude": [],
+            **flags,
+        }
+        for flags in ({}, {"head_item": True, "head_title": False}, {"head_item": False, "head_title": True})
+    ]
+    batch = collate(rows, pad_id=0)
+    assert batch["head_item"].tolist() == [True, True, False]  # without flags: both (a task-1 example)
+    assert batch["head_title"].tolist() == [True, False, True]
+
+
+def test_the_head_mask_keeps_the_loss_to_the_rows_that_train_the_head():
+    """Rows outside ``head_item`` add nothing to the item head's loss: it equals the loss of a batch whose head
+    rows are the masked-in ones alone; a mask that keeps none gives the zero (in-graph) loss."""
+    torch.manual_seed(0)
+    batch = head_batch((True, True))
+    model = head_model()
+    first_only = {
+        **batch,
+        "head_rows": batch["head_rows"][:1],
+        "head_users": batch["head_users"][:1],
+        "head_exclude": batch["head_exclude"][:1],
+    }
+    masked = model(**{**batch, "head_item": torch.tensor([True, False])})
+    assert torch.allclose(masked.item_head_loss, model(**first_only).item_head_loss, atol=1e-6)
+    assert not torch.allclose(masked.item_head_loss, model(**batch).item_head_loss)
+    none = model(**{**batch, "head_item": torch.tensor([False, False])})
+    assert none.item_head_kl is None and torch.allclose(none.loss, none.lm_loss)
+
+
 def test_scores_mask_the_padding_and_excluded_items():
     model = head_model()
     scores = model.item_scores(torch.randn(2, model.item_query.in_features), torch.tensor([[3, 0], [4, 7]]))
@@ -205,6 +243,27 @@ def test_config_checks_and_cache_keys():
     history_mask.stage = "alignment_data"  # stages before the aligner do not train the head
     validate(history_mask, stages)
     validate(compose_config(["aligner.item_head_weight=0", "prompt.mask=history"]), stages)
+    # the tasks that train the head: the default's task-1 and task-3 examples; [retrieval] (the head before the
+    # knob existed) stays out of the key, so that those aligners keep theirs
+    assert compose_config([]).aligner.item_head_tasks == ["retrieval", "interest", "interest_hard"]
+    assert key_fields(with_head)["aligner"]["item_head_tasks"] == ["retrieval", "interest", "interest_hard"]
+    task1_only = compose_config(["aligner.item_head_weight=1", "aligner.item_head_tasks=[retrieval]"])
+    assert "item_head_tasks" not in key_fields(task1_only)["aligner"]
+    wider = compose_config(["aligner.item_head_weight=1", "aligner.item_head_tasks=[retrieval,interest]"])
+    assert key_fields(wider)["aligner"]["item_head_tasks"] == ["retrieval", "interest"]
+    assert key_fields(
+        compose_config(["aligner.item_head_weight=0", "aligner.item_head_tasks=[interest]"])
+    ) == (key_fields(base))
+    validate(wider, stages)
+    for tasks, message in (
+        ("[]", "item_head_tasks is empty"),
+        ("[item_recovery]", "ask about an item"),
+        ("[intrest]", "did you mean 'interest'"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            validate(
+                compose_config(["aligner.item_head_weight=1", f"aligner.item_head_tasks={tasks}"]), stages
+            )
 
 
 @pytest.mark.slow
@@ -247,6 +306,30 @@ def test_an_aligner_with_an_item_head_trains_saves_and_is_evaluated_through_it(t
     exclude = torch.tensor([list(e.head_exclude) + [0] * (width - len(e.head_exclude)) for e in heads])
     top = model.recommender_distribution(users, exclude).argmax(-1).tolist()
     assert top == [labels[e.example_id] for e in heads]  # the target ranks as the recommender's labels do
+
+    # more tasks train the head: their examples carry the same prefix's distribution (user vector, exclusions);
+    # title distillation keeps to the task-1 answers
+    wider = compose_config([*base, "aligner.item_head_tasks=[retrieval,interest]"])
+    model.title_distill_weight = 0.5
+    mixed = encoded_split(wider, stage_folder(cfg, "alignment_data"), "train", model, tokenizer, formatter)
+    heads = [e for e in mixed.examples if e.head_user_row is not None]
+    task = {e.example_id: e.example_id.split("/")[0] for e in mixed.examples}
+    assert {task[e.example_id] for e in heads} == {"retrieval", "interest"}
+    assert len(heads) == sum(task[e.example_id] in ("retrieval", "interest") for e in mixed.examples)
+    assert all(e.head_item for e in heads)
+    assert all(e.head_title == (task[e.example_id] == "retrieval") for e in heads)
+    # an interest example's target is its own prefix's: the recommender's ranking there puts the asked item at
+    # the rank its labels record
+    rows = {r["id"]: r for r in read_examples(stage_folder(cfg, "alignment_data"), "train", ["interest"])}
+    asked = [e for e in heads if task[e.example_id] == "interest"]
+    users = mixed.users[[e.head_user_row for e in asked]]
+    width = max(len(e.head_exclude) for e in asked)
+    exclude = torch.tensor([list(e.head_exclude) + [0] * (width - len(e.head_exclude)) for e in asked])
+    order = model.recommender_distribution(users, exclude).argsort(-1, descending=True)
+    for e, ranking in zip(asked, order.tolist(), strict=True):
+        labels = rows[e.example_id]["labels"]
+        assert ranking.index(labels["item"]) == labels["rank"]
+    model.title_distill_weight = 0.0
 
     evaluated = run(compose_config([*base, "stage=evaluate", *SMALL_EVAL]))
     results = json.loads((evaluated / "metrics.json").read_text())

@@ -487,7 +487,11 @@ def _select(which, rows, users, exclude):
     if which is None or rows is None or bool(which.all()):
         return rows, users, exclude
     which = which.to(rows.device)
-    return rows[which], users[which.to(users.device)], None if exclude is None else exclude[which.to(exclude.device)]
+    return (
+        rows[which],
+        users[which.to(users.device)],
+        None if exclude is None else exclude[which.to(exclude.device)],
+    )
 
 
 def _mask_items(scores: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
