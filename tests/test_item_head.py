@@ -292,8 +292,12 @@ def test_an_aligner_with_an_item_head_trains_saves_and_is_evaluated_through_it(t
     assert model.has_item_head and model.item_head_weight == 1.0
     cfg = compose_config(base)
     train = encoded_split(cfg, stage_folder(cfg, "alignment_data"), "train", model, tokenizer, formatter)
-    heads = [e for e in train.examples if e.head_user_row is not None]
-    assert heads and all(e.example_id.startswith("retrieval/") for e in heads)
+    # the default: the task-1 and task-3 examples train the head
+    trained = {e.example_id.split("/")[0] for e in train.examples if e.head_user_row is not None}
+    assert "retrieval" in trained and trained <= {"retrieval", "interest", "interest_hard"}
+    heads = [
+        e for e in train.examples if e.head_user_row is not None and e.example_id.startswith("retrieval/")
+    ]
     model.set_item_table(train.items)
     from recexplainer.alignment_data.io import read_examples
 
@@ -310,6 +314,17 @@ def test_an_aligner_with_an_item_head_trains_saves_and_is_evaluated_through_it(t
     # more tasks train the head: their examples carry the same prefix's distribution (user vector, exclusions);
     # title distillation keeps to the task-1 answers
     wider = compose_config([*base, "aligner.item_head_tasks=[retrieval,interest]"])
+    only_task1 = encoded_split(
+        compose_config([*base, "aligner.item_head_tasks=[retrieval]"]),
+        stage_folder(cfg, "alignment_data"),
+        "train",
+        model,
+        tokenizer,
+        formatter,
+    )
+    assert {e.example_id.split("/")[0] for e in only_task1.examples if e.head_user_row is not None} == {
+        "retrieval"
+    }
     model.title_distill_weight = 0.5
     mixed = encoded_split(wider, stage_folder(cfg, "alignment_data"), "train", model, tokenizer, formatter)
     heads = [e for e in mixed.examples if e.head_user_row is not None]
