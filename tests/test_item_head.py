@@ -257,7 +257,7 @@ def test_config_checks_and_cache_keys():
     validate(wider, stages)
     for tasks, message in (
         ("[]", "item_head_tasks is empty"),
-        ("[item_recovery]", "ask about an item"),
+        ("[item_recovery]", "do not ask about a user"),
         ("[intrest]", "did you mean 'interest'"),
     ):
         with pytest.raises(ConfigError, match=message):

@@ -98,7 +98,7 @@ class AlignerModule(L.LightningModule):
         self.log(f"{split}/lm_loss", out.lm_loss, sync_dist=sync, batch_size=batch["input_ids"].shape[0])
         if out.item_head_kl is not None and "head_rows" in batch:
             n = _rows(batch, "head_item")
-            # not synced: a rank whose batch holds no task-1 example logs nothing here, and a collective
+            # not synced: a rank whose batch holds no head row logs nothing here, and a collective
             # that only some ranks enter would hang
             self.log(f"{split}/item_head_loss", out.item_head_loss, batch_size=n)
             self.log(f"{split}/item_head_kl", out.item_head_kl, batch_size=n)

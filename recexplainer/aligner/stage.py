@@ -66,7 +66,7 @@ def training_seed(cfg: DictConfig) -> int:
 def head_tasks(cfg: DictConfig, model: Any) -> dict[str, tuple[str, ...]]:
     """Which training examples carry the recommender's distribution for their prefix: those of the tasks in
     ``aligner.item_head_tasks`` train the item head, the task-1 (retrieval) examples title distillation."""
-    item = tuple(cfg.aligner.get("item_head_tasks") or ("retrieval",)) if model.has_item_head else ()
+    item = tuple(cfg.aligner.item_head_tasks) if model.has_item_head else ()
     title = ("retrieval",) if model.distills_titles else ()
     return {"head_kinds": item + title, "item_kinds": item, "title_kinds": title}
 
@@ -280,7 +280,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             raise ValueError(
                 "aligner.item_head_weight > 0 or aligner.title_distill_weight > 0 but no training example carries "
                 "the recommender's distribution: the item head learns from the examples of "
-                f"aligner.item_head_tasks ({list(ac.get('item_head_tasks') or ['retrieval'])}), title distillation "
+                f"aligner.item_head_tasks ({list(ac.item_head_tasks)}), title distillation "
                 f"from the task-1 (retrieval) examples; aligner.train_tasks is {list(ac.train_tasks or ['all'])}: "
                 "add them to it"
             )
@@ -288,7 +288,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             log.info(
                 "item head: %d examples of %s also train it (weight %g)",
                 n_item,
-                list(ac.get("item_head_tasks") or ["retrieval"]),
+                list(ac.item_head_tasks),
                 ac.item_head_weight,
             )
         if model.distills_titles:

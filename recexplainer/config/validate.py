@@ -237,10 +237,6 @@ def validate(cfg: DictConfig, stages: tuple[str, ...]) -> None:
         raise ConfigError("dataset.path is required for the recbole_atomic format (or dataset.asset)")
 
 
-# tasks whose examples ask about an item, not a user's prefix (no recommender distribution to follow)
-USERLESS_TASKS = ("item_recovery", "item_metadata", "item_similar")
-
-
 def _validate_item_head(cfg: DictConfig, reached: tuple[str, ...]) -> None:
     ac = cfg.aligner
     if ac.item_head_weight < 0 or ac.item_head_temperature <= 0:
@@ -251,15 +247,20 @@ def _validate_item_head(cfg: DictConfig, reached: tuple[str, ...]) -> None:
     if ac.item_head_weight > 0 and not ac.item_head_tasks:
         raise ConfigError(
             "aligner.item_head_tasks is empty but aligner.item_head_weight > 0: list the tasks whose examples train "
-            "the item head (default [retrieval]), or set aligner.item_head_weight=0"
+            "the item head (default [retrieval, interest, interest_hard]), or set aligner.item_head_weight=0"
         )
-    userless = [t for t in ac.item_head_tasks or [] if t in USERLESS_TASKS]
-    if ac.item_head_weight > 0 and userless:
-        raise ConfigError(
-            f"aligner.item_head_tasks: {userless} ask about an item, not a user: their examples have no recommender "
-            "distribution to train the item head on; choose among retrieval, ranking, interest, interest_hard, "
-            "history, explanation"
-        )
+    if ac.item_head_weight > 0:
+        from recexplainer.tasks import KINDS
+
+        # only a task about a user's prefix has the recommender's distribution for its examples
+        kinds = {name: KINDS.get(task.kind) for name, task in cfg.tasks.items()}
+        userless = [t for t in ac.item_head_tasks if kinds.get(t) is not None and kinds[t].source != "user"]
+        if userless:
+            users = [name for name, kind in kinds.items() if kind is not None and kind.source == "user"]
+            raise ConfigError(
+                f"aligner.item_head_tasks: {userless} do not ask about a user's history: their examples have no "
+                f"recommender distribution to train the item head on; choose among {', '.join(users)}"
+            )
     if ac.title_distill_weight < 0 or ac.title_distill_temperature <= 0:
         raise ConfigError(
             f"aligner.title_distill_weight={ac.title_distill_weight} must be >= 0 (0: none) and "
