@@ -12,9 +12,17 @@ from .helpers import D_REC, ITEM, USER, compose_config, tiny_lm
 N_ITEMS = 12  # items 1..12, row 0 padding
 
 
-def head_model(weight: float = 1.0, temperature: float = 1.0, seed: int = 0) -> RecExplainerLM:
+def head_model(
+    weight: float = 1.0, temperature: float = 1.0, seed: int = 0, space: str = "projected"
+) -> RecExplainerLM:
     model = RecExplainerLM(
-        tiny_lm(seed), USER, ITEM, D_REC, item_head_weight=weight, item_head_temperature=temperature
+        tiny_lm(seed),
+        USER,
+        ITEM,
+        D_REC,
+        item_head_weight=weight,
+        item_head_temperature=temperature,
+        item_head_space=space,
     )
     torch.manual_seed(seed + 1)
     model.set_item_table(torch.randn(N_ITEMS + 1, D_REC))
@@ -120,6 +128,35 @@ def test_the_loss_adds_the_weighted_cross_entropy_from_the_recommender_softmax()
     assert torch.allclose(out.lm_loss, lm_loss, atol=1e-5)
     assert torch.allclose(out.item_head_kl, expected - entropy, atol=1e-5)
     assert out.item_head_kl >= 0
+
+
+def test_the_recommender_space_head_scores_as_the_recommender_does():
+    torch.manual_seed(0)
+    model = head_model(space="recommender")
+    hidden = model.item_query.in_features
+    assert model.item_query.weight.shape == (D_REC, hidden)
+    # zero at the start: uniform scores, so the head's first gradients leave the LLM's hidden states alone
+    h = torch.randn(3, hidden)
+    assert torch.equal(model.item_scores(h)[:, 1:], torch.zeros(3, N_ITEMS))
+    # a query equal to the user vector gives the recommender's own scores, hence its exact distribution
+    users = torch.randn(3, D_REC)
+    with torch.no_grad():
+        weight = torch.linalg.lstsq(h, users).solution.T  # (D_REC, hidden): h @ weight.T == users
+        model.item_query.weight.copy_(weight)
+    exclude = torch.tensor([[3, 0], [4, 7], [0, 0]])
+    scores = model.item_scores(h, exclude)
+    expected = users @ model.item_table.T
+    keep = torch.isfinite(scores)
+    assert torch.isinf(scores[:, 0]).all() and torch.isinf(scores[0, 3]) and torch.isinf(scores[1, 7])
+    assert torch.allclose(scores[keep], expected[keep], atol=1e-4)
+    target = model.recommender_distribution(users, exclude)
+    assert torch.allclose(torch.softmax(scores, -1), target, atol=1e-5)
+    # trained end to end: the loss reaches the map into the recommender's space and the LLM
+    model = head_model(space="recommender")
+    model(**head_batch((True, True))).loss.backward()
+    assert model.item_query.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="item_head_space"):
+        head_model(space="llm")
 
 
 def test_gradients_reach_the_head_and_a_batch_without_head_rows_gives_zero_ones():
@@ -247,6 +284,14 @@ def test_config_checks_and_cache_keys():
     # knob existed) stays out of the key, so that those aligners keep theirs
     assert compose_config([]).aligner.item_head_tasks == ["retrieval", "interest", "interest_hard"]
     assert key_fields(with_head)["aligner"]["item_head_tasks"] == ["retrieval", "interest", "interest_hard"]
+    # the head's space: projected (the head before the knob existed) stays out of the key
+    assert compose_config([]).aligner.item_head_space == "projected"
+    assert "item_head_space" not in key_fields(with_head)["aligner"]
+    own = compose_config(["aligner.item_head_weight=1", "aligner.item_head_space=recommender"])
+    assert key_fields(own)["aligner"]["item_head_space"] == "recommender"
+    validate(own, stages)
+    with pytest.raises(ConfigError, match="item_head_space='llm' is not valid; choose one of projected, recommender"):
+        validate(compose_config(["aligner.item_head_space=llm"]), stages)
     task1_only = compose_config(["aligner.item_head_weight=1", "aligner.item_head_tasks=[retrieval]"])
     assert "item_head_tasks" not in key_fields(task1_only)["aligner"]
     wider = compose_config(["aligner.item_head_weight=1", "aligner.item_head_tasks=[retrieval,interest]"])

@@ -24,6 +24,9 @@ INJECTIONS = ("add", "replace")
 # token: mean over all labelled tokens of the batch (long answers dominate); example: mean per example, then
 # over examples (a one-token yes/no answer weighs as much as a nine-title list)
 LOSS_WEIGHTINGS = ("token", "example")
+# where the item head scores the items: against their projected embeddings in the LLM's space, or (the hidden
+# state mapped to the recommender's width) against the recommender's own item embeddings
+ITEM_HEAD_SPACES = ("projected", "recommender")
 IGNORE_INDEX = -100
 
 
@@ -164,8 +167,11 @@ class RecExplainerLM(nn.Module):
         item_head_temperature: float = 1.0,
         title_distill_weight: float = 0.0,
         title_distill_temperature: float = 1.0,
+        item_head_space: str = "projected",
     ):
         super().__init__()
+        if item_head_space not in ITEM_HEAD_SPACES:
+            raise ValueError(f"item_head_space must be one of {ITEM_HEAD_SPACES}, got {item_head_space!r}")
         if injection not in INJECTIONS:
             raise ValueError(f"injection must be one of {INJECTIONS}, got {injection!r}")
         if loss_weighting not in LOSS_WEIGHTINGS:
@@ -193,17 +199,28 @@ class RecExplainerLM(nn.Module):
         # that training them costs two rows of optimizer state, not the whole vocabulary.
         rows = table.weight[[user_token_id, item_token_id]].detach().clone().float()
         self.placeholder_embeddings = nn.Parameter(rows)  # (2, H)
-        # Optional item head (item_head_weight > 0): the hidden state that predicts an answer's first token,
-        # mapped by a square matrix (identity at the start), is scored against every item's projected
-        # embedding (the item projector's output: tied to what the prompts inject) times a learnt scale, and
-        # trained towards the recommender's own softmax over the items.
+        # Optional item head (item_head_weight > 0), trained towards the recommender's own softmax over the
+        # items from the hidden state that predicts an answer's first token. item_head_space "projected": that
+        # state, mapped by a square matrix (identity at the start), is scored against every item's projected
+        # embedding (the item projector's output: tied to what the prompts inject) times a learnt scale.
+        # "recommender": it is mapped into the recommender's space (H -> d_rec, zero at the start: the head
+        # leaves the LLM untouched until it has learnt something) and scored against the recommender's own item
+        # embeddings, as the recommender scores a user vector; the head then has the recommender's scoring
+        # to reproduce, not a second copy of it in the LLM's space.
         self.item_head_weight, self.item_head_temperature = item_head_weight, item_head_temperature
+        self.item_head_space = item_head_space
         if item_head_weight > 0:
-            self.item_query = nn.Linear(hidden, hidden, bias=False)
-            nn.init.eye_(self.item_query.weight)
+            if item_head_space == "recommender":
+                self.item_query = nn.Linear(hidden, d_rec, bias=False)
+                nn.init.zeros_(self.item_query.weight)
+                start = 0.0  # a query equal to the user vector reproduces the recommender's scores
+            else:
+                self.item_query = nn.Linear(hidden, hidden, bias=False)
+                nn.init.eye_(self.item_query.weight)
+                start = math.log(1.0 / math.sqrt(hidden))
             # shape (1,), not a 0-dim scalar: DeepSpeed broadcasts every parameter viewed as bytes, which a 0-dim
             # bf16 tensor cannot be
-            self.item_logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / math.sqrt(hidden))))
+            self.item_logit_scale = nn.Parameter(torch.full((1,), start))
         self.register_buffer("item_table", torch.empty(0, d_rec), persistent=False)  # (N + 1, d_rec)
         # Optional title distillation (title_distill_weight > 0): on each task-1 example, at every position of
         # the target title, the LM's next-token distribution is also trained towards the recommender's softmax
@@ -297,7 +314,10 @@ class RecExplainerLM(nn.Module):
             raise RuntimeError("this aligner has no item head (aligner.item_head_weight is 0)")
         if self.item_table.shape[0] == 0:
             raise RuntimeError("the item head needs the recommender's item table: call set_item_table first")
-        keys = self.item_projector(self.item_table.to(next(self.item_projector.parameters()).dtype))
+        if self.item_head_space == "recommender":
+            keys = self.item_table.to(self.item_query.weight.dtype)
+        else:
+            keys = self.item_projector(self.item_table.to(next(self.item_projector.parameters()).dtype))
         query = self.item_query(hidden.to(keys.dtype))
         logits = (query @ keys.T).float() * self.item_logit_scale.exp()  # (n, N + 1)
         return _mask_items(logits, exclude)

@@ -91,6 +91,7 @@ def build(cfg: Any, d_rec: int) -> tuple[RecExplainerLM, Any, ChatFormatter]:
         ac.loss_weighting,
         item_head_weight=ac.item_head_weight,
         item_head_temperature=ac.item_head_temperature,
+        item_head_space=ac.item_head_space,
         title_distill_weight=ac.title_distill_weight,
         title_distill_temperature=ac.title_distill_temperature,
     )
@@ -153,6 +154,7 @@ def load(folder: Path, assets_cache: str | None = None) -> tuple[RecExplainerLM,
         # aligners saved before the item head existed have no such keys: no head
         item_head_weight=aligner.get("item_head_weight", 0.0),
         item_head_temperature=aligner.get("item_head_temperature", 1.0),
+        item_head_space=aligner.get("item_head_space", "projected"),  # aligners saved before the knob
     )
     missing, unexpected = model.load_state_dict(load_file(folder / "projectors.safetensors"), strict=False)
     if unexpected or any(k.startswith(HEAD_KEYS) for k in missing):

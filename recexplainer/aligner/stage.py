@@ -31,7 +31,11 @@ log = logging.getLogger(__name__)
 
 # knobs left out of the key at their neutral value (they change nothing there), so that the aligners trained
 # before they existed keep their keys and caches
-NEUTRAL_KNOBS = {"item_head_weight": 0.0, "item_head_temperature": 1.0}
+NEUTRAL_KNOBS = {
+    "item_head_weight": 0.0,
+    "item_head_temperature": 1.0,
+    "item_head_space": "projected",
+}
 DISTILL_KNOBS = {"title_distill_weight": 0.0, "title_distill_temperature": 1.0}
 
 
@@ -41,6 +45,8 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
         for knob in NEUTRAL_KNOBS:
             aligner.pop(knob, None)
         aligner.pop("item_head_tasks", None)
+    if aligner.get("item_head_space") == "projected":
+        aligner.pop("item_head_space")  # the head as before the knob existed
     if aligner.get("item_head_tasks") == ["retrieval"]:
         aligner.pop("item_head_tasks")  # the task-1 examples alone: the head as before the knob existed
     if not aligner.get("title_distill_weight"):  # no title distillation: its temperature is unused too
