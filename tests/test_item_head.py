@@ -290,7 +290,9 @@ def test_config_checks_and_cache_keys():
     own = compose_config(["aligner.item_head_weight=1", "aligner.item_head_space=recommender"])
     assert key_fields(own)["aligner"]["item_head_space"] == "recommender"
     validate(own, stages)
-    with pytest.raises(ConfigError, match="item_head_space='llm' is not valid; choose one of projected, recommender"):
+    with pytest.raises(
+        ConfigError, match="item_head_space='llm' is not valid; choose one of projected, recommender"
+    ):
         validate(compose_config(["aligner.item_head_space=llm"]), stages)
     task1_only = compose_config(["aligner.item_head_weight=1", "aligner.item_head_tasks=[retrieval]"])
     assert "item_head_tasks" not in key_fields(task1_only)["aligner"]
