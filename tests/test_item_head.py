@@ -159,6 +159,57 @@ def test_the_recommender_space_head_scores_as_the_recommender_does():
         head_model(space="llm")
 
 
+def test_both_spaces_train_two_heads_and_read_the_recommender_one():
+    from recexplainer.aligner.setup import HEAD_KEYS
+
+    torch.manual_seed(0)
+    batch = head_batch((True, True))
+    both = head_model(space="both")
+    hidden = both.item_query.in_features
+    assert both.item_query.weight.shape == (D_REC, hidden)  # the head that is read: the recommender's space
+    assert both.projected_query.weight.shape == (hidden, hidden)
+    with torch.no_grad():
+        both.item_query.weight.normal_()
+    # the same LM, projectors and head weights as two one-space models: the loss is the sum of their head losses
+    parts = []
+    for space, query, scale in (
+        ("recommender", both.item_query, both.item_logit_scale),
+        ("projected", both.projected_query, both.projected_logit_scale),
+    ):
+        single = head_model(space=space)
+        single.lm, single.user_projector, single.item_projector = (
+            both.lm,
+            both.user_projector,
+            both.item_projector,
+        )
+        single.placeholder_embeddings, single.item_table = both.placeholder_embeddings, both.item_table
+        single.item_query, single.item_logit_scale = query, scale
+        parts.append(single(**batch))
+    out = both(**batch)
+    assert torch.allclose(out.item_head_loss, parts[0].item_head_loss + parts[1].item_head_loss, atol=1e-5)
+    assert torch.allclose(out.item_head_kl, parts[0].item_head_kl + parts[1].item_head_kl, atol=1e-5)
+    assert torch.allclose(out.lm_loss, parts[0].lm_loss, atol=1e-6)
+    h = torch.randn(2, hidden)
+    single = head_model(space="recommender")
+    single.item_table, single.item_query, single.item_logit_scale = (
+        both.item_table,
+        both.item_query,
+        both.item_logit_scale,
+    )
+    assert torch.allclose(both.item_scores(h), single.item_scores(h))
+    both.zero_grad()
+    out.loss.backward()
+    for p in (both.item_query.weight, both.projected_query.weight, both.projected_logit_scale):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    # both heads are saved with the aligner
+    saved = [k for k in both.state_dict() if k.startswith(HEAD_KEYS)]
+    assert {"item_query.weight", "projected_query.weight", "projected_logit_scale"} <= set(saved)
+    # a batch without head rows: every head parameter in the graph with a zero gradient (DDP)
+    both.zero_grad()
+    both(**head_batch((False, False))).loss.backward()
+    assert both.projected_query.weight.grad is not None and both.projected_query.weight.grad.abs().sum() == 0
+
+
 def test_gradients_reach_the_head_and_a_batch_without_head_rows_gives_zero_ones():
     torch.manual_seed(0)
     model = head_model()
@@ -291,7 +342,7 @@ def test_config_checks_and_cache_keys():
     assert key_fields(own)["aligner"]["item_head_space"] == "recommender"
     validate(own, stages)
     with pytest.raises(
-        ConfigError, match="item_head_space='llm' is not valid; choose one of projected, recommender"
+        ConfigError, match="item_head_space='llm' is not valid; choose one of projected, recommender, both"
     ):
         validate(compose_config(["aligner.item_head_space=llm"]), stages)
     task1_only = compose_config(["aligner.item_head_weight=1", "aligner.item_head_tasks=[retrieval]"])

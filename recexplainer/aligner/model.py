@@ -25,9 +25,27 @@ INJECTIONS = ("add", "replace")
 # over examples (a one-token yes/no answer weighs as much as a nine-title list)
 LOSS_WEIGHTINGS = ("token", "example")
 # where the item head scores the items: against their projected embeddings in the LLM's space, or (the hidden
-# state mapped to the recommender's width) against the recommender's own item embeddings
-ITEM_HEAD_SPACES = ("projected", "recommender")
+# state mapped to the recommender's width) against the recommender's own item embeddings, or both (two heads
+# trained side by side, read in the recommender's space)
+ITEM_HEAD_SPACES = ("projected", "recommender", "both")
 IGNORE_INDEX = -100
+
+
+def _head_parameters(space: str, hidden: int, d_rec: int) -> tuple[nn.Linear, nn.Parameter]:
+    """An item head's query map and log scale. projected: H -> H, identity at the start, scale 1 / sqrt(H);
+    recommender: H -> d_rec, zero at the start (the head leaves the LLM untouched until it has learnt
+    something), scale 1 (a query equal to the user vector reproduces the recommender's scores)."""
+    if space == "recommender":
+        query = nn.Linear(hidden, d_rec, bias=False)
+        nn.init.zeros_(query.weight)
+        start = 0.0
+    else:
+        query = nn.Linear(hidden, hidden, bias=False)
+        nn.init.eye_(query.weight)
+        start = math.log(1.0 / math.sqrt(hidden))
+    # shape (1,), not a 0-dim scalar: DeepSpeed broadcasts every parameter viewed as bytes, which a 0-dim bf16
+    # tensor cannot be
+    return query, nn.Parameter(torch.full((1,), start))
 
 
 def base_model(lm: nn.Module) -> nn.Module:
@@ -207,20 +225,19 @@ class RecExplainerLM(nn.Module):
         # leaves the LLM untouched until it has learnt something) and scored against the recommender's own item
         # embeddings, as the recommender scores a user vector; the head then has the recommender's scoring
         # to reproduce, not a second copy of it in the LLM's space.
+        # "both": the recommender-space head (item_query / item_logit_scale, the one read) and a projected one
+        # (projected_query / projected_logit_scale) trained side by side on the same hidden states, each loss
+        # at the full weight: the projected head keeps training the item projector towards the recommender's
+        # item space (the prompts' injected items), the other gives the readout.
         self.item_head_weight, self.item_head_temperature = item_head_weight, item_head_temperature
         self.item_head_space = item_head_space
         if item_head_weight > 0:
-            if item_head_space == "recommender":
-                self.item_query = nn.Linear(hidden, d_rec, bias=False)
-                nn.init.zeros_(self.item_query.weight)
-                start = 0.0  # a query equal to the user vector reproduces the recommender's scores
-            else:
-                self.item_query = nn.Linear(hidden, hidden, bias=False)
-                nn.init.eye_(self.item_query.weight)
-                start = math.log(1.0 / math.sqrt(hidden))
-            # shape (1,), not a 0-dim scalar: DeepSpeed broadcasts every parameter viewed as bytes, which a 0-dim
-            # bf16 tensor cannot be
-            self.item_logit_scale = nn.Parameter(torch.full((1,), start))
+            readout = "projected" if item_head_space == "projected" else "recommender"
+            self.item_query, self.item_logit_scale = _head_parameters(readout, hidden, d_rec)
+            if item_head_space == "both":
+                self.projected_query, self.projected_logit_scale = _head_parameters(
+                    "projected", hidden, d_rec
+                )
         self.register_buffer("item_table", torch.empty(0, d_rec), persistent=False)  # (N + 1, d_rec)
         # Optional title distillation (title_distill_weight > 0): on each task-1 example, at every position of
         # the target title, the LM's next-token distribution is also trained towards the recommender's softmax
@@ -314,13 +331,25 @@ class RecExplainerLM(nn.Module):
             raise RuntimeError("this aligner has no item head (aligner.item_head_weight is 0)")
         if self.item_table.shape[0] == 0:
             raise RuntimeError("the item head needs the recommender's item table: call set_item_table first")
-        if self.item_head_space == "recommender":
-            keys = self.item_table.to(self.item_query.weight.dtype)
+        if self.item_head_space == "projected":
+            return self._head_scores(hidden, exclude, "projected", self.item_query, self.item_logit_scale)
+        return self._head_scores(hidden, exclude, "recommender", self.item_query, self.item_logit_scale)
+
+    def _head_scores(
+        self, hidden, exclude, space: str, query_map: nn.Linear, scale: nn.Parameter
+    ) -> torch.Tensor:
+        if space == "recommender":
+            keys = self.item_table.to(query_map.weight.dtype)
         else:
             keys = self.item_projector(self.item_table.to(next(self.item_projector.parameters()).dtype))
-        query = self.item_query(hidden.to(keys.dtype))
-        logits = (query @ keys.T).float() * self.item_logit_scale.exp()  # (n, N + 1)
+        query = query_map(hidden.to(keys.dtype))
+        logits = (query @ keys.T).float() * scale.exp()  # (n, N + 1)
         return _mask_items(logits, exclude)
+
+    def _head_parameter_list(self) -> list[torch.Tensor]:
+        names = ("item_query", "item_logit_scale", "projected_query", "projected_logit_scale")
+        modules = [getattr(self, name) for name in names if hasattr(self, name)]
+        return [p for m in modules for p in (m.parameters() if isinstance(m, nn.Module) else [m])]
 
     def recommender_distribution(
         self, users: torch.Tensor, exclude: torch.Tensor | None, temperature: float | None = None
@@ -402,16 +431,25 @@ class RecExplainerLM(nn.Module):
         if rows is None or rows.numel() == 0:
             # still in the graph (a zero contribution): every trainable parameter gets a gradient each step,
             # which DDP needs (see _inject)
-            dummy = self.item_query.weight.sum() + self.item_logit_scale.sum()
+            dummy = sum(p.sum() for p in self._head_parameter_list())
             return dummy * 0.0, None
         first = keep[rows].float().argmax(dim=1)  # the first labelled position of each head row
-        logits = self.item_scores(hidden[rows, first], exclude)
+        states = hidden[rows, first]
         target = self.recommender_distribution(users, exclude)
-        log_p = torch.log_softmax(logits, dim=-1).masked_fill(target == 0, 0.0)
-        loss = -(target * log_p).sum(-1).mean()
+        heads = [self.item_scores(states, exclude)]
+        if self.item_head_space == "both":
+            heads.append(
+                self._head_scores(
+                    states, exclude, "projected", self.projected_query, self.projected_logit_scale
+                )
+            )
+        loss = 0.0
+        for logits in heads:
+            log_p = torch.log_softmax(logits, dim=-1).masked_fill(target == 0, 0.0)
+            loss = loss + -(target * log_p).sum(-1).mean()
         with torch.no_grad():
             entropy = -(target * torch.log(target.clamp_min(1e-30))).sum(-1).mean()
-        return loss, loss.detach() - entropy
+        return loss, loss.detach() - len(heads) * entropy
 
     def head_hidden(self, input_ids, attention_mask, user_vectors=None, item_vectors=None) -> torch.Tensor:
         """The last hidden state at each row's last real token (right-padded prompts): (B, H)."""

@@ -17,7 +17,15 @@ from recexplainer.text import ChatFormatter
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # the weights of RecExplainerLM outside the LLM and its adapter, saved in projectors.safetensors
-HEAD_KEYS = ("user_projector", "item_projector", "placeholder_embeddings", "item_query", "item_logit_scale")
+HEAD_KEYS = (
+    "user_projector",
+    "item_projector",
+    "placeholder_embeddings",
+    "item_query",
+    "item_logit_scale",
+    "projected_query",
+    "projected_logit_scale",
+)
 
 
 def load_base_llm(llm: Any, assets_cache: str | None = None) -> tuple[torch.nn.Module, Any]:

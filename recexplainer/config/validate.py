@@ -21,7 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "aligner.injection": ("add", "replace"),
     "aligner.projector": ("mlp2x_gelu", "linear", "identity"),
     "aligner.loss_weighting": ("token", "example"),
-    "aligner.item_head_space": ("projected", "recommender"),
+    "aligner.item_head_space": ("projected", "recommender", "both"),
     "aligner.projector_init": ("random", "title_lsq", "title_lsq_top1"),
     "llm.source": ("smollm2_gguf", "tiny_random", "pretrained"),
     "llm.dtype": ("float32", "bfloat16", "float16"),
