@@ -144,7 +144,13 @@ def test_killed_aligner_resumes_mid_epoch_bit_identically(tmp_path, monkeypatch)
     saved = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 2 and not artifacts.is_complete(folder)
     assert all(
-        "lora_" in k or "projector" in k or "placeholder" in k or "item_query" in k or "item_logit_scale" in k
+        "lora_" in k
+        or "projector" in k
+        or "placeholder" in k
+        or any(
+            name in k
+            for name in ("item_query", "item_logit_scale", "projected_query", "projected_logit_scale")
+        )
         for k in saved["state_dict"]
     )
     monkeypatch.setattr(AlignerModule, "training_step", record)

@@ -335,9 +335,12 @@ def test_config_checks_and_cache_keys():
     # knob existed) stays out of the key, so that those aligners keep theirs
     assert compose_config([]).aligner.item_head_tasks == ["retrieval", "interest", "interest_hard"]
     assert key_fields(with_head)["aligner"]["item_head_tasks"] == ["retrieval", "interest", "interest_hard"]
-    # the head's space: projected (the head before the knob existed) stays out of the key
-    assert compose_config([]).aligner.item_head_space == "projected"
-    assert "item_head_space" not in key_fields(with_head)["aligner"]
+    # the head's space: the default trains both heads; projected (the head before the knob existed) stays out of
+    # the key, so that those aligners keep theirs
+    assert compose_config([]).aligner.item_head_space == "both"
+    assert key_fields(with_head)["aligner"]["item_head_space"] == "both"
+    projected = compose_config(["aligner.item_head_weight=1", "aligner.item_head_space=projected"])
+    assert "item_head_space" not in key_fields(projected)["aligner"]
     own = compose_config(["aligner.item_head_weight=1", "aligner.item_head_space=recommender"])
     assert key_fields(own)["aligner"]["item_head_space"] == "recommender"
     validate(own, stages)
@@ -388,6 +391,10 @@ def test_an_aligner_with_an_item_head_trains_saves_and_is_evaluated_through_it(t
     assert 0 < metrics["valid/lm_loss"] < metrics["valid/loss"]  # the head's loss is inside valid/loss
     model, tokenizer, formatter = setup.load(folder)
     assert model.has_item_head and model.item_head_weight == 1.0
+    # the default's two heads, both trained and reloaded: the read one in the recommender's space
+    assert model.item_head_space == "both" and model.item_query.out_features == model.d_rec
+    assert model.item_query.weight.abs().sum() > 0  # it started at zero
+    assert model.projected_query.out_features == model.projected_query.in_features
     cfg = compose_config(base)
     train = encoded_split(cfg, stage_folder(cfg, "alignment_data"), "train", model, tokenizer, formatter)
     # the default: the task-1 and task-3 examples train the head
