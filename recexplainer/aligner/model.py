@@ -331,13 +331,14 @@ class RecExplainerLM(nn.Module):
             raise RuntimeError("this aligner has no item head (aligner.item_head_weight is 0)")
         if self.item_table.shape[0] == 0:
             raise RuntimeError("the item head needs the recommender's item table: call set_item_table first")
-        if self.item_head_space == "projected":
-            return self._head_scores(hidden, exclude, "projected", self.item_query, self.item_logit_scale)
-        return self._head_scores(hidden, exclude, "recommender", self.item_query, self.item_logit_scale)
+        space = "projected" if self.item_head_space == "projected" else "recommender"  # both: read the latter
+        return self._head_scores(hidden, exclude, space, self.item_query, self.item_logit_scale)
 
     def _head_scores(
         self, hidden, exclude, space: str, query_map: nn.Linear, scale: nn.Parameter
     ) -> torch.Tensor:
+        """One head's scores: ``query_map(hidden)`` against the recommender's item embeddings (``space``
+        "recommender") or their projections (``"projected"``), times ``exp(scale)``; masked as item_scores."""
         if space == "recommender":
             keys = self.item_table.to(query_map.weight.dtype)
         else:
