@@ -451,6 +451,16 @@ def test_an_aligner_with_an_item_head_trains_saves_and_is_evaluated_through_it(t
         assert ranking.index(labels["item"]) == labels["rank"]
     model.title_distill_weight = 0.0
 
+    # an aligner saved before item_head_space existed (no such key in its aligner.json) reloads as a projected head
+    legacy = run(compose_config([*base, "aligner.item_head_space=projected"]))
+    spec = json.loads((legacy / "aligner.json").read_text())
+    assert spec["aligner"].pop("item_head_space") == "projected"
+    (legacy / "aligner.json").write_text(json.dumps(spec))
+    old_model = setup.load(legacy)[0]
+    assert old_model.item_head_space == "projected"
+    assert old_model.item_query.out_features == old_model.item_query.in_features  # the square, projected map
+    assert not hasattr(old_model, "projected_query")
+
     evaluated = run(compose_config([*base, "stage=evaluate", *SMALL_EVAL]))
     results = json.loads((evaluated / "metrics.json").read_text())
     assert 0.0 <= results["head/task1/hr@5"] <= 1.0 and results["head/task1/n"] == results["task1/n"]

@@ -331,8 +331,17 @@ class RecExplainerLM(nn.Module):
             raise RuntimeError("this aligner has no item head (aligner.item_head_weight is 0)")
         if self.item_table.shape[0] == 0:
             raise RuntimeError("the item head needs the recommender's item table: call set_item_table first")
-        space = "projected" if self.item_head_space == "projected" else "recommender"  # both: read the latter
-        return self._head_scores(hidden, exclude, space, self.item_query, self.item_logit_scale)
+        space, query_map, scale = self._heads()[0]
+        return self._head_scores(hidden, exclude, space, query_map, scale)
+
+    def _heads(self) -> list[tuple[str, nn.Linear, nn.Parameter]]:
+        """The item heads as (space, query map, log scale), the one read first."""
+        if self.item_head_space == "projected":
+            return [("projected", self.item_query, self.item_logit_scale)]
+        heads = [("recommender", self.item_query, self.item_logit_scale)]
+        if self.item_head_space == "both":
+            heads.append(("projected", self.projected_query, self.projected_logit_scale))
+        return heads
 
     def _head_scores(
         self, hidden, exclude, space: str, query_map: nn.Linear, scale: nn.Parameter
@@ -346,11 +355,6 @@ class RecExplainerLM(nn.Module):
         query = query_map(hidden.to(keys.dtype))
         logits = (query @ keys.T).float() * scale.exp()  # (n, N + 1)
         return _mask_items(logits, exclude)
-
-    def _head_parameter_list(self) -> list[torch.Tensor]:
-        names = ("item_query", "item_logit_scale", "projected_query", "projected_logit_scale")
-        modules = [getattr(self, name) for name in names if hasattr(self, name)]
-        return [p for m in modules for p in (m.parameters() if isinstance(m, nn.Module) else [m])]
 
     def recommender_distribution(
         self, users: torch.Tensor, exclude: torch.Tensor | None, temperature: float | None = None
@@ -432,18 +436,12 @@ class RecExplainerLM(nn.Module):
         if rows is None or rows.numel() == 0:
             # still in the graph (a zero contribution): every trainable parameter gets a gradient each step,
             # which DDP needs (see _inject)
-            dummy = sum(p.sum() for p in self._head_parameter_list())
+            dummy = sum(query_map.weight.sum() + scale.sum() for _, query_map, scale in self._heads())
             return dummy * 0.0, None
         first = keep[rows].float().argmax(dim=1)  # the first labelled position of each head row
         states = hidden[rows, first]
         target = self.recommender_distribution(users, exclude)
-        heads = [self.item_scores(states, exclude)]
-        if self.item_head_space == "both":
-            heads.append(
-                self._head_scores(
-                    states, exclude, "projected", self.projected_query, self.projected_logit_scale
-                )
-            )
+        heads = [self._head_scores(states, exclude, *head) for head in self._heads()]
         loss = 0.0
         for logits in heads:
             log_p = torch.log_softmax(logits, dim=-1).masked_fill(target == 0, 0.0)

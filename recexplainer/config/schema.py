@@ -248,7 +248,7 @@ class AlignerConfig:
     item_head_weight: float = MISSING  # 0: no item head
     item_head_temperature: float = MISSING  # the recommender's softmax temperature (item head target)
     item_head_tasks: list[str] = MISSING  # the tasks whose examples train the item head
-    item_head_space: str = MISSING  # projected | recommender: the item embeddings the head scores
+    item_head_space: str = MISSING  # projected | recommender | both: what the item head scores
     title_distill_weight: float = MISSING  # 0: none; > 0: task-1 titles distilled from the recommender
     title_distill_temperature: float = MISSING  # the recommender's softmax temperature (title distillation)
 
