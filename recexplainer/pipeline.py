@@ -57,7 +57,9 @@ STAGES: dict[str, Stage] = {
             "recexplainer.evaluate.stage",
             requires=("data", "alignment_data", "aligner"),
             distributed=True,
-            version=2,  # 2: task-1 candidates are distinct titles; constrained beam search without early stop
+            # 2: task-1 candidates are distinct titles; constrained beam search without early stop; 3: task 3 read
+            # off the item head too (head/task3/...)
+            version=3,
         ),
         Stage(
             "explain",

@@ -127,7 +127,7 @@ def test_the_explain_stage_decides_at_the_fitted_threshold(make_cfg, monkeypatch
     from .test_explain import EXPLAIN
 
     monkeypatch.setattr(LLMPredictor, "predict", _biased(LLMPredictor.predict))
-    folder = run(make_cfg(*EXPLAIN))
+    folder = run(make_cfg(*EXPLAIN, "explain.decision=interest_prompt"))
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["explain/decision_threshold"] == pytest.approx(0.2)
     assert metrics["explain/decision_valid_acc/calibrated"] == 1.0
@@ -146,7 +146,7 @@ def test_explain_and_evaluate_decide_task3_at_the_same_threshold(make_cfg):
     calibration examples, so both stages decide the same question at the same threshold."""
     from .test_explain import EXPLAIN
 
-    explained = run(make_cfg(*EXPLAIN))
+    explained = run(make_cfg(*EXPLAIN, "explain.decision=interest_prompt"))
     evaluated = run(
         make_cfg(*ALIGN, "stage=evaluate", "evaluation.tasks=[interest]", "evaluation.baselines=[]")
     )

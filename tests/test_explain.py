@@ -231,32 +231,73 @@ def test_judge_scores_are_compared_with_the_faithfulness_metrics():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("decision", ["interest_prompt", "explain_prompt"])
+@pytest.mark.parametrize("decision", ["interest_prompt", "explain_prompt", "auto"])
 def test_the_decision_comes_from_the_task3_question_or_the_explain_prompt(make_cfg, monkeypatch, decision):
     """interest_prompt: the LLM's answer to the task-3 question about the same pair decides and the
-    explanation follows it; explain_prompt: the explain prompt's own P(yes). Both accuracies are reported."""
-    from recexplainer.evaluate.predictors import LLMPredictor
+    explanation follows it; explain_prompt: the explain prompt's own P(yes); auto (the default) with an aligner
+    that has an item head: the head's reading of the task-3 question. Both accuracies are reported."""
+    from recexplainer.evaluate.predictors import ItemHeadPredictor, LLMPredictor
 
-    asked = []
+    asked, head_asked = [], []
 
     def task3(self, kind, rows):
         assert kind == "interest"
         asked.extend(r["prompt"] for r in rows)
         return [{"p_yes": 0.9} for _ in rows]
 
+    def head(self, kind, rows):
+        assert kind == "interest"
+        head_asked.extend(rows)
+        return [{"p_yes": 0.8} for _ in rows]
+
     monkeypatch.setattr(LLMPredictor, "predict", task3)
+    monkeypatch.setattr(ItemHeadPredictor, "predict", head)
     folder = run(make_cfg(*EXPLAIN, f"explain.decision={decision}", "explain.calibration_examples=0"))
     records = [json.loads(line) for line in (folder / "explanations.jsonl").open()]
     metrics = json.loads((folder / "metrics.json").read_text())
+    protocol = json.loads((folder / "protocol.json").read_text())
     assert "explain/prompt_decision_acc" in metrics
     own = [r["p_yes_prompt"] > 0.5 for r in records]
     if decision == "interest_prompt":
         assert len(asked) == 6 and not any("raised most by" in p or "explain" in p for p in asked)
         assert all(r["p_yes"] == 0.9 and r["text"].startswith("Yes, because") for r in records)
         assert metrics["explain/yes_rate"] == 1.0 and metrics["explain/decision_acc"] == 0.5  # 3 yes of 6
+    elif decision == "auto":  # the tiny aligner has the default's item head: it decides
+        assert protocol["decision_rule"] == "item_head" and asked == []
+        assert len(head_asked) == 6 and not any("raised most by" in r["prompt"] for r in head_asked)
+        # the head reads the pair's task-3 question with what it needs: the prefix to exclude, the asked item
+        assert [r["labels"]["item"] for r in sorted(head_asked, key=lambda r: r["id"])] == [
+            r["item"] for r in sorted(records, key=lambda r: r["id"])
+        ]
+        assert all(r["history"] for r in head_asked)
+        assert all(r["p_yes"] == 0.8 and r["text"].startswith("Yes, because") for r in records)
     else:
         assert asked == [] and [r["p_yes"] == r["p_yes_prompt"] for r in records] == [True] * 6
         assert [r["decision"] == "yes" for r in records] == own
+    assert protocol["decision_rule"] == ("item_head" if decision == "auto" else decision)
+
+
+def test_auto_decides_by_the_item_head_where_the_aligner_has_one():
+    from types import SimpleNamespace
+
+    from recexplainer.config.validate import ConfigError
+    from recexplainer.explain.stage import decision_maker, decision_rule
+
+    from .helpers import compose_config
+
+    cfg = compose_config([])
+    assert cfg.explain.decision == "auto"
+    with_head = SimpleNamespace(model=SimpleNamespace(has_item_head=True))
+    without = SimpleNamespace(model=SimpleNamespace(has_item_head=False))
+    assert decision_rule(cfg, with_head) == "item_head" and decision_rule(cfg, without) == "interest_prompt"
+    assert decision_maker(cfg, without) is without  # the LLM itself decides
+    pinned = compose_config(["explain.decision=interest_prompt"])
+    assert (
+        decision_rule(pinned, with_head) == "interest_prompt"
+        and decision_maker(pinned, with_head) is with_head
+    )
+    with pytest.raises(ConfigError, match="has none"):
+        decision_maker(compose_config(["explain.decision=item_head"]), without)
 
 
 @pytest.mark.slow

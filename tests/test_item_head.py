@@ -101,6 +101,25 @@ def test_scores_mask_the_padding_and_excluded_items():
     assert torch.isfinite(scores[0, [1, 2, 4, 7]]).all()
 
 
+def test_the_heads_yes_probability_is_the_items_percentile_in_its_ranking():
+    """Task 3 read off the head: the share of the other rankable items scored below the asked one (ties half),
+    1 at the top, 0 at the bottom and for an excluded item; the padding item and exclusions do not count."""
+    from recexplainer.evaluate.predictors import ItemHeadPredictor
+
+    inf = float("-inf")
+    scores = torch.tensor(
+        [
+            [inf, 5.0, 1.0, 3.0, 2.0, 4.0],  # item 1 is the top of 5: outscores the 4 others
+            [inf, 5.0, 1.0, 3.0, 2.0, 4.0],  # item 2 the bottom
+            [inf, 5.0, 1.0, 3.0, 2.0, 4.0],  # item 3 the middle: 2 of 4 below it
+            [inf, 5.0, inf, 3.0, 3.0, 4.0],  # item 2 excluded; item 3 tied with item 4: 0 + 1/2 of 3 others
+            [inf, 5.0, inf, 3.0, 3.0, 4.0],  # the excluded item itself
+        ]
+    )
+    got = ItemHeadPredictor.percentile(scores, [1, 2, 3, 3, 2])
+    assert got == pytest.approx([1.0, 0.0, 0.5, 0.5 / 3, 0.0])
+
+
 def test_the_loss_adds_the_weighted_cross_entropy_from_the_recommender_softmax():
     torch.manual_seed(0)
     batch = head_batch((True, False))
@@ -331,6 +350,18 @@ def test_config_checks_and_cache_keys():
     history_mask.stage = "alignment_data"  # stages before the aligner do not train the head
     validate(history_mask, stages)
     validate(compose_config(["aligner.item_head_weight=0", "prompt.mask=history"]), stages)
+    # explain.decision=item_head reads the head: an aligner without one, or the unaligned LLM, is a config error
+    validate(compose_config(["explain.decision=item_head"]), stages)
+    for headless in (["aligner.item_head_weight=0"], ["explain.model=unaligned"]):
+        with pytest.raises(ConfigError, match="explain.decision=interest_prompt"):
+            validate(compose_config(["explain.decision=item_head", *headless]), stages)
+    no_explain = compose_config(
+        ["explain.decision=item_head", "aligner.item_head_weight=0", "stage=evaluate"]
+    )
+    validate(no_explain, stages)  # a run that stops before the explain stage does not read it
+    validate(
+        compose_config(["explain.decision=item_head", "explain.model=template"]), stages
+    )  # no LLM decides
     # the tasks that train the head: the default's task-1 and task-3 examples; [retrieval] (the head before the
     # knob existed) stays out of the key, so that those aligners keep theirs
     assert compose_config([]).aligner.item_head_tasks == ["retrieval", "interest", "interest_hard"]
@@ -464,13 +495,70 @@ def test_an_aligner_with_an_item_head_trains_saves_and_is_evaluated_through_it(t
     evaluated = run(compose_config([*base, "stage=evaluate", *SMALL_EVAL]))
     results = json.loads((evaluated / "metrics.json").read_text())
     assert 0.0 <= results["head/task1/hr@5"] <= 1.0 and results["head/task1/n"] == results["task1/n"]
-    assert "head/task3/acc" not in results  # the head answers task 1 only
     records = [
         json.loads(line)
         for line in (evaluated / "predictions" / "aligned_item_head.jsonl").read_text().splitlines()
     ]
-    assert records and all(len(r["items"]) == 5 and None not in r["items"] for r in records)
-    hits = [r["metrics"]["hr@5"] for r in records]
+    task1 = [r for r in records if r["task"] == "retrieval"]
+    assert task1 and all(len(r["items"]) == 5 and None not in r["items"] for r in task1)
+    hits = [r["metrics"]["hr@5"] for r in task1]
     assert results["head/task1/hr@5"] == pytest.approx(sum(hits) / len(hits))
+    # task 3 read off the head: P(yes) is the asked item's percentile in the head's ranking of its prompt, decided
+    # at 0.5 (the reference rule) and at a threshold fit on validation examples, as the LLM's answers are
+    from recexplainer.data.dataset import SequentialData
+    from recexplainer.evaluate.predictors import ItemHeadPredictor
+    from recexplainer.evaluate.stage import llm_predictor
+
+    ecfg = compose_config([*base, "stage=evaluate", *SMALL_EVAL])
+    data_folder = stage_folder(ecfg, "alignment_data")
+    tests = {r["id"]: r for r in read_examples(data_folder, "test", ["interest", "interest_hard"])}
+    titles = SequentialData.load(stage_folder(ecfg, "data")).titles
+    upstream = {s: stage_folder(ecfg, s) for s in ("alignment_data", "aligner")}
+    head = ItemHeadPredictor(llm_predictor(ecfg, upstream, titles, {}, "aligned", "test"))
+    for task, prefix in (("interest", "task3"), ("interest_hard", "task3_hard")):
+        scored = [r for r in records if r["task"] == task]
+        assert len(scored) == results[f"head/{prefix}/n"] == results[f"{prefix}/n"]
+        rows = [tests[r["id"]] for r in scored]
+        scores = head.scores(rows)
+        for r, row, s in zip(scored, rows, scores, strict=True):
+            rank = (s > s[row["labels"]["item"]]).sum().item()  # items the head puts above the asked one
+            assert r["p_yes"] == pytest.approx(1 - rank / (torch.isfinite(s).sum().item() - 1), abs=1e-6)
+        acc = sum(r["metrics"]["acc"] for r in scored) / len(scored)
+        assert results[f"head/{prefix}/acc"] == pytest.approx(acc)
+        assert 0 <= results[f"head/{prefix}/threshold"] <= 1 and results[f"head/{prefix}/valid_n"] > 0
+        answers = {r["id"]: r["labels"]["answer"] == "yes" for r in rows}
+        calibrated = [(r["p_yes"] > results[f"head/{prefix}/threshold"]) == answers[r["id"]] for r in scored]
+        assert results[f"head/{prefix}/acc/calibrated"] == pytest.approx(sum(calibrated) / len(calibrated))
+    assert "item_head" in json.loads((evaluated / "protocol.json").read_text())["decoding"]
+
+    # the explain stage decides by the head (explain.decision=item_head) at the threshold the evaluate stage fit
+    explained = run(
+        compose_config(
+            [
+                *base,
+                "stage=explain",
+                "explain.n_pairs=6",
+                "explain.max_new_tokens=8",
+                "explain.decision=item_head",
+            ]
+        )
+    )
+    explain_metrics = json.loads((explained / "metrics.json").read_text())
+    assert explain_metrics["explain/decision_threshold"] == results["head/task3/threshold"]
+    assert (
+        explain_metrics["explain/decision_valid_acc/calibrated"] == results["head/task3/valid_acc/calibrated"]
+    )
+    explanations = [json.loads(line) for line in (explained / "explanations.jsonl").open()]
+    pairs = {
+        r["id"].replace("interest/", "explain/", 1): r for r in tests.values() if r["kind"] == "interest"
+    }
+    percentiles = head.predict("interest", [pairs[e["id"]] for e in explanations])
+    for e, answer in zip(explanations, percentiles, strict=True):
+        assert e["p_yes"] == pytest.approx(answer["p_yes"], abs=1e-6)
+        assert e["decision"] == (
+            "yes" if e["p_yes"] > explain_metrics["explain/decision_threshold"] else "no"
+        )
+        assert e["text"].startswith("Yes, because" if e["decision"] == "yes" else "No, because")
+    assert "item head" in json.loads((explained / "protocol.json").read_text())["decision"]
     text = summary(compose_config([*base, "stage=evaluate", *SMALL_EVAL]), {"evaluate": evaluated})
     assert "item head" in text and f"{results['head/task1/hr@5']:.3f}" in text

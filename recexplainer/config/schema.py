@@ -313,8 +313,9 @@ class ExplainConfig:
     calibration_examples: int = MISSING
     calibration: str = MISSING  # prior | accuracy, as evaluation.calibration
     max_new_tokens: int = MISSING
-    # explain_prompt: the decision is P(yes) vs P(no) after the explain prompt; interest_prompt: after the
-    # task-3 question about the same pair (the model's own answer to it), then explained after the prefix
+    # item_head: the item head's percentile of the item at the task-3 question about the pair; interest_prompt:
+    # the LLM's P(yes) vs P(no) after that question; explain_prompt: after the explain prompt; auto: item_head
+    # where the aligner has an item head, else interest_prompt. Then explained after the prefix
     decision: str = MISSING
     # the answer starts with the model's own decision ({decision} = Yes / No), so that a model aligned to
     # answer tersely still explains; "" lets the model write the whole answer

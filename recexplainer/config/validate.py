@@ -32,7 +32,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prompt.mask": ("prefix", "history"),
     "explain.model": ("aligned", "unaligned", "template", "template_random"),
     "explain.split": ("valid", "test"),
-    "explain.decision": ("explain_prompt", "interest_prompt"),
+    "explain.decision": ("auto", "item_head", "interest_prompt", "explain_prompt"),
     "judge.name": ("none", "openai", "local"),
     "explain.score_predictor": ("minilm", "none"),
     "evaluation.calibration": ("prior", "accuracy"),
@@ -279,6 +279,14 @@ def _validate_item_head(cfg: DictConfig, reached: tuple[str, ...]) -> None:
             f"{cfg.prompt.mask!r}: the head's target excludes the prefix items the examples carry, not the whole "
             "consumed history. Add aligner.item_head_weight=0 to train this mask without the item head"
         )
+    ex = cfg.explain
+    if ex.decision == "item_head" and "explain" in reached and ex.model in ("aligned", "unaligned"):
+        if ex.model == "unaligned" or ac.item_head_weight == 0:
+            raise ConfigError(
+                f"explain.decision=item_head reads the aligner's item head, and explain.model={ex.model} with "
+                f"aligner.item_head_weight={ac.item_head_weight} has none: set explain.decision=interest_prompt "
+                "(the LLM's answer to the task-3 question), or explain an aligner with an item head"
+            )
 
 
 def _validate_evaluation(cfg: DictConfig) -> None:

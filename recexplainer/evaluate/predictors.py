@@ -156,10 +156,17 @@ class LLMPredictor:
 
 
 class ItemHeadPredictor:
-    """Task 1 read off the aligned LLM's item head (``aligner.item_head_weight`` > 0): the hidden state at the
-    end of the prompt, where the answer would start, scored against every item's projected embedding; the
-    five best items the recommender may return (the prefix's items excluded, as in its own ranking), as
-    titles. Answers with item ids, like the baselines, so exact-match scoring applies unchanged."""
+    """Answers read off the aligned LLM's item head (``aligner.item_head_weight`` > 0): the hidden state at the end
+    of the prompt, where the answer would start, scored against every item (the head's space), the prefix's
+    items excluded as in the recommender's own ranking. Answers with item ids, like the baselines, so
+    exact-match scoring applies unchanged.
+
+    - task 1 (``retrieval``): the five best items, as titles;
+    - task 3 (``interest``, ``interest_hard``): P(yes) is the share of the other items the asked item outscores
+      (its percentile in the head's ranking, 1 at the top): the recommender says yes to its top band and no to
+      its bottom band, so the reference rule (P(yes) >= 0.5) says yes to the upper half and a calibrated
+      threshold (:mod:`recexplainer.evaluate.calibration`) moves the cut to where the recommender's bands meet.
+    """
 
     def __init__(self, llm: LLMPredictor, batch_size: int = 16):
         model = llm.model
@@ -167,8 +174,24 @@ class ItemHeadPredictor:
             raise ValueError("the aligned model has no item head (aligner.item_head_weight is 0)")
         self.llm, self.batch_size = llm, batch_size
         self.name = f"{llm.name}_item_head"
-        self.kinds = ("retrieval",)
+        self.kinds = ("retrieval", "interest", "interest_hard")
         self.titles = llm.index.titles  # the item table is set by the LLMPredictor
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.llm.model
+
+    @property
+    def users(self) -> torch.Tensor:
+        """The user vectors the prompts are encoded with (the LLM predictor's; calibration swaps them)."""
+        return self.llm.users
+
+    @users.setter
+    def users(self, value: torch.Tensor) -> None:
+        self.llm.users = value
+
+    def prompt_length(self, row: dict[str, Any]) -> int:
+        return self.llm.prompt_length(row)
 
     @torch.no_grad()
     def scores(self, rows: Sequence[dict[str, Any]]) -> torch.Tensor:
@@ -190,6 +213,23 @@ class ItemHeadPredictor:
         exclude = pad_items([r.get("history", []) for r in rows])
         return model.item_scores(hidden, exclude.to(device)).float().cpu()
 
+    @staticmethod
+    def percentile(scores: torch.Tensor, items: Sequence[int]) -> list[float]:
+        """Per row, the share of the other rankable items (finite scores) scored below ``items[row]`` (ties count
+        half): 1 for the head's top item, 0 for its last, 0 for an item the row excludes."""
+        out = []
+        for row, item in zip(scores, items, strict=True):
+            finite = torch.isfinite(row)
+            value = row[int(item)]
+            others = int(finite.sum()) - 1
+            if not torch.isfinite(value) or others <= 0:
+                out.append(0.0)
+                continue
+            below = float(((row < value) & finite).sum())
+            ties = float((row == value).sum()) - 1
+            out.append((below + ties / 2) / others)
+        return out
+
     def predict(self, kind: str, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if kind not in self.kinds:
             raise ValueError(f"the item head answers {', '.join(self.kinds)}, not {kind}")
@@ -198,8 +238,12 @@ class ItemHeadPredictor:
         out = []
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
-            top = self.scores(chunk).topk(K, dim=1).indices.tolist()
-            for items in top:
+            scores = self.scores(chunk)
+            if kinds.get(kind).answer == "yes_no":
+                p_yes = self.percentile(scores, [r["labels"]["item"] for r in chunk])
+                out.extend({"outputs": [], "titles": [], "items": [], "p_yes": p} for p in p_yes)
+                continue
+            for items in scores.topk(K, dim=1).indices.tolist():
                 titles = [self.titles[i] for i in items]
                 out.append(
                     {

@@ -37,6 +37,10 @@ from recexplainer.training import build_trainer
 
 log = logging.getLogger(__name__)
 WANDB_TABLE_ROWS = 500  # predictions logged as a W&B table (all of them are in predictions/*.jsonl)
+# The item head reads the aligned model without autocast, in its weights' own dtype (fp32 unless a "-true"
+# precision cast them), in the evaluate and the explain stage alike: its scores rank 1,682 items (bf16 would tie
+# many of them), and its decision thresholds are fit in the numerics they are applied in.
+HEAD_NUMERICS = "the weights' own dtype, no autocast"
 
 
 def requires(cfg: DictConfig) -> tuple[str, ...]:
@@ -108,7 +112,7 @@ def _predictors(cfg: DictConfig, upstream: dict[str, Path], data: SequentialData
     if process_rank() != 0:  # the other processes of a DDP run share the LLM's examples; baselines: rank 0
         return out
     if llm is not None and llm.aligned and getattr(llm.model, "has_item_head", False):
-        out.append(("head/", ItemHeadPredictor(llm, ev.batch_size)))  # task 1 read off the item head
+        out.append(("head/", ItemHeadPredictor(llm, ev.batch_size)))  # tasks 1 and 3 read off the item head
     sequences = [data.history(u, "valid") for u in range(data.n_users)]  # training part of each user
     for name in ev.baselines:
         scorer, stats = _student(cfg, upstream, data) if name == "student" else (None, {})
@@ -251,12 +255,17 @@ def evaluate(
         mixed = model is not None and str(trainer.precision) in ("bf16-mixed", "bf16")
         with autocast_weights(model, torch.bfloat16 if mixed else None):
             trainer.test(module, dataloaders=[dl for _, dl in loaders], verbose=False)
-    else:  # baselines are cheap and have no weights: the same module, stepped directly
+    else:  # baselines (cheap, no weights) and the item head (rank 0 alone): the same module, stepped directly
+        model = getattr(predictor, "model", None)
+        if model is not None:  # the item head reads in the weights' own dtype (HEAD_NUMERICS)
+            model.to(inference_device(cfg, "evaluate")[0])
         module.on_test_start()
         for i, (_, loader) in enumerate(loaders):
             for b, batch in enumerate(loader):
                 module.test_step(batch, b, i)
         module.on_test_end()
+        if model is not None:
+            model.to("cpu")
     elapsed = time.perf_counter() - start
     metrics = {prefix + k: v for k, v in module.results().items()}
     records = store.load()
@@ -308,22 +317,28 @@ def calibrated_metrics(
 
 
 def calibrate(
-    cfg: DictConfig, llm: LLMPredictor, folder: Path, examples: dict[str, list[dict[str, Any]]]
+    cfg: DictConfig, llm: Any, folder: Path, examples: dict[str, list[dict[str, Any]]]
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Per evaluated yes/no task, the LLM's decision threshold fit on up to ``evaluation.calibration_examples``
-    validation examples of that task (:mod:`.calibration`); returns (thresholds, metrics)."""
+    """Per evaluated yes/no task, the decision threshold of ``llm`` (the LLM predictor, or its item head's) fit on
+    up to ``evaluation.calibration_examples`` validation examples of that task (:mod:`.calibration`); returns
+    (thresholds, metrics)."""
     ev = cfg.evaluation
     tasks = {
-        t: rows[0]["kind"] for t, rows in examples.items() if kinds.get(rows[0]["kind"]).answer == "yes_no"
+        t: rows[0]["kind"]
+        for t, rows in examples.items()
+        if kinds.get(rows[0]["kind"]).answer == "yes_no" and rows[0]["kind"] in llm.kinds
     }
     if not tasks or not ev.calibration_examples:
         return {}, {}
     users = read_vectors(folder, "valid")["users"]
     device, dtype = inference_device(cfg, "evaluate")
     # the test examples' numerics: bf16 autocast under a bf16(-mixed) precision (as inference_device says) and,
-    # under a "-true" precision, the weights themselves cast as Lightning casts them for the test run
+    # under a "-true" precision, the weights themselves cast as Lightning casts them for the test run; the item
+    # head reads without autocast, as on its test examples (HEAD_NUMERICS)
     original = next(llm.model.parameters()).dtype
     weights = {"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(stage_precision(cfg, "evaluate"))
+    if isinstance(llm, ItemHeadPredictor):
+        dtype = weights = None
     model = llm.model.to(device=device, dtype=weights or original)
     thresholds, metrics = {}, {}
     start = time.perf_counter()
@@ -364,13 +379,18 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         raise ValueError(f"no evaluable {ev.split} examples in {upstream['alignment_data']}")
     metrics: dict[str, float] = {}
     predictors = _predictors(cfg, upstream, data)
-    thresholds: dict[str, float] = {}
-    llm = next((p for prefix, p in predictors if prefix == ""), None)
-    if llm is not None:
-        thresholds, calibration_metrics = calibrate(cfg, llm, upstream["alignment_data"], examples)
-        metrics |= calibration_metrics
+    thresholds: dict[str, dict[str, float]] = {}
+    for (
+        prefix,
+        predictor,
+    ) in predictors:  # the LLM and its item head decide at thresholds fit on valid examples
+        if prefix in ("", "head/"):
+            thresholds[prefix], calibration_metrics = calibrate(
+                cfg, predictor, upstream["alignment_data"], examples
+            )
+            metrics |= {prefix + k: v for k, v in calibration_metrics.items()}
     for prefix, predictor in predictors:
-        metrics |= evaluate(cfg, predictor, prefix, examples, out_dir, thresholds if prefix == "" else None)
+        metrics |= evaluate(cfg, predictor, prefix, examples, out_dir, thresholds.get(prefix))
         metrics |= {prefix + k: v for k, v in getattr(predictor, "fit_stats", {}).items()}
     if process_rank() != 0:  # rank 0 writes the protocol and the metrics
         return metrics
@@ -388,6 +408,10 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             "titles": "greedy (num_beams 1)",
             "yes_no": "next-token probability of yes vs no (sum over spellings yes/Yes/ yes/ Yes)",
             "constrained": ev.constrained,
+            "item_head": "tasks 1 and 3 read off the item head, in "
+            + HEAD_NUMERICS
+            + "; task 3: P(yes) is the "
+            "item's percentile in the head's ranking (the share of the other items scored below it)",
             "beam_early_stopping": not ev.constrained,
             "max_new_tokens": "titles asked x longest catalog title + separators + "
             f"{ev.max_new_tokens_margin}",

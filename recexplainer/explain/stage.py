@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -137,11 +138,41 @@ def explain_rows(
                 "item": item,
                 "answer": pair["labels"]["answer"],
                 "rank": pair["labels"].get("rank"),
-                # the task-3 question about the same pair (explain.decision=interest_prompt decides by it)
-                "decision_row": {k: pair[k] for k in ("id", "task", "prompt", "slots", "user_row")},
+                # the task-3 question about the same pair (explain.decision=interest_prompt decides by the LLM's
+                # answer to it, item_head by the item head's reading of it)
+                "decision_row": {
+                    **{k: pair[k] for k in ("id", "task", "prompt", "slots", "user_row", "history")},
+                    "labels": {"item": item},
+                },
             }
         )
     return out
+
+
+DECIDE_ON_INTEREST = ("interest_prompt", "item_head")  # decisions read at the task-3 question about the pair
+
+
+def decision_rule(cfg: DictConfig, llm: Any) -> str:
+    """``explain.decision`` with ``auto`` resolved: ``item_head`` where the explained model has an item head,
+    ``interest_prompt`` otherwise."""
+    if cfg.explain.decision != "auto":
+        return str(cfg.explain.decision)
+    return "item_head" if getattr(llm.model, "has_item_head", False) else "interest_prompt"
+
+
+def decision_maker(cfg: DictConfig, llm: Any) -> Any:
+    """What decides a pair (:func:`decision_rule`): the LLM predictor itself, or its item head's predictor."""
+    from recexplainer.evaluate.predictors import ItemHeadPredictor
+
+    if decision_rule(cfg, llm) != "item_head":
+        return llm
+    if not getattr(llm.model, "has_item_head", False):
+        raise ConfigError(
+            "explain.decision=item_head reads the aligner's item head, and this model has none (explain.model="
+            f"{cfg.explain.model}, aligner.item_head_weight={cfg.aligner.item_head_weight}): set "
+            "explain.decision=interest_prompt, or train an aligner with aligner.item_head_weight > 0"
+        )
+    return ItemHeadPredictor(llm, cfg.evaluation.batch_size)
 
 
 def decision_threshold(
@@ -152,9 +183,12 @@ def decision_threshold(
 
     ``interest_prompt``: the task-3 question's P(yes) on the very examples (and batches) the evaluate stage
     calibrates task 3 on, so that with equal ``calibration_examples`` both stages decide at the same threshold;
-    ``explain_prompt``: the explain prompt's P(yes) on balanced validation pairs, with their own evidence."""
+    ``item_head``: the item head's P(yes) (the item's percentile in its ranking) on those same examples, as the
+    evaluate stage calibrates ``head/task3``; ``explain_prompt``: the explain prompt's P(yes) on balanced
+    validation pairs, with their own evidence. ``predictor``: the LLM predictor, or its item head's."""
     ex = cfg.explain
-    if ex.decision == "interest_prompt":
+    decision = decision_rule(cfg, predictor.llm if hasattr(predictor, "llm") else predictor)
+    if decision in DECIDE_ON_INTEREST:
         valid = [r for r in read_examples(folder, "valid") if r["kind"] == "interest"]
         if not valid:
             raise ValueError(
@@ -182,6 +216,8 @@ def decision_threshold(
             return yes_probability(logits, predictor.yes_ids, predictor.no_ids).tolist()
 
     device, dtype = inference_device(cfg, "explain")
+    if decision == "item_head":
+        dtype = None  # the item head reads in the weights' own dtype, as in the evaluate stage
     predictor.model.to(device)
     users = read_vectors(folder, "valid")["users"]
     with (
@@ -203,9 +239,15 @@ def decision_threshold(
 
 
 def _generate(
-    cfg: DictConfig, out_dir: Path, predictor: Any, rows: list[dict[str, Any]], threshold: float = 0.5
+    cfg: DictConfig,
+    out_dir: Path,
+    predictor: Any,
+    rows: list[dict[str, Any]],
+    threshold: float = 0.5,
+    decider: Any = None,
 ) -> dict[str, dict]:
-    """The LLM's decision (P(yes) against ``threshold``) and explanation for every row; resumes from
+    """The LLM's decision (P(yes) against ``threshold``; ``decider``, the predictor that answers the task-3
+    question about the pair: the LLM or its item head) and explanation for every row; resumes from
     ``generated.jsonl``."""
     ex = cfg.explain
     device, dtype = inference_device(cfg, "explain")
@@ -217,6 +259,14 @@ def _generate(
     if done:
         log.info("explain: resuming, %d of %d pairs already generated", len(done), len(rows))
     todo.sort(key=predictor.prompt_length)
+    head_p_yes: dict[str, float] = {}
+    decision = decision_rule(cfg, predictor)
+    if decision == "item_head" and decider is None:
+        decider = decision_maker(cfg, predictor)
+    if decision == "item_head" and todo:  # outside autocast: the head reads in the weights' own dtype
+        with torch.no_grad():
+            answers = decider.predict("interest", [r["decision_row"] for r in todo])
+        head_p_yes = {r["id"]: a["p_yes"] for r, a in zip(todo, answers, strict=True)}
     with (
         autocast_weights(predictor.model, dtype),  # the products autocast computes, without per-call casts
         tqdm(
@@ -227,7 +277,9 @@ def _generate(
             batch = todo[start : start + ex.batch_size]
             with autocast(device, dtype):
                 decisions = None
-                if ex.decision == "interest_prompt":  # the model's task-3 answer about the same pair
+                if decision == "item_head":
+                    decisions = [head_p_yes[r["id"]] for r in batch]
+                elif decision == "interest_prompt":  # the model's task-3 answer about the same pair
                     answers = predictor.predict("interest", [r["decision_row"] for r in batch])
                     decisions = [a["p_yes"] for a in answers]
                 outputs = generate.explain_batch(
@@ -317,11 +369,12 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         done = templated.explain(cfg, rows, attributions, titles, data.item_table)
     else:
         predictor = llm_predictor(cfg, upstream, titles, {}, ex.model, ex.split)
+        decider = decision_maker(cfg, predictor)
         if ex.calibration_examples:
             threshold, calibration_metrics = decision_threshold(
-                cfg, predictor, upstream["alignment_data"], recommender, titles
+                cfg, decider, upstream["alignment_data"], recommender, titles
             )
-        done = _generate(cfg, out_dir, predictor, rows, threshold)
+        done = _generate(cfg, out_dir, predictor, rows, threshold, decider)
 
     records = []
     for row, score, values in zip(rows, scores, attributions, strict=True):
@@ -382,6 +435,7 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     if judge is not None:
         metrics |= {f"explain/judge_{k}": float(v) for k, v in judge.stats.items()}
     atomic_write_text(out_dir / "explanations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    rule = decision_rule(cfg, predictor) if predictor is not None else "recommender"
     log_to_loggers(cfg, out_dir, metrics, records, titles)
     write_json(
         out_dir / "protocol.json",
@@ -390,11 +444,14 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             "split": ex.split,
             "pairs": len(records),
             "template": ex.template,
-            "decision": (
-                "next-token P(yes) vs P(no) after the task-3 question about the same pair"
-                if ex.decision == "interest_prompt"
-                else "next-token P(yes) vs P(no) after the explain prompt"
-            )
+            "decision_rule": rule,
+            "decision": {
+                "interest_prompt": "next-token P(yes) vs P(no) after the task-3 question about the same pair",
+                "item_head": "the item head's percentile of the item (its share of the other items ranked below "
+                "it) at the task-3 question about the same pair",
+                "explain_prompt": "next-token P(yes) vs P(no) after the explain prompt",
+                "recommender": "the recommender's own decision (its band of the item), written by the template",
+            }[rule]
             + (
                 f"; yes above a threshold fit on {ex.calibration_examples} validation pairs decided the same way"
                 if calibration_metrics

@@ -41,6 +41,14 @@ EXPLAIN = [
 ]
 
 
+DECIDERS = {
+    "item_head": "the item head (task 3 read off it)",
+    "interest_prompt": "the LLM's answer to the task-3 question",
+    "explain_prompt": "the LLM's answer to the explain prompt",
+    "recommender": "the recommender (template)",
+}
+
+
 def _metrics(folder: Path) -> dict[str, float]:
     path = folder / METRICS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -50,15 +58,24 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def decision_rule(explain: Path) -> str | None:
+    """What decided the explained pairs (the explain stage's protocol): interest_prompt, item_head, ..."""
+    path = explain / "protocol.json"
+    return json.loads(path.read_text()).get("decision_rule") if path.is_file() else None
+
+
 def task3_on_explain_pairs(evaluate: Path, explain: Path) -> dict[str, float] | None:
-    """The same LLM's task-3 answers on the explained pairs (an explained pair is a task-3 example), decided at
+    """The same model's task-3 answers on the explained pairs (an explained pair is a task-3 example), decided at
     the evaluate stage's calibrated threshold where it fit one: task-3 accuracy there and agreement with the
-    explain stage's decision. None without those predictions."""
+    explain stage's decision. The answers of what decided there: the item head's (``explain.decision``
+    item_head) or the LLM's. None without those predictions."""
     from recexplainer.evaluate.evaluator import PredictionStore
 
     explained = explain / "explanations.jsonl"
-    threshold = _metrics(evaluate).get("task3/threshold", 0.5)  # the calibrated task-3 decision, where fit
-    predictions = PredictionStore(evaluate / "predictions", "aligned").load() if explained.is_file() else []
+    by_head = decision_rule(explain) == "item_head"
+    prefix, store = ("head/", "aligned_item_head") if by_head else ("", "aligned")
+    threshold = _metrics(evaluate).get(f"{prefix}task3/threshold", 0.5)  # the calibrated decision, where fit
+    predictions = PredictionStore(evaluate / "predictions", store).load() if explained.is_file() else []
     p_yes = {
         r["id"]: r["p_yes"] for r in predictions if r.get("task") == "interest" and r.get("p_yes") is not None
     }
@@ -127,6 +144,9 @@ def summary(cfg: DictConfig | dict[str, Any], folders: dict[str, Path], report: 
         m = _metrics(folders["explain"])
         n = int(m.get("explain/n", 0))
         lines.append(f"Explanations ({n} pairs, {cfg['explain']['model']}):")
+        rule = decision_rule(folders["explain"])
+        if rule:
+            lines.append(f"  {'decided by':<24}{DECIDERS.get(rule, rule)}")
         lines += [f"  {name:<24}{_fmt(m.get(key))}" for name, key in EXPLAIN if key in m]
         same = (
             task3_on_explain_pairs(folders["evaluate"], folders["explain"]) if "evaluate" in folders else None
