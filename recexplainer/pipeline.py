@@ -58,7 +58,7 @@ STAGES: dict[str, Stage] = {
             requires=("data", "alignment_data", "aligner"),
             distributed=True,
             # 2: task-1 candidates are distinct titles; constrained beam search without early stop; 3: task 3 read
-            # off the item head too (head/task3/...)
+            # off the item head too (head/task3/...; task 2 as well where evaluated)
             version=3,
         ),
         Stage(

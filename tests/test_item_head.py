@@ -120,6 +120,28 @@ def test_the_heads_yes_probability_is_the_items_percentile_in_its_ranking():
     assert got == pytest.approx([1.0, 0.0, 0.5, 0.5 / 3, 0.0])
 
 
+def test_the_head_answers_tasks_1_2_and_3_from_one_score_matrix(monkeypatch):
+    """Task 1: the head's five best items; task 2: the shown candidates by head score (ties by item id); task 3:
+    the asked item's percentile. One scoring of the rows serves each."""
+    from recexplainer.evaluate.predictors import ItemHeadPredictor
+
+    head = ItemHeadPredictor.__new__(ItemHeadPredictor)  # no model: the scores are given
+    head.batch_size, head.titles = 4, ["", "a", "b", "c", "d", "e", "f"]
+    head.kinds = ("retrieval", "ranking", "interest", "interest_hard")
+    inf = float("-inf")
+    scores = torch.tensor([[inf, 1.0, 5.0, 3.0, 2.0, 0.0, 4.0], [inf, 4.0, 1.0, 1.0, 9.0, 0.0, inf]])
+    monkeypatch.setattr(head, "scores", lambda rows: scores[: len(rows)])
+    rows = [{"labels": {"shown": [1, 3, 2], "item": 3}}, {"labels": {"shown": [2, 3, 5, 4], "item": 5}}]
+    ranked = head.predict("ranking", rows)
+    assert [r["items"] for r in ranked] == [[2, 3, 1], [4, 2, 3, 5]]
+    assert [r["titles"] for r in ranked] == [["b", "c", "a"], ["d", "b", "c", "e"]]
+    top = [r["items"] for r in head.predict("retrieval", rows)]
+    assert top[0] == [2, 6, 3, 4, 1] and top[1][:2] == [4, 1] and set(top[1][2:]) == {2, 3, 5}  # 2, 3 tied
+    assert [r["p_yes"] for r in head.predict("interest", rows)] == pytest.approx([3 / 5, 0.0])
+    with pytest.raises(ValueError, match="not history"):
+        head.predict("history", rows)
+
+
 def test_the_loss_adds_the_weighted_cross_entropy_from_the_recommender_softmax():
     torch.manual_seed(0)
     batch = head_batch((True, False))
@@ -492,7 +514,13 @@ def test_an_aligner_with_an_item_head_trains_saves_and_is_evaluated_through_it(t
     assert old_model.item_query.out_features == old_model.item_query.in_features  # the square, projected map
     assert not hasattr(old_model, "projected_query")
 
-    evaluated = run(compose_config([*base, "stage=evaluate", *SMALL_EVAL]))
+    evaluate = [
+        *base,
+        "stage=evaluate",
+        *SMALL_EVAL,
+        "evaluation.tasks=[retrieval,ranking,interest,interest_hard]",
+    ]
+    evaluated = run(compose_config(evaluate))
     results = json.loads((evaluated / "metrics.json").read_text())
     assert 0.0 <= results["head/task1/hr@5"] <= 1.0 and results["head/task1/n"] == results["task1/n"]
     records = [
@@ -509,7 +537,7 @@ def test_an_aligner_with_an_item_head_trains_saves_and_is_evaluated_through_it(t
     from recexplainer.evaluate.predictors import ItemHeadPredictor
     from recexplainer.evaluate.stage import llm_predictor
 
-    ecfg = compose_config([*base, "stage=evaluate", *SMALL_EVAL])
+    ecfg = compose_config(evaluate)
     data_folder = stage_folder(ecfg, "alignment_data")
     tests = {r["id"]: r for r in read_examples(data_folder, "test", ["interest", "interest_hard"])}
     titles = SequentialData.load(stage_folder(ecfg, "data")).titles
@@ -530,6 +558,17 @@ def test_an_aligner_with_an_item_head_trains_saves_and_is_evaluated_through_it(t
         calibrated = [(r["p_yes"] > results[f"head/{prefix}/threshold"]) == answers[r["id"]] for r in scored]
         assert results[f"head/{prefix}/acc/calibrated"] == pytest.approx(sum(calibrated) / len(calibrated))
     assert "item_head" in json.loads((evaluated / "protocol.json").read_text())["decoding"]
+    # task 2 read off the head: the shown candidates in the order of the head's scores
+    ranked = [r for r in records if r["task"] == "ranking"]
+    ranking_rows = {r["id"]: r for r in read_examples(data_folder, "test", ["ranking"])}
+    assert ranked and len(ranked) == results["head/task2/n"]
+    for r in ranked:
+        row = ranking_rows[r["id"]]
+        s = head.scores([row])[0]
+        assert sorted(r["items"]) == sorted(row["labels"]["shown"])
+        assert [float(s[i]) for i in r["items"]] == sorted((float(s[i]) for i in r["items"]), reverse=True)
+    ndcg = sum(r["metrics"]["ndcg@5"] for r in ranked) / len(ranked)
+    assert results["head/task2/ndcg@5"] == pytest.approx(ndcg)
 
     # the explain stage decides by the head (explain.decision=item_head) at the threshold the evaluate stage fit
     explained = run(

@@ -162,6 +162,7 @@ class ItemHeadPredictor:
     exact-match scoring applies unchanged.
 
     - task 1 (``retrieval``): the five best items, as titles;
+    - task 2 (``ranking``): the shown candidates in the order of their head scores;
     - task 3 (``interest``, ``interest_hard``): P(yes) is the share of the other items the asked item outscores
       (its percentile in the head's ranking, 1 at the top): the recommender says yes to its top band and no to
       its bottom band, so the reference rule (P(yes) >= 0.5) says yes to the upper half and a calibrated
@@ -174,7 +175,7 @@ class ItemHeadPredictor:
             raise ValueError("the aligned model has no item head (aligner.item_head_weight is 0)")
         self.llm, self.batch_size = llm, batch_size
         self.name = f"{llm.name}_item_head"
-        self.kinds = ("retrieval", "interest", "interest_hard")
+        self.kinds = ("retrieval", "ranking", "interest", "interest_hard")
         self.titles = llm.index.titles  # the item table is set by the LLMPredictor
 
     @property
@@ -243,7 +244,14 @@ class ItemHeadPredictor:
                 p_yes = self.percentile(scores, [r["labels"]["item"] for r in chunk])
                 out.extend({"outputs": [], "titles": [], "items": [], "p_yes": p} for p in p_yes)
                 continue
-            for items in scores.topk(K, dim=1).indices.tolist():
+            if kind == "ranking":
+                answers = [
+                    sorted(r["labels"]["shown"], key=lambda i, s=s: (-float(s[i]), i))
+                    for r, s in zip(chunk, scores, strict=True)
+                ]
+            else:
+                answers = scores.topk(K, dim=1).indices.tolist()
+            for items in answers:
                 titles = [self.titles[i] for i in items]
                 out.append(
                     {

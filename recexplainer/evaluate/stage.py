@@ -1,7 +1,7 @@
 """The ``evaluate`` stage: alignment metrics of the LLM and of the baselines on the same examples.
 
 Writes ``metrics.json`` (``task1/hr@5`` ... for the evaluated model, ``baseline/<name>/task1/hr@5`` ...
-for each baseline, ``head/task1/hr@5`` ... for task 1 read off an aligner's item head, ``task3/acc/calibrated``
+for each baseline, ``head/task1/hr@5`` ... for tasks 1, 2 and 3 read off an aligner's item head, ``task3/acc/calibrated``
 ... for the LLM's yes/no decisions at a threshold fit on validation examples (:mod:`.calibration`),
 ``speed/...`` examples per second), ``protocol.json`` (decoding, matching rule,
 counts) and ``predictions/<predictor>.jsonl`` (per example: raw output, parsed titles, matched ids,
@@ -112,7 +112,9 @@ def _predictors(cfg: DictConfig, upstream: dict[str, Path], data: SequentialData
     if process_rank() != 0:  # the other processes of a DDP run share the LLM's examples; baselines: rank 0
         return out
     if llm is not None and llm.aligned and getattr(llm.model, "has_item_head", False):
-        out.append(("head/", ItemHeadPredictor(llm, ev.batch_size)))  # tasks 1 and 3 read off the item head
+        out.append(
+            ("head/", ItemHeadPredictor(llm, ev.batch_size))
+        )  # tasks 1, 2 and 3 read off the item head
     sequences = [data.history(u, "valid") for u in range(data.n_users)]  # training part of each user
     for name in ev.baselines:
         scorer, stats = _student(cfg, upstream, data) if name == "student" else (None, {})
@@ -408,10 +410,9 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             "titles": "greedy (num_beams 1)",
             "yes_no": "next-token probability of yes vs no (sum over spellings yes/Yes/ yes/ Yes)",
             "constrained": ev.constrained,
-            "item_head": "tasks 1 and 3 read off the item head, in "
-            + HEAD_NUMERICS
-            + "; task 3: P(yes) is the "
-            "item's percentile in the head's ranking (the share of the other items scored below it)",
+            "item_head": f"tasks 1, 2 and 3 read off the item head, in {HEAD_NUMERICS}; task 1: its five best items; "
+            "task 2: the shown candidates by its scores; task 3: P(yes) is the item's percentile in its ranking (the "
+            "share of the other items scored below it)",
             "beam_early_stopping": not ev.constrained,
             "max_new_tokens": "titles asked x longest catalog title + separators + "
             f"{ev.max_new_tokens_margin}",

@@ -176,7 +176,7 @@ def decision_maker(cfg: DictConfig, llm: Any) -> Any:
 
 
 def decision_threshold(
-    cfg: DictConfig, predictor: Any, folder: Path, recommender: Any, titles: list[str]
+    cfg: DictConfig, predictor: Any, folder: Path, recommender: Any, titles: list[str], decision: str
 ) -> tuple[float, dict[str, float]]:
     """The LLM's decision threshold fit on up to ``explain.calibration_examples`` validation examples, decided as
     the test pairs are (``explain.decision``); returns (threshold, ``explain/decision_...`` metrics).
@@ -185,9 +185,9 @@ def decision_threshold(
     calibrates task 3 on, so that with equal ``calibration_examples`` both stages decide at the same threshold;
     ``item_head``: the item head's P(yes) (the item's percentile in its ranking) on those same examples, as the
     evaluate stage calibrates ``head/task3``; ``explain_prompt``: the explain prompt's P(yes) on balanced
-    validation pairs, with their own evidence. ``predictor``: the LLM predictor, or its item head's."""
+    validation pairs, with their own evidence. ``decision``: the rule (:func:`decision_rule`); ``predictor``: what
+    decides by it (:func:`decision_maker`), the LLM predictor or its item head's."""
     ex = cfg.explain
-    decision = decision_rule(cfg, predictor.llm if hasattr(predictor, "llm") else predictor)
     if decision in DECIDE_ON_INTEREST:
         valid = [r for r in read_examples(folder, "valid") if r["kind"] == "interest"]
         if not valid:
@@ -243,12 +243,13 @@ def _generate(
     out_dir: Path,
     predictor: Any,
     rows: list[dict[str, Any]],
-    threshold: float = 0.5,
-    decider: Any = None,
+    threshold: float,
+    decider: Any,
+    decision: str,
 ) -> dict[str, dict]:
-    """The LLM's decision (P(yes) against ``threshold``; ``decider``, the predictor that answers the task-3
-    question about the pair: the LLM or its item head) and explanation for every row; resumes from
-    ``generated.jsonl``."""
+    """The decision (P(yes) against ``threshold``, by the rule ``decision``; ``decider``, what answers the task-3
+    question about the pair: the LLM predictor or its item head's) and the LLM's explanation for every row;
+    resumes from ``generated.jsonl``."""
     ex = cfg.explain
     device, dtype = inference_device(cfg, "explain")
     predictor.model.to(device)
@@ -260,9 +261,6 @@ def _generate(
         log.info("explain: resuming, %d of %d pairs already generated", len(done), len(rows))
     todo.sort(key=predictor.prompt_length)
     head_p_yes: dict[str, float] = {}
-    decision = decision_rule(cfg, predictor)
-    if decision == "item_head" and decider is None:
-        decider = decision_maker(cfg, predictor)
     if decision == "item_head" and todo:  # outside autocast: the head reads in the weights' own dtype
         with torch.no_grad():
             answers = decider.predict("interest", [r["decision_row"] for r in todo])
@@ -363,18 +361,18 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
         recommender, [p["history"] for p in pairs], [int(p["labels"]["item"]) for p in pairs]
     )
     rows = explain_rows(pairs, cfg, titles, attributions)
-    predictor = None
+    predictor, rule = None, "recommender"  # the template explainers write the recommender's own decision
     threshold, calibration_metrics = calibration.REFERENCE_THRESHOLD, {}
     if ex.model in templated.MODELS:
         done = templated.explain(cfg, rows, attributions, titles, data.item_table)
     else:
         predictor = llm_predictor(cfg, upstream, titles, {}, ex.model, ex.split)
-        decider = decision_maker(cfg, predictor)
+        rule, decider = decision_rule(cfg, predictor), decision_maker(cfg, predictor)
         if ex.calibration_examples:
             threshold, calibration_metrics = decision_threshold(
-                cfg, decider, upstream["alignment_data"], recommender, titles
+                cfg, decider, upstream["alignment_data"], recommender, titles, rule
             )
-        done = _generate(cfg, out_dir, predictor, rows, threshold, decider)
+        done = _generate(cfg, out_dir, predictor, rows, threshold, decider, rule)
 
     records = []
     for row, score, values in zip(rows, scores, attributions, strict=True):
@@ -435,7 +433,6 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     if judge is not None:
         metrics |= {f"explain/judge_{k}": float(v) for k, v in judge.stats.items()}
     atomic_write_text(out_dir / "explanations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    rule = decision_rule(cfg, predictor) if predictor is not None else "recommender"
     log_to_loggers(cfg, out_dir, metrics, records, titles)
     write_json(
         out_dir / "protocol.json",
