@@ -137,7 +137,7 @@ def test_examples_highlight_the_cited_titles_of_the_newest_explain_folder(page):
     assert "Tom &amp; Jerry &lt;3" in text and "Tom & Jerry <3" not in text  # escaped
     assert "+0.2500" in text and "-0.1250" in text  # attributions next to their history items
     assert "changes the recommender's score by" in text and "-0.5000" in text and "0.1250" in text
-    assert "recommender: <b>yes</b>; LLM: <b>no</b> (P(yes) 0.400)" in text
+    assert "recommender: <b>yes</b>; explainer: <b>no</b> (P(yes) 0.400)" in text
     assert "From the old folder." not in text
 
 

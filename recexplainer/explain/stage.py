@@ -1,5 +1,6 @@
-"""The ``explain`` stage: the LLM decides and explains (user, item) pairs; explanations are judged and
-checked for counterfactual faithfulness against the recommender.
+"""The ``explain`` stage: the aligned model decides (user, item) pairs (by default its item head, else the LLM's
+answer: ``explain.decision``) and the LLM explains them; explanations are judged and checked for counterfactual
+faithfulness against the recommender.
 
 Pairs come from the split's task-3 examples (the recommender's top band = yes, bottom band = no), so
 the decision has a ground truth. Writes ``explanations.jsonl`` (per pair: decision probability, text,

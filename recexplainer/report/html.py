@@ -239,7 +239,7 @@ def _example(r: dict[str, Any], title: Any) -> str:
         f'<div class="example" data-id="{escape(str(r.get("id", "")))}">',
         f"<h3>{escape(str(r.get('id', '')))}: recommend {escape(title(r.get('item', -1)))}?</h3>",
         f'<ol class="history">{"".join(items)}</ol>' if items else "<p>(empty history)</p>",
-        f'<p class="{agree}">recommender: <b>{escape(answer)}</b>; LLM: <b>{escape(decision)}</b>'
+        f'<p class="{agree}">recommender: <b>{escape(answer)}</b>; explainer: <b>{escape(decision)}</b>'
         f"{escape(p_text)}</p>",
         f"<blockquote>&ldquo;{escape(str(r.get('text', '')))}&rdquo;</blockquote>",
     ]
