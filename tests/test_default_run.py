@@ -73,12 +73,15 @@ def test_report_stage_runs_every_stage_writes_the_report_and_prints_the_summary(
     header = next(x for x in text.splitlines() if "aligned LLM" in x)
     assert "item head" in header  # the default aligner has one: task 1 is also read off it
     acc = next(x for x in text.splitlines() if x.strip().startswith("task 3 acc")).split()
-    # the item head answers task 1 only: its task-3 cell is empty
+    # the item head answers task 3 too: its cell is the head's own reading
     assert [a for a in acc[3:] if a != "-"] == [
         f"{m['task3/acc']:.3f}",
+        f"{m['head/task3/acc']:.3f}",
         f"{m['baseline/popularity/task3/acc']:.3f}",
         f"{m['baseline/random/task3/acc']:.3f}",
     ]
+    # the default explains with the item head deciding, and the summary says so
+    assert "decided by              the item head" in text
     hr = next(x for x in text.splitlines() if x.strip().startswith("task 1")).split()
     assert f"{m['task1/hr@5']:.3f}" in hr and f"{m['head/task1/hr@5']:.3f}" in hr
     cites = next(x for x in text.splitlines() if "cites the history" in x)
