@@ -441,6 +441,7 @@ def test_unaligned_and_baseline_only_runs_need_no_aligner(make_cfg):
     folder = run(cfg)
     records = [json.loads(line) for line in (folder / "predictions" / "unaligned_1shot.jsonl").open()]
     assert records and "task3/acc" in json.loads((folder / "metrics.json").read_text())
+    assert json.loads((folder / "protocol.json").read_text())["decoding"]["item_head"] is None  # no head read
 
 
 def test_prediction_store_drops_a_torn_line(tmp_path):

@@ -557,7 +557,7 @@ def test_an_aligner_with_an_item_head_trains_saves_and_is_evaluated_through_it(t
         answers = {r["id"]: r["labels"]["answer"] == "yes" for r in rows}
         calibrated = [(r["p_yes"] > results[f"head/{prefix}/threshold"]) == answers[r["id"]] for r in scored]
         assert results[f"head/{prefix}/acc/calibrated"] == pytest.approx(sum(calibrated) / len(calibrated))
-    assert "item_head" in json.loads((evaluated / "protocol.json").read_text())["decoding"]
+    assert "percentile" in json.loads((evaluated / "protocol.json").read_text())["decoding"]["item_head"]
     # task 2 read off the head: the shown candidates in the order of the head's scores
     ranked = [r for r in records if r["task"] == "ranking"]
     ranking_rows = {r["id"]: r for r in read_examples(data_folder, "test", ["ranking"])}

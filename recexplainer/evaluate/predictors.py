@@ -167,7 +167,13 @@ class ItemHeadPredictor:
       (its percentile in the head's ranking, 1 at the top): the recommender says yes to its top band and no to
       its bottom band, so the reference rule (P(yes) >= 0.5) says yes to the upper half and a calibrated
       threshold (:mod:`recexplainer.evaluate.calibration`) moves the cut to where the recommender's bands meet.
+
+    The head reads the model without autocast, in its weights' own dtype (fp32 unless a "-true" precision cast
+    them), in the evaluate and the explain stage alike, and its thresholds are fit in those same numerics.
     """
+
+    autocast = False  # what runs the predictor leaves autocast off (the LLM predictor runs under it)
+    NUMERICS = "the weights' own dtype, no autocast"
 
     def __init__(self, llm: LLMPredictor, batch_size: int = 16):
         model = llm.model
@@ -218,18 +224,13 @@ class ItemHeadPredictor:
     def percentile(scores: torch.Tensor, items: Sequence[int]) -> list[float]:
         """Per row, the share of the other rankable items (finite scores) scored below ``items[row]`` (ties count
         half): 1 for the head's top item, 0 for its last, 0 for an item the row excludes."""
-        out = []
-        for row, item in zip(scores, items, strict=True):
-            finite = torch.isfinite(row)
-            value = row[int(item)]
-            others = int(finite.sum()) - 1
-            if not torch.isfinite(value) or others <= 0:
-                out.append(0.0)
-                continue
-            below = float(((row < value) & finite).sum())
-            ties = float((row == value).sum()) - 1
-            out.append((below + ties / 2) / others)
-        return out
+        value = scores.gather(1, torch.as_tensor(list(items), dtype=torch.long)[:, None])  # (n, 1)
+        finite = torch.isfinite(scores)
+        others = finite.sum(1) - 1
+        below = ((scores < value) & finite).sum(1)
+        ties = (scores == value).sum(1) - 1
+        share = (below + ties / 2) / others.clamp(min=1)
+        return torch.where(torch.isfinite(value[:, 0]) & (others > 0), share, 0.0).tolist()
 
     def predict(self, kind: str, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if kind not in self.kinds:

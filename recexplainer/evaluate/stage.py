@@ -37,10 +37,6 @@ from recexplainer.training import build_trainer
 
 log = logging.getLogger(__name__)
 WANDB_TABLE_ROWS = 500  # predictions logged as a W&B table (all of them are in predictions/*.jsonl)
-# The item head reads the aligned model without autocast, in its weights' own dtype (fp32 unless a "-true"
-# precision cast them), in the evaluate and the explain stage alike: its scores rank 1,682 items (bf16 would tie
-# many of them), and its decision thresholds are fit in the numerics they are applied in.
-HEAD_NUMERICS = "the weights' own dtype, no autocast"
 
 
 def requires(cfg: DictConfig) -> tuple[str, ...]:
@@ -112,9 +108,8 @@ def _predictors(cfg: DictConfig, upstream: dict[str, Path], data: SequentialData
     if process_rank() != 0:  # the other processes of a DDP run share the LLM's examples; baselines: rank 0
         return out
     if llm is not None and llm.aligned and getattr(llm.model, "has_item_head", False):
-        out.append(
-            ("head/", ItemHeadPredictor(llm, ev.batch_size))
-        )  # tasks 1, 2 and 3 read off the item head
+        # tasks 1, 2 and 3 read off the item head
+        out.append(("head/", ItemHeadPredictor(llm, ev.batch_size)))
     sequences = [data.history(u, "valid") for u in range(data.n_users)]  # training part of each user
     for name in ev.baselines:
         scorer, stats = _student(cfg, upstream, data) if name == "student" else (None, {})
@@ -259,7 +254,7 @@ def evaluate(
             trainer.test(module, dataloaders=[dl for _, dl in loaders], verbose=False)
     else:  # baselines (cheap, no weights) and the item head (rank 0 alone): the same module, stepped directly
         model = getattr(predictor, "model", None)
-        if model is not None:  # the item head reads in the weights' own dtype (HEAD_NUMERICS)
+        if model is not None:  # the item head, without autocast (ItemHeadPredictor.autocast)
             model.to(inference_device(cfg, "evaluate")[0])
         module.on_test_start()
         for i, (_, loader) in enumerate(loaders):
@@ -335,11 +330,11 @@ def calibrate(
     users = read_vectors(folder, "valid")["users"]
     device, dtype = inference_device(cfg, "evaluate")
     # the test examples' numerics: bf16 autocast under a bf16(-mixed) precision (as inference_device says) and,
-    # under a "-true" precision, the weights themselves cast as Lightning casts them for the test run; the item
-    # head reads without autocast, as on its test examples (HEAD_NUMERICS)
+    # under a "-true" precision, the weights themselves cast as Lightning casts them for the test run; a predictor
+    # that runs without autocast (the item head) is calibrated without it, as its test examples are scored
     original = next(llm.model.parameters()).dtype
     weights = {"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(stage_precision(cfg, "evaluate"))
-    if isinstance(llm, ItemHeadPredictor):
+    if not getattr(llm, "autocast", True):
         dtype = weights = None
     model = llm.model.to(device=device, dtype=weights or original)
     thresholds, metrics = {}, {}
@@ -382,10 +377,8 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
     metrics: dict[str, float] = {}
     predictors = _predictors(cfg, upstream, data)
     thresholds: dict[str, dict[str, float]] = {}
-    for (
-        prefix,
-        predictor,
-    ) in predictors:  # the LLM and its item head decide at thresholds fit on valid examples
+    # the LLM and its item head decide at thresholds fit on valid examples
+    for prefix, predictor in predictors:
         if prefix in ("", "head/"):
             thresholds[prefix], calibration_metrics = calibrate(
                 cfg, predictor, upstream["alignment_data"], examples
@@ -410,9 +403,13 @@ def run(cfg: DictConfig, out_dir: Path, upstream: dict[str, Path]) -> dict[str, 
             "titles": "greedy (num_beams 1)",
             "yes_no": "next-token probability of yes vs no (sum over spellings yes/Yes/ yes/ Yes)",
             "constrained": ev.constrained,
-            "item_head": f"tasks 1, 2 and 3 read off the item head, in {HEAD_NUMERICS}; task 1: its five best items; "
-            "task 2: the shown candidates by its scores; task 3: P(yes) is the item's percentile in its ranking (the "
-            "share of the other items scored below it)",
+            "item_head": (
+                f"tasks 1, 2 and 3 read off the item head, in {ItemHeadPredictor.NUMERICS}; task 1: its five best "
+                "items; task 2: the shown candidates by its scores; task 3: P(yes) is the item's percentile in its "
+                "ranking (the share of the other items scored below it)"
+                if "head/" in thresholds
+                else None
+            ),
             "beam_early_stopping": not ev.constrained,
             "max_new_tokens": "titles asked x longest catalog title + separators + "
             f"{ev.max_new_tokens_margin}",

@@ -217,7 +217,7 @@ def decision_threshold(
             return yes_probability(logits, predictor.yes_ids, predictor.no_ids).tolist()
 
     device, dtype = inference_device(cfg, "explain")
-    if decision == "item_head":
+    if not getattr(predictor, "autocast", True):
         dtype = None  # the item head reads in the weights' own dtype, as in the evaluate stage
     predictor.model.to(device)
     users = read_vectors(folder, "valid")["users"]
