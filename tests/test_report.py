@@ -182,6 +182,55 @@ def test_a_budget_sweep_gives_a_curve_table_plot_and_html_section(tmp_path):
     assert "training-budget" not in (tmp_path / "plain" / "report" / "index.html").read_text()
 
 
+def test_a_budget_curve_lists_its_baselines_and_plots_the_strongest(tmp_path, monkeypatch):
+    """The baselines the curve's evaluate folders hold are rows under the budget rows (in the curve's columns, the
+    first point's values, random first, the student last), in budget.md and the HTML table (keyed to the
+    metrics file's baseline/<name>/ entry); the plot draws the strongest baseline of each metric dashed in the
+    metric's colour. Explanation curves have no baselines."""
+    evaluation = {"model": "aligned", "split": "test", "baselines": ["student", "random"], "few_shot": 0}
+    for key, minutes, acc in (("b", 25, 0.75), ("a", 10, 0.625)):
+        _stage_folder(
+            tmp_path, "evaluate", key, "hybrid",
+            {"task3/acc": acc, "task1/hr@5": acc / 5, "baseline/student/task1/hr@5": 0.78125,
+             "baseline/student/task3/acc": 0.8125, "baseline/student/fit_s": 3.0,
+             "baseline/random/task3/acc": 0.5 if key == "a" else 0.4375},
+            evaluation=evaluation, aligner={"budget_minutes": minutes},
+        )  # fmt: skip
+    points = budget.curves(collect(tmp_path, "evaluate"), "evaluate")
+    (only,) = points.values()
+    found = budget.baselines(only, "evaluate")
+    assert [(n, v) for n, v, _ in found] == [
+        ("random", {"task3/acc": 0.5}),  # the first point's (budget 10) value
+        ("student", {"task1/hr@5": 0.78125, "task3/acc": 0.8125}),  # fit_s is not a curve column
+    ]
+    assert found[0][2] == str(tmp_path / "evaluate" / "a") and budget.baselines(only, "explain") == []
+
+    import matplotlib.axes
+
+    lines_drawn = []
+    real_axhline = matplotlib.axes.Axes.axhline
+
+    def spy(self, y=0, *args, **kwargs):
+        lines_drawn.append((y, kwargs.get("linestyle"), kwargs.get("color")))
+        return real_axhline(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", spy)
+    write_report(tmp_path, tmp_path / "report")
+    drawn = set(lines_drawn)  # one plot for budget_0.png, one for the HTML page: the same lines
+    assert sorted(y for y, _, _ in drawn) == [0.78125, 0.8125]  # the strongest per metric
+    assert {style for _, style, _ in drawn} == {"--"} and len({c for _, _, c in drawn}) == 2  # metric colours
+    table = (tmp_path / "report" / "budget.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")][2:]  # past header, rule
+    assert [r.split(" |")[0] for r in rows] == ["| 10", "| 25", "| baseline: random", "| baseline: student"]
+    assert (
+        rows[2] == "| baseline: random | - | 0.5000 |"
+        and rows[3] == "| baseline: student | 0.7812 | 0.8125 |"
+    )
+    page = (tmp_path / "report" / "index.html").read_text()
+    section = page[page.index('id="alignment-vs-training-budget"') :]
+    assert 'data-key="baseline/student/task1/hr@5" data-value="0.78125"' in section
+
+
 def test_aligner_seeds_at_a_budget_are_rows_of_one_curve(tmp_path):
     """Replicates (aligner.seed) at one budget join the curve of the other budgets as rows of their own,
     labelled with their seed, in budget then seed order; the plot still comes out."""

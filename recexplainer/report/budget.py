@@ -95,6 +95,29 @@ def columns(stage: str) -> list[tuple[str, str]]:
 
 Curve = tuple[str, str, list[Point]]  # stage (evaluate or explain), label, points
 
+# the evaluate stage's baselines (``evaluation.baselines``) in the order the curve lists them
+BASELINE_ORDER = ["random", "popularity", "top1_frequency", "item_knn", "student"]
+
+
+def baselines(points: list[Point], stage: str) -> list[tuple[str, dict[str, float], str]]:
+    """(name, {curve column key: value}, folder) of each baseline the curve's evaluate folders hold
+    (``baseline/<name>/<key>``), read from the first point that has it: the baselines depend on the data, the
+    recommender and the examples, not on the aligner, so every point of a curve holds the same ones. Explanation
+    curves have none."""
+    if stage != "evaluate":
+        return []
+    keys = [k for _, k in columns(stage)]
+    found: dict[str, tuple[dict[str, float], str]] = {}
+    for _, metrics, folder, _ in points:
+        for metric, value in metrics.items():
+            name, _, key = metric.removeprefix("baseline/").partition("/")
+            if metric.startswith("baseline/") and key in keys and value is not None:
+                values, first = found.setdefault(name, ({}, folder))
+                if first == folder:
+                    values[key] = float(value)
+    order = {name: i for i, name in enumerate(BASELINE_ORDER)}
+    return [(n, *found[n]) for n in sorted(found, key=lambda n: (order.get(n, len(order)), n))]
+
 
 def all_curves(evaluate_runs: list[dict[str, Any]], explain_runs: list[dict[str, Any]]) -> list[Curve]:
     """Every curve of the report: the alignment curves (evaluate folders), then the explanation curves."""
@@ -114,7 +137,9 @@ def markdown(found: list[Curve]) -> str:
         shown = [(h, k) for h, k in columns(stage) if any(m.get(k) is not None for _, m, _, _ in points)]
         lines += [f"## {label}", "", "| budget (min) | " + " | ".join(h for h, _ in shown) + " |"]
         lines.append("| --- " * (len(shown) + 1) + "|")
-        for row, (_, m, _, _) in zip(row_labels(points), points, strict=True):
+        rows = [(row, m) for row, (_, m, _, _) in zip(row_labels(points), points, strict=True)]
+        rows += [(f"baseline: {name}", values) for name, values, _ in baselines(points, stage)]
+        for row, m in rows:
             cells = [f"{m[k]:.4f}" if m.get(k) is not None else "-" for _, k in shown]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -123,7 +148,8 @@ def markdown(found: list[Curve]) -> str:
 
 def plot(label: str, points: list[Point], path: Path, stage: str = "evaluate") -> None:
     """One line per headline metric (in [0, 1]) against the budget in minutes (log scale), through the mean
-    of the seeds at each budget; with several seeds at a budget every point is drawn as well."""
+    of the seeds at each budget; with several seeds at a budget every point is drawn as well. A dashed line
+    of the metric's colour marks the strongest baseline on it (the highest of ``baselines``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,6 +158,8 @@ def plot(label: str, points: list[Point], path: Path, stage: str = "evaluate") -
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     replicated = len({p[0] for p in points}) < len(points)
+    found = baselines(points, stage)
+    dashed = False
     for header, key in columns(stage):  # a metric no point has gets no line
         line = _mean_line(points, key)
         if not line or key in _UNBOUNDED:
@@ -142,6 +170,12 @@ def plot(label: str, points: list[Point], path: Path, stage: str = "evaluate") -
         if replicated:
             xy = [(minutes, m[key]) for minutes, m, _, _ in points if m.get(key) is not None]
             ax.scatter(*zip(*xy, strict=True), s=12, color=drawn.get_color(), alpha=0.6)
+        best = max((values[key] for _, values, _ in found if key in values), default=None)
+        if best is not None:
+            ax.axhline(best, color=drawn.get_color(), linestyle="--", linewidth=0.9, alpha=0.7)
+            dashed = True
+    if dashed:  # one legend entry for every dashed line
+        ax.plot([], [], color="grey", linestyle="--", linewidth=0.9, label="strongest baseline (dashed)")
     ax.set_xscale("log")
     budgets = sorted({p[0] for p in points})
     ax.set_xticks(budgets, [f"{b:g}" for b in budgets])

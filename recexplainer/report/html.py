@@ -168,6 +168,15 @@ def _budget(root: Path, only: set[Path] | None, tmp: Path) -> str:
             {"labels": [row], "values": m, "folder": folder}
             for row, (_, m, folder, _) in zip(budget.row_labels(points), points, strict=True)
         ]
+        table += [
+            {
+                "labels": [f"baseline: {name}"],
+                "values": values,
+                "folder": folder,
+                "prefix": f"baseline/{name}/",
+            }
+            for name, values, folder in budget.baselines(points, stage)
+        ]
         parts += [
             f"<h3>{escape(label)}</h3>",
             _table(table, budget.columns(stage), ["budget (min)"]),
