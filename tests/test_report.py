@@ -161,7 +161,7 @@ def test_a_budget_sweep_gives_a_curve_table_plot_and_html_section(tmp_path):
         _stage_folder(
             tmp_path / "sweep", "evaluate", key, "hybrid",
             {"task3/acc": acc, "task1/hr@5": acc / 5, "head/task1/hr@5": acc / 2,
-             "head/task3/acc/calibrated": acc + 0.0625},
+             "head/task3/acc/calibrated": acc + 0.0625, "head/task2/ndcg@5": 0.9375},
             evaluation=evaluation, aligner={"budget_minutes": minutes},
         )  # fmt: skip
     paths = write_report(tmp_path / "sweep", tmp_path / "sweep" / "report")
@@ -171,6 +171,7 @@ def test_a_budget_sweep_gives_a_curve_table_plot_and_html_section(tmp_path):
     assert table.index("| 10 | 0.1250") < table.index("| 25 | 0.1500") and "0.8750" not in table
     assert "T1 HR@5, item head" in table and "| 0.3125 |" in table  # task 1 read off the item head too
     assert "T3 Acc, item head (calibrated)" in table and "| 0.6875 |" in table  # and task 3, calibrated
+    assert "T2 NDCG@5, item head" in table and "| 0.9375 |" in table  # and task 2
     assert "T3-hard Acc, item head" not in table  # a column no point has is left out
     page = (tmp_path / "sweep" / "report" / "index.html").read_text()
     assert 'id="alignment-vs-training-budget"' in page

@@ -78,9 +78,11 @@ def _mean_line(points: list[Point], key: str) -> list[tuple[float, float]]:
 
 
 # tasks read off the aligned LLM's item head (aligner.item_head_weight > 0), beside the LLM's own answers: task 1,
-# and task 3 / 3-hard at the calibrated threshold (the head's P(yes) is a percentile: 0.5 is not its cut)
+# task 2 (the shown candidates in head-score order), and task 3 / 3-hard at the calibrated threshold (the head's
+# P(yes) is a percentile: 0.5 is not its cut)
 HEAD_CURVE_COLUMNS = [
     ("T1 HR@5, item head", "head/task1/hr@5"),
+    ("T2 NDCG@5, item head", "head/task2/ndcg@5"),
     ("T3 Acc, item head (calibrated)", "head/task3/acc/calibrated"),
     ("T3-hard Acc, item head (calibrated)", "head/task3_hard/acc/calibrated"),
 ]
