@@ -5,6 +5,7 @@ plot draws each of them and the line through their mean)."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -162,12 +163,16 @@ def plot(label: str, points: list[Point], path: Path, stage: str = "evaluate") -
     replicated = len({p[0] for p in points}) < len(points)
     found = baselines(points, stage)
     dashed = False
-    for header, key in columns(stage):  # a metric no point has gets no line
+    palette = plt.get_cmap("tab20").colors  # 20 distinct colours: the curve has up to 11 metrics
+    for i, (header, key) in enumerate(columns(stage)):  # a metric no point has gets no line
         line = _mean_line(points, key)
         if not line or key in _UNBOUNDED:
             continue
         (drawn,) = ax.plot(
-            *zip(*line, strict=True), marker="o", label=header + (" (mean)" if replicated else "")
+            *zip(*line, strict=True),
+            marker="o",
+            color=palette[(2 * i) % 20 + (2 * i) // 20],  # the dark shades first, then the light ones
+            label=header + (" (mean)" if replicated else ""),
         )
         if replicated:
             xy = [(minutes, m[key]) for minutes, m, _, _ in points if m.get(key) is not None]
@@ -184,7 +189,7 @@ def plot(label: str, points: list[Point], path: Path, stage: str = "evaluate") -
     ax.xaxis.set_minor_locator(NullLocator())  # the budgets alone, no 2x10^1 labels
     ax.set_xlabel("aligner budget (minutes at aligner.budget_tokens_per_s)")
     ax.set_ylim(0, 1)
-    ax.set_title(label, fontsize=9)
+    ax.set_title(textwrap.fill(label, 70), fontsize=8)  # a long label stays inside the figure
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
