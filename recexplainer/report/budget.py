@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from recexplainer.evaluate.predictors import BaselinePredictor
 from recexplainer.report.tables import alignment_columns, method_name
 
 Point = tuple[float, dict[str, float], str, Any]  # budget minutes, stage metrics, stage folder, aligner seed
@@ -98,27 +99,25 @@ def columns(stage: str) -> list[tuple[str, str]]:
 
 Curve = tuple[str, str, list[Point]]  # stage (evaluate or explain), label, points
 
-# the evaluate stage's baselines (``evaluation.baselines``) in the order the curve lists them
-BASELINE_ORDER = ["random", "popularity", "top1_frequency", "item_knn", "student"]
-
 
 def baselines(points: list[Point], stage: str) -> list[tuple[str, dict[str, float], str]]:
     """(name, {curve column key: value}, folder) of each baseline the curve's evaluate folders hold
     (``baseline/<name>/<key>``), read from the first point that has it: the baselines depend on the data, the
-    recommender and the examples, not on the aligner, so every point of a curve holds the same ones. Explanation
-    curves have none."""
+    recommender and the examples, not on the aligner, so every point of a curve holds the same ones. In the
+    evaluate stage's order of its baselines (``BaselinePredictor.NAMES``); explanation curves have none."""
     if stage != "evaluate":
         return []
-    keys = [k for _, k in columns(stage)]
+    keys = {k for _, k in columns(stage)}
     found: dict[str, tuple[dict[str, float], str]] = {}
     for _, metrics, folder, _ in points:
+        here: dict[str, dict[str, float]] = {}
         for metric, value in metrics.items():
             name, _, key = metric.removeprefix("baseline/").partition("/")
             if metric.startswith("baseline/") and key in keys and value is not None:
-                values, first = found.setdefault(name, ({}, folder))
-                if first == folder:
-                    values[key] = float(value)
-    order = {name: i for i, name in enumerate(BASELINE_ORDER)}
+                here.setdefault(name, {})[key] = float(value)
+        for name, values in here.items():
+            found.setdefault(name, (values, folder))
+    order = {name: i for i, name in enumerate(BaselinePredictor.NAMES)}
     return [(n, *found[n]) for n in sorted(found, key=lambda n: (order.get(n, len(order)), n))]
 
 
@@ -163,7 +162,10 @@ def plot(label: str, points: list[Point], path: Path, stage: str = "evaluate") -
     replicated = len({p[0] for p in points}) < len(points)
     found = baselines(points, stage)
     dashed = False
-    palette = plt.get_cmap("tab20").colors  # 20 distinct colours: the curve has up to 11 metrics
+    tab20 = plt.get_cmap(
+        "tab20"
+    ).colors  # 20 distinct colours (the curve has up to 11 metrics): dark shades first
+    palette = tab20[0::2] + tab20[1::2]
     for i, (header, key) in enumerate(columns(stage)):  # a metric no point has gets no line
         line = _mean_line(points, key)
         if not line or key in _UNBOUNDED:
@@ -171,7 +173,7 @@ def plot(label: str, points: list[Point], path: Path, stage: str = "evaluate") -
         (drawn,) = ax.plot(
             *zip(*line, strict=True),
             marker="o",
-            color=palette[(2 * i) % 20 + (2 * i) // 20],  # the dark shades first, then the light ones
+            color=palette[i % len(palette)],
             label=header + (" (mean)" if replicated else ""),
         )
         if replicated:
